@@ -1,0 +1,20 @@
+"""The op layer of zsq_engine: one public function per op, many kernels behind it.
+
+Each op validates its arguments, then dispatches (see :mod:`zsq_engine.ops.dispatch`) to the
+best implementation that can run: Triton or the CUDA extension for CUDA tensors, the C++
+extension for CPU tensors, and the pure-PyTorch reference (the oracle of every test) otherwise.
+Force one with ``ZSQ_BACKEND=reference|triton|cuda|cpu`` or ``with use_backend(name): ...``.
+"""
+from .bn_ops import bn_stat_loss
+from .dispatch import BACKENDS, BackendUnavailableError, available_backends, backend_status, use_backend
+from .integer_ops import conv2d_int, int_mm, pack_int4, unpack_int4
+from .quant_ops import (adaround_fake_quant, adaround_h, adaround_init, adaround_regularizer, fake_quant,
+                        lsq_fake_quant, minmax_qparams, qdrop_mix, scale_search)
+from .reference.bn_stats import BNLossSpec
+
+__all__ = [
+    "BACKENDS", "BNLossSpec", "BackendUnavailableError", "adaround_fake_quant", "adaround_h", "adaround_init",
+    "adaround_regularizer", "available_backends", "backend_status", "bn_stat_loss", "conv2d_int", "fake_quant",
+    "int_mm", "lsq_fake_quant", "minmax_qparams", "pack_int4", "qdrop_mix", "scale_search", "unpack_int4",
+    "use_backend",
+]

@@ -1,0 +1,15 @@
+"""CUDA kernels of the C++ extension, registered under the 'cuda' backend."""
+from __future__ import annotations
+
+from zsq_engine._ext import get_extension
+
+from ..dispatch import register
+
+_C = get_extension()
+
+if _C is not None and hasattr(_C, "pack_int4_cuda"):
+    register("pack_int4", "cuda", cuda_preference=("cuda",))(_C.pack_int4_cuda)
+
+    @register("unpack_int4", "cuda", cuda_preference=("cuda",))
+    def _unpack_int4(packed, k, signed):
+        return _C.unpack_int4_cuda(packed, k, signed)

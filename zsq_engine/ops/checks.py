@@ -1,0 +1,105 @@
+"""Argument validation shared by the public ops.
+
+Every check names the argument and what was expected. Checks that would need the values of a
+CUDA tensor (a host synchronisation) are skipped on CUDA unless ``ZSQ_CHECK_VALUES=1``: the
+training-path ops must never stall the GPU pipeline. On CPU tensors they always run (no sync).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+ScalarOrTensor = Union[float, int, torch.Tensor]
+
+
+def value_checks_enabled(t: torch.Tensor) -> bool:
+    """Whether checks that read tensor values are allowed for ``t`` (no device sync)."""
+    return t.device.type == "cpu" or os.environ.get("ZSQ_CHECK_VALUES", "0") not in ("", "0")
+
+
+def check_tensor(name: str, t, dtypes=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        expected = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({expected}), got {str(t.dtype).replace('torch.', '')}")
+
+
+def check_float_tensor(name: str, t) -> None:
+    check_tensor(name, t, FLOAT_DTYPES)
+
+
+def check_same_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
+
+
+def check_quant_range(quant_min, quant_max) -> Tuple[int, int]:
+    for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if not -(2 ** 31) <= v < 2 ** 31:
+            raise ValueError(f"{name} must fit in int32, got {v}")
+    if quant_min >= quant_max:
+        raise ValueError(f"quant_min must be < quant_max, got quant_min={quant_min}, quant_max={quant_max}")
+    return quant_min, quant_max
+
+
+def normalize_axis(axis: Optional[int], ndim: int, name: str = "axis") -> Optional[int]:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{name} must be an int or None, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for a tensor with {ndim} dimensions "
+                         f"(expected {-ndim} <= {name} < {ndim})")
+    return axis % ndim
+
+
+def as_param_tensor(name: str, v: ScalarOrTensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A python scalar becomes a 1-element tensor on x's device; a tensor is checked, not copied."""
+    if isinstance(v, torch.Tensor):
+        check_same_device("x", x, name, v)
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, an int or a torch.Tensor, got {type(v).__name__}")
+    return torch.tensor([v], dtype=dtype, device=x.device)
+
+
+def check_qparams(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                  axis: Optional[int]) -> None:
+    """Shapes, dtypes and (where no sync is needed) values of scale / zero_point."""
+    check_float_tensor("scale", scale)
+    if zero_point.dtype not in (torch.int32, torch.int64, torch.float32, torch.float16, torch.bfloat16,
+                                torch.float64):
+        raise TypeError(f"zero_point must be an int32/int64 or floating tensor, got {zero_point.dtype}")
+    if axis is None:
+        if scale.numel() != 1:
+            raise ValueError(f"scale must have exactly one element for per-tensor quantization (axis=None), "
+                             f"got shape {tuple(scale.shape)}; pass axis= for per-channel")
+        if zero_point.numel() != 1:
+            raise ValueError(f"zero_point must have exactly one element for per-tensor quantization, "
+                             f"got shape {tuple(zero_point.shape)}")
+    else:
+        channels = x.shape[axis]
+        if scale.dim() != 1 or scale.shape[0] != channels:
+            raise ValueError(f"scale must have shape [{channels}] (x.shape[axis={axis}]) for per-channel "
+                             f"quantization, got {tuple(scale.shape)}")
+        if zero_point.shape != scale.shape:
+            raise ValueError(f"zero_point must have the shape of scale {tuple(scale.shape)}, "
+                             f"got {tuple(zero_point.shape)}")
+    if value_checks_enabled(scale):
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError("scale must be finite and > 0 everywhere")
+
+
+def channel_view_shape(ndim: int, axis: Optional[int]) -> Tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector along ``axis`` of an ``ndim`` tensor."""
+    if axis is None:
+        return (1,) * max(ndim, 1) if ndim else ()
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tuple(shape)

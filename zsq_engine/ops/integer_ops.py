@@ -1,0 +1,91 @@
+"""Public integer ops: exact int8 GEMM, int4 pack/unpack, integer conv2d (int32 accumulation)."""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+
+from . import checks
+from .dispatch import dispatch, register
+from .reference import integer as _ref
+
+register("int_mm", "reference")(_ref.int_mm)
+register("pack_int4", "reference")(_ref.pack_int4)
+register("unpack_int4", "reference")(_ref.unpack_int4)
+register("conv2d_int", "reference")(_ref.conv2d_int)
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact ``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N]; int32 [M, N]."""
+    checks.check_tensor("a", a, (torch.int8,))
+    checks.check_tensor("b", b, (torch.int8,))
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"a and b must be 2-D, got a.dim()={a.dim()} and b.dim()={b.dim()}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    checks.check_same_device("a", a, "b", b)
+    return dispatch("int_mm", a.device)(a, b)
+
+
+def pack_int4(x: torch.Tensor) -> torch.Tensor:
+    """Pack int4 values two per byte along the last dimension.
+
+    ``x``: int8 with values in [-8, 7] (signed int4) or uint8 in [0, 15] (unsigned). Returns
+    uint8 with last dimension ``(K + 1) // 2``: element ``2i`` in the low nibble of byte ``i``,
+    ``2i + 1`` in the high nibble, two's-complement nibbles, odd K padded with 0. The range check
+    reads the values (a host sync on CUDA): packing is a conversion step, not a training hot path.
+    """
+    checks.check_tensor("x", x, (torch.int8, torch.uint8))
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension")
+    if x.numel():
+        lo, hi = (-8, 7) if x.dtype == torch.int8 else (0, 15)
+        xmin, xmax = torch.aminmax(x)
+        if int(xmin) < lo or int(xmax) > hi:
+            raise ValueError(f"x holds values in [{int(xmin)}, {int(xmax)}] but int4 packing of {x.dtype} "
+                             f"needs [{lo}, {hi}]; quantize to 4 bits first")
+    return dispatch("pack_int4", x.device)(x)
+
+
+def unpack_int4(packed: torch.Tensor, k: int, signed: bool = True) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int8 (signed) or uint8 (unsigned) with last dimension ``k``."""
+    checks.check_tensor("packed", packed, (torch.uint8,))
+    if packed.dim() == 0:
+        raise ValueError("packed must have at least one dimension")
+    if isinstance(k, bool) or not isinstance(k, int) or (k + 1) // 2 != packed.shape[-1] or k < 1:
+        raise ValueError(f"k={k!r} does not match packed.shape[-1]={packed.shape[-1]} "
+                         f"(expected k in {{{2 * packed.shape[-1] - 1}, {2 * packed.shape[-1]}}})")
+    return dispatch("unpack_int4", packed.device)(packed, k, bool(signed))
+
+
+def _pair(name: str, v: IntPair, minimum: int) -> Tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= minimum for p in pair):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def conv2d_int(x: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
+               dilation: IntPair = 1, groups: int = 1, layout: str = "NCHW") -> torch.Tensor:
+    """Integer conv2d with exact int32 accumulation (zero padding, no bias / zero points).
+
+    ``x``: int8 or uint8, [N, C, H, W] (layout="NCHW") or [N, H, W, C] (layout="NHWC");
+    ``weight``: int8 [O, C / groups, kh, kw]. Returns int32 in ``x``'s layout.
+    """
+    checks.check_tensor("x", x, (torch.int8, torch.uint8))
+    checks.check_tensor("weight", weight, (torch.int8,))
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"x and weight must be 4-D, got x.dim()={x.dim()} and weight.dim()={weight.dim()}")
+    checks.check_same_device("x", x, "weight", weight)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    channels = x.shape[1] if layout == "NCHW" else x.shape[3]
+    if channels % groups or weight.shape[0] % groups or weight.shape[1] * groups != channels:
+        raise ValueError(f"weight {tuple(weight.shape)} with groups={groups} does not fit {channels} input "
+                         f"channels (expected weight.shape[1] * groups == channels, both divisible by groups)")
+    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
+    return dispatch("conv2d_int", x.device)(x, weight, stride, padding, dilation, groups, layout)

@@ -1,0 +1,172 @@
+"""Public fake-quantization ops: validation, then dispatch to the best backend.
+
+Shapes: ``x`` any shape; per-tensor qparams have one element (axis=None); per-channel qparams
+have shape ``[x.shape[axis]]``. All ops accept fp32, fp16, bf16 (and fp64) ``x`` and return
+``x``'s dtype. No op reads a CUDA tensor's values on the host (see :mod:`.checks`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import checks
+from .dispatch import dispatch, register
+from .reference import adaround as _ref_adaround
+from .reference import fake_quant as _ref_fq
+from .reference import qdrop as _ref_qdrop
+from .reference import scale_search as _ref_search
+
+register("fake_quant", "reference")(_ref_fq.fake_quant)
+register("lsq_fake_quant", "reference")(_ref_fq.lsq_fake_quant)
+register("adaround_fake_quant", "reference")(_ref_adaround.adaround_fake_quant)
+register("adaround_regularizer", "reference")(_ref_adaround.adaround_regularizer)
+register("qdrop_mix", "reference")(_ref_qdrop.qdrop_mix)
+register("scale_search", "reference")(_ref_search.scale_search)
+
+
+def _prepare(x, scale, zero_point, quant_min, quant_max, axis):
+    checks.check_float_tensor("x", x)
+    checks.check_quant_range(quant_min, quant_max)
+    axis = checks.normalize_axis(axis, x.dim())
+    scale = checks.as_param_tensor("scale", scale, x, torch.float32)
+    zero_point = checks.as_param_tensor("zero_point", zero_point, x, torch.float32)
+    checks.check_qparams(x, scale, zero_point, axis)
+    return scale, zero_point, axis
+
+
+def fake_quant(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: int,
+               axis: Optional[int] = None) -> torch.Tensor:
+    """Fake-quantize with a straight-through gradient.
+
+    ``y = (clamp(round(x / scale) + zero_point, quant_min, quant_max) - zero_point) * scale``
+    (round half to even, ``x * (1/scale)`` in fp32 exactly as PyTorch), ``dx = dy`` where the
+    unclamped value lies in ``[quant_min, quant_max]`` and 0 elsewhere. Identical to
+    ``torch.fake_quantize_per_tensor_affine`` (axis=None) / ``per_channel_affine`` (axis=channel).
+    ``zero_point`` is rounded to an integer but, unlike :func:`lsq_fake_quant`, not clamped.
+    """
+    scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
+    return dispatch("fake_quant", x.device)(x, scale, zero_point, quant_min, quant_max, axis)
+
+
+def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                   quant_max: int, axis: Optional[int] = None, grad_factor: float = 1.0) -> torch.Tensor:
+    """Fake-quantize with learnable scale and zero point (LSQ / LSQ+ gradients).
+
+    Forward as :func:`fake_quant` with the zero point rounded and clamped to the range.
+    Gradients as ``torch._fake_quantize_learnable_per_tensor_affine`` / ``_per_channel_affine``
+    (see :mod:`zsq_engine.ops.reference.fake_quant`), without host synchronisation. One
+    deliberate difference: PyTorch's per-tensor backward rounds ``zero_point + x/scale`` instead
+    of ``x/scale``, so at an exact rounding tie with an odd zero point its scale gradient does not
+    match its own forward; here the scale gradient always uses the forward's rounding.
+    ``grad_factor`` multiplies the scale and zero-point gradients (LSQ: 1/sqrt(numel * quant_max)).
+    """
+    scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
+    if not isinstance(grad_factor, (int, float)) or isinstance(grad_factor, bool):
+        raise TypeError(f"grad_factor must be a float, got {type(grad_factor).__name__}")
+    return dispatch("lsq_fake_quant", x.device)(x, scale, zero_point, quant_min, quant_max, axis,
+                                                float(grad_factor))
+
+
+def _check_adaround(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis):
+    checks.check_float_tensor("w_floor", w_floor)
+    checks.check_float_tensor("alpha", alpha)
+    if alpha.shape != w_floor.shape:
+        raise ValueError(f"alpha must have the shape of w_floor {tuple(w_floor.shape)}, got {tuple(alpha.shape)}")
+    checks.check_same_device("w_floor", w_floor, "alpha", alpha)
+    checks.check_quant_range(quant_min, quant_max)
+    axis = checks.normalize_axis(axis, w_floor.dim())
+    scale = checks.as_param_tensor("scale", scale, w_floor, torch.float32)
+    zero_point = checks.as_param_tensor("zero_point", zero_point, w_floor, torch.float32)
+    checks.check_qparams(w_floor, scale, zero_point, axis)
+    return scale, zero_point, axis
+
+
+def adaround_fake_quant(w_floor: torch.Tensor, alpha: torch.Tensor, scale, zero_point, quant_min: int,
+                        quant_max: int, axis: Optional[int] = 0, hard: bool = False) -> torch.Tensor:
+    """AdaRound weights: ``(clamp(w_floor + h(alpha) + zp, quant_min, quant_max) - zp) * scale``.
+
+    ``w_floor = floor(W / s0)`` (frozen), ``alpha`` the rounding logits (same shape), ``scale`` /
+    ``zero_point`` per channel along ``axis`` (or one element with axis=None). Soft: ``h`` is the
+    rectified sigmoid (gamma=-0.1, zeta=1.1), gradients to alpha and scale; hard: ``h = alpha >= 0``.
+    """
+    scale, zero_point, axis = _check_adaround(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis)
+    return dispatch("adaround_fake_quant", w_floor.device)(w_floor, alpha, scale, zero_point, quant_min,
+                                                           quant_max, axis, bool(hard))
+
+
+def adaround_regularizer(alpha: torch.Tensor, beta) -> torch.Tensor:
+    """``sum(1 - |2 h(alpha) - 1| ** beta)``: pushes every h to 0 or 1 as beta anneals 20 -> 2."""
+    checks.check_float_tensor("alpha", alpha)
+    return dispatch("adaround_regularizer", alpha.device)(alpha, beta)
+
+
+def adaround_init(weight: torch.Tensor, scale: torch.Tensor, axis: Optional[int] = 0
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(w_floor, alpha)`` with ``w_floor = floor(weight / scale)`` and ``h(alpha)`` = the fraction."""
+    checks.check_float_tensor("weight", weight)
+    axis = checks.normalize_axis(axis, weight.dim())
+    scale = checks.as_param_tensor("scale", scale, weight, torch.float32)
+    checks.check_qparams(weight, scale, torch.zeros_like(scale), axis)
+    return _ref_adaround.adaround_init(weight.detach(), scale.detach(), axis)
+
+
+def adaround_h(alpha: torch.Tensor) -> torch.Tensor:
+    """The rectified sigmoid ``clamp(sigmoid(alpha) * 1.2 - 0.1, 0, 1)``."""
+    checks.check_float_tensor("alpha", alpha)
+    return _ref_adaround.rectified_sigmoid(alpha)
+
+
+def qdrop_mix(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor:
+    """QDrop: each element is ``x_q`` with probability ``p`` (QDrop's ``prob``), else ``x_fp``.
+
+    The choice comes from the counter-based generator of :mod:`zsq_engine.ops.reference.rng`
+    keyed by ``seed`` and the element's row-major index (+ ``offset``), so it is reproducible and
+    identical on every backend. Gradients flow to whichever input was chosen.
+    """
+    checks.check_float_tensor("x_q", x_q)
+    checks.check_float_tensor("x_fp", x_fp)
+    if x_q.shape != x_fp.shape or x_q.dtype != x_fp.dtype:
+        raise ValueError(f"x_q and x_fp must have the same shape and dtype, got {tuple(x_q.shape)} "
+                         f"{x_q.dtype} and {tuple(x_fp.shape)} {x_fp.dtype}")
+    checks.check_same_device("x_q", x_q, "x_fp", x_fp)
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    return dispatch("qdrop_mix", x_q.device)(x_q, x_fp, float(p), seed, offset)
+
+
+def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional[int] = 0,
+                 num_candidates: int = 80, p: float = 2.4, symmetric: bool = False
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel Lp clipping search (BRECQ 'mse' init; Genie-M uses 100 candidates).
+
+    Returns fp32 ``(scale, zero_point)`` shaped ``[x.shape[axis]]`` (``[1]`` for axis=None)
+    minimising ``mean |x - fake_quant(x)|^p`` over clipping ratios 1.0, 0.99, ... of the
+    channel's min/max. See :mod:`zsq_engine.ops.reference.scale_search` for the formulas.
+    """
+    checks.check_float_tensor("x", x)
+    checks.check_quant_range(quant_min, quant_max)
+    axis = checks.normalize_axis(axis, x.dim())
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or not 1 <= num_candidates <= 100:
+        raise ValueError(f"num_candidates must be an int in [1, 100], got {num_candidates!r}")
+    if not isinstance(p, (int, float)) or p <= 0:
+        raise ValueError(f"p must be a positive number, got {p!r}")
+    if x.numel() == 0:
+        raise ValueError("x must not be empty")
+    return dispatch("scale_search", x.device)(x, quant_min, quant_max, axis, num_candidates, float(p),
+                                              bool(symmetric))
+
+
+def minmax_qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,
+                   symmetric: bool = False, eps: float = 1e-8) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``(scale, zero_point)`` from observed ranges (widened to contain 0), vectorised."""
+    checks.check_float_tensor("min_val", min_val)
+    checks.check_float_tensor("max_val", max_val)
+    if min_val.shape != max_val.shape:
+        raise ValueError(f"min_val and max_val must have one shape, got {tuple(min_val.shape)} and "
+                         f"{tuple(max_val.shape)}")
+    checks.check_quant_range(quant_min, quant_max)
+    return _ref_search.minmax_qparams(min_val, max_val, quant_min, quant_max, symmetric, eps)

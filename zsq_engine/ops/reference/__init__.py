@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference implementations: the oracle for every kernel and the universal fallback."""

@@ -1,0 +1,114 @@
+"""Reference fake quantization: straight-through (STE) and learnable (LSQ/LSQ+).
+
+Numerics follow PyTorch's native CPU kernels bit for bit:
+
+* ``inv_scale = 1/scale`` in fp32, ``q = round_half_even(x * inv_scale) + zero_point`` in fp32
+  (half/bfloat16 inputs are widened to fp32 first), clamp to ``[quant_min, quant_max]``,
+  ``y = (q - zero_point) * scale`` computed exactly (fp64) and rounded once to x's dtype.
+* STE: ``dx = dy`` where ``quant_min <= q <= quant_max``, else 0.
+* LSQ: the zero point is rounded (half-even) and clamped to the range in the forward;
+  per element ``dscale = dy * ((y - x) * inv_scale)`` inside the range and
+  ``dy * (quant_min - zp)`` / ``dy * (quant_max - zp)`` when clamped below / above;
+  ``dzero_point = -dy * scale`` when clamped, else 0; both times ``grad_factor`` and summed per
+  channel (or over everything). The sums are accumulated in fp64 here: the oracle is more exact
+  than any kernel, so kernels are compared against it within fp32 rounding.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..checks import channel_view_shape
+
+
+def _broadcast(v: torch.Tensor, ndim: int, axis: Optional[int]) -> torch.Tensor:
+    if axis is None:
+        return v.reshape(())
+    return v.reshape(channel_view_shape(ndim, axis))
+
+
+def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: Optional[int]):
+    """(q unclamped fp32, inv_scale fp32 broadcast, zp fp32 broadcast)."""
+    inv_scale = _broadcast(torch.reciprocal(scale.float()), x.dim(), axis)
+    zp_b = _broadcast(zp, x.dim(), axis)
+    q = torch.round(x.float() * inv_scale) + zp_b
+    return q, inv_scale, zp_b
+
+
+def _dequantize(q_clamped: torch.Tensor, zp_b: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
+                axis: Optional[int]) -> torch.Tensor:
+    scale_b = _broadcast(scale.double(), x.dim(), axis)
+    return ((q_clamped - zp_b).double() * scale_b).to(x.dtype)
+
+
+def rounded_zero_point(zero_point: torch.Tensor, quant_min: int, quant_max: int, clamp: bool) -> torch.Tensor:
+    zp = torch.round(zero_point.float())
+    return zp.clamp(quant_min, quant_max) if clamp else zp
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, quant_min, quant_max, axis):
+        zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=False)
+        q, _, zp_b = _quantize(x, scale, zp, axis)
+        mask = (q >= quant_min) & (q <= quant_max)
+        ctx.save_for_backward(mask)
+        return _dequantize(q.clamp(quant_min, quant_max), zp_b, scale, x, axis)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (mask,) = ctx.saved_tensors
+        return dy * mask.to(dy.dtype), None, None, None, None, None
+
+
+def fake_quant(x, scale, zero_point, quant_min, quant_max, axis=None):
+    return _FakeQuantSTE.apply(x, scale, zero_point, quant_min, quant_max, axis)
+
+
+def lsq_grads(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+              quant_min: int, quant_max: int, axis: Optional[int], grad_factor: float
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx in x.dtype, dscale shaped like scale, dzero_point shaped like zero_point)."""
+    zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=True)
+    q, inv_scale, zp_b = _quantize(x, scale, zp, axis)
+    x32, dy32 = x.float(), dy.float()
+    scale_b = _broadcast(scale.float(), x.dim(), axis)
+    below, above = q < quant_min, q > quant_max
+    inside = ~(below | above)
+    y32 = (q.clamp(quant_min, quant_max) - zp_b) * scale_b
+    dscale_inside = dy32 * (y32 - x32) * inv_scale
+    dscale_clamped = torch.where(below, dy32 * (quant_min - zp_b), dy32 * (quant_max - zp_b))
+    dscale_el = torch.where(inside, dscale_inside, dscale_clamped) * grad_factor
+    dzp_el = torch.where(inside, torch.zeros_like(dy32), -dy32 * scale_b * grad_factor)
+    dx = (dy32 * inside).to(dy.dtype)
+    if axis is None:
+        dscale = dscale_el.double().sum()
+        dzp = dzp_el.double().sum()
+    else:
+        dims = [d for d in range(x.dim()) if d != axis]
+        dscale = dscale_el.double().sum(dims) if dims else dscale_el.double()
+        dzp = dzp_el.double().sum(dims) if dims else dzp_el.double()
+    return (dx, dscale.to(scale.dtype).reshape(scale.shape),
+            dzp.to(zero_point.dtype if zero_point.is_floating_point() else torch.float32).reshape(zero_point.shape))
+
+
+class _LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, quant_min, quant_max, axis, grad_factor):
+        zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=True)
+        q, _, zp_b = _quantize(x, scale, zp, axis)
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.args = (quant_min, quant_max, axis, grad_factor)
+        return _dequantize(q.clamp(quant_min, quant_max), zp_b, scale, x, axis)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, scale, zero_point = ctx.saved_tensors
+        quant_min, quant_max, axis, grad_factor = ctx.args
+        dx, dscale, dzp = lsq_grads(x, dy, scale, zero_point, quant_min, quant_max, axis, grad_factor)
+        return dx, dscale, dzp if ctx.needs_input_grad[2] else None, None, None, None, None
+
+
+def lsq_fake_quant(x, scale, zero_point, quant_min, quant_max, axis=None, grad_factor=1.0):
+    return _LSQFakeQuant.apply(x, scale, zero_point, quant_min, quant_max, axis, float(grad_factor))
