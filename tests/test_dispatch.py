@@ -32,13 +32,13 @@ def test_forced_unavailable_backend_is_a_clear_error():
 
 def test_forced_reference_runs_reference(monkeypatch):
     calls = []
-    real = dispatch.implementations("fake_quant")["reference"]
+    real = dispatch.implementations("fq_forward")["reference"]
 
     def spy(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setitem(dispatch._REGISTRY["fake_quant"], "reference", spy)
+    monkeypatch.setitem(dispatch._REGISTRY["fq_forward"], "reference", spy)
     with ops.use_backend("reference"):
         ops.fake_quant(torch.randn(5), 0.1, 0, 0, 15)
     assert calls == [1]

@@ -2,7 +2,8 @@
 
 Every check names the argument and what was expected. Checks that would need the values of a
 CUDA tensor (a host synchronisation) are skipped on CUDA unless ``ZSQ_CHECK_VALUES=1``: the
-training-path ops must never stall the GPU pipeline. On CPU tensors they always run (no sync).
+training-path ops must never stall the GPU pipeline. On CPU tensors they always run (no sync),
+except under torch.compile tracing.
 """
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ ScalarOrTensor = Union[float, int, torch.Tensor]
 
 
 def value_checks_enabled(t: torch.Tensor) -> bool:
-    """Whether checks that read tensor values are allowed for ``t`` (no device sync)."""
+    """Whether checks that read tensor values are allowed for ``t`` (no device sync).
+
+    Never while torch.compile traces: reading a value would break the graph.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return t.device.type == "cpu" or os.environ.get("ZSQ_CHECK_VALUES", "0") not in ("", "0")
 
 

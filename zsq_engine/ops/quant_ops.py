@@ -10,19 +10,13 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import checks
+from . import checks, library
 from .dispatch import dispatch, register
 from .reference import adaround as _ref_adaround
-from .reference import fake_quant as _ref_fq
 from .reference import qdrop as _ref_qdrop
 from .reference import scale_search as _ref_search
 
-register("fake_quant", "reference")(_ref_fq.fake_quant)
-register("lsq_fake_quant", "reference")(_ref_fq.lsq_fake_quant)
-register("adaround_fake_quant", "reference")(_ref_adaround.adaround_fake_quant)
-register("adaround_regularizer", "reference")(_ref_adaround.adaround_regularizer)
 register("qdrop_mix", "reference")(_ref_qdrop.qdrop_mix)
-register("scale_search", "reference")(_ref_search.scale_search)
 
 
 def _prepare(x, scale, zero_point, quant_min, quant_max, axis):
@@ -46,7 +40,7 @@ def fake_quant(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: in
     ``zero_point`` is rounded to an integer but, unlike :func:`lsq_fake_quant`, not clamped.
     """
     scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
-    return dispatch("fake_quant", x.device)(x, scale, zero_point, quant_min, quant_max, axis)
+    return library.fake_quant(x, scale, zero_point, quant_min, quant_max, axis)
 
 
 def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
@@ -64,8 +58,30 @@ def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
     if not isinstance(grad_factor, (int, float)) or isinstance(grad_factor, bool):
         raise TypeError(f"grad_factor must be a float, got {type(grad_factor).__name__}")
-    return dispatch("lsq_fake_quant", x.device)(x, scale, zero_point, quant_min, quant_max, axis,
-                                                float(grad_factor))
+    return library.lsq_fake_quant(x, scale, zero_point, quant_min, quant_max, axis, float(grad_factor))
+
+
+def _check_qdrop_args(p, seed, offset) -> None:
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 63:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+
+def qdrop_fake_quant(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: int,
+                     axis: Optional[int] = None, p: float = 0.5, seed: int = 0, offset: int = 0,
+                     learnable: bool = False, grad_factor: float = 1.0) -> torch.Tensor:
+    """Activation fake-quant with QDrop fused in: ``qdrop_mix(fq(x), x, p, seed, offset)``.
+
+    ``fq`` is :func:`fake_quant` (``learnable=False``) or :func:`lsq_fake_quant`
+    (``learnable=True``, gradients to scale / zero point from the quantized elements only). The
+    random choice is recomputed in the backward from (seed, element index), never stored.
+    """
+    scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
+    _check_qdrop_args(p, seed, offset)
+    return library.qdrop_fake_quant(x, scale, zero_point, quant_min, quant_max, axis, float(p), seed, offset,
+                                    bool(learnable), float(grad_factor))
 
 
 def _check_adaround(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis):
@@ -91,14 +107,15 @@ def adaround_fake_quant(w_floor: torch.Tensor, alpha: torch.Tensor, scale, zero_
     rectified sigmoid (gamma=-0.1, zeta=1.1), gradients to alpha and scale; hard: ``h = alpha >= 0``.
     """
     scale, zero_point, axis = _check_adaround(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis)
-    return dispatch("adaround_fake_quant", w_floor.device)(w_floor, alpha, scale, zero_point, quant_min,
-                                                           quant_max, axis, bool(hard))
+    return library.adaround_fake_quant(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis, bool(hard))
 
 
 def adaround_regularizer(alpha: torch.Tensor, beta) -> torch.Tensor:
     """``sum(1 - |2 h(alpha) - 1| ** beta)``: pushes every h to 0 or 1 as beta anneals 20 -> 2."""
     checks.check_float_tensor("alpha", alpha)
-    return dispatch("adaround_regularizer", alpha.device)(alpha, beta)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta <= 0:
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    return library.adaround_regularizer(alpha, float(beta))
 
 
 def adaround_init(weight: torch.Tensor, scale: torch.Tensor, axis: Optional[int] = 0
@@ -130,11 +147,7 @@ def qdrop_mix(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int, offset
         raise ValueError(f"x_q and x_fp must have the same shape and dtype, got {tuple(x_q.shape)} "
                          f"{x_q.dtype} and {tuple(x_fp.shape)} {x_fp.dtype}")
     checks.check_same_device("x_q", x_q, "x_fp", x_fp)
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    for name, v in (("seed", seed), ("offset", offset)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    _check_qdrop_args(p, seed, offset)
     return dispatch("qdrop_mix", x_q.device)(x_q, x_fp, float(p), seed, offset)
 
 
@@ -156,8 +169,7 @@ def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional
         raise ValueError(f"p must be a positive number, got {p!r}")
     if x.numel() == 0:
         raise ValueError("x must not be empty")
-    return dispatch("scale_search", x.device)(x, quant_min, quant_max, axis, num_candidates, float(p),
-                                              bool(symmetric))
+    return library.scale_search(x, quant_min, quant_max, axis, num_candidates, float(p), bool(symmetric))
 
 
 def minmax_qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,

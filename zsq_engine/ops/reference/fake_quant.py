@@ -47,29 +47,22 @@ def rounded_zero_point(zero_point: torch.Tensor, quant_min: int, quant_max: int,
     return zp.clamp(quant_min, quant_max) if clamp else zp
 
 
-class _FakeQuantSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, quant_min, quant_max, axis):
-        zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=False)
-        q, _, zp_b = _quantize(x, scale, zp, axis)
-        mask = (q >= quant_min) & (q <= quant_max)
-        ctx.save_for_backward(mask)
-        return _dequantize(q.clamp(quant_min, quant_max), zp_b, scale, x, axis)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (mask,) = ctx.saved_tensors
-        return dy * mask.to(dy.dtype), None, None, None, None, None
+def fq_forward(x, scale, zero_point, quant_min, quant_max, axis):
+    """Primitive: fake-quantized x (x.dtype). ``zero_point`` must already hold integers."""
+    q, _, zp_b = _quantize(x, scale, zero_point.float(), axis)
+    return _dequantize(q.clamp(quant_min, quant_max), zp_b, scale, x, axis)
 
 
-def fake_quant(x, scale, zero_point, quant_min, quant_max, axis=None):
-    return _FakeQuantSTE.apply(x, scale, zero_point, quant_min, quant_max, axis)
+def fq_backward(dy, x, scale, zero_point, quant_min, quant_max, axis):
+    """Primitive: straight-through gradient, dy where the unclamped value is in range, else 0."""
+    q, _, _ = _quantize(x, scale, zero_point.float(), axis)
+    return dy * ((q >= quant_min) & (q <= quant_max)).to(dy.dtype)
 
 
-def lsq_grads(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-              quant_min: int, quant_max: int, axis: Optional[int], grad_factor: float
-              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx in x.dtype, dscale shaped like scale, dzero_point shaped like zero_point)."""
+def lsq_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                 quant_min: int, quant_max: int, axis: Optional[int], grad_factor: float
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Primitive: (dx in x.dtype, dscale shaped like scale, dzero_point shaped like zero_point)."""
     zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=True)
     q, inv_scale, zp_b = _quantize(x, scale, zp, axis)
     x32, dy32 = x.float(), dy.float()
@@ -91,24 +84,3 @@ def lsq_grads(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, zero_point
         dzp = dzp_el.double().sum(dims) if dims else dzp_el.double()
     return (dx, dscale.to(scale.dtype).reshape(scale.shape),
             dzp.to(zero_point.dtype if zero_point.is_floating_point() else torch.float32).reshape(zero_point.shape))
-
-
-class _LSQFakeQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, quant_min, quant_max, axis, grad_factor):
-        zp = rounded_zero_point(zero_point, quant_min, quant_max, clamp=True)
-        q, _, zp_b = _quantize(x, scale, zp, axis)
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.args = (quant_min, quant_max, axis, grad_factor)
-        return _dequantize(q.clamp(quant_min, quant_max), zp_b, scale, x, axis)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, scale, zero_point = ctx.saved_tensors
-        quant_min, quant_max, axis, grad_factor = ctx.args
-        dx, dscale, dzp = lsq_grads(x, dy, scale, zero_point, quant_min, quant_max, axis, grad_factor)
-        return dx, dscale, dzp if ctx.needs_input_grad[2] else None, None, None, None, None
-
-
-def lsq_fake_quant(x, scale, zero_point, quant_min, quant_max, axis=None, grad_factor=1.0):
-    return _LSQFakeQuant.apply(x, scale, zero_point, quant_min, quant_max, axis, float(grad_factor))
