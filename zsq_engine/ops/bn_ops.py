@@ -44,7 +44,7 @@ def bn_stat_loss(activations: Sequence[torch.Tensor], running_means: Sequence[to
         if a.dim() not in (2, 4):
             raise ValueError(f"activations[{i}] must be [N, C, H, W] or [N, C], got shape {tuple(a.shape)}")
         for name, t in ((f"running_means[{i}]", m), (f"running_vars[{i}]", v)):
-            checks.check_float_tensor(name, t)
+            checks.check_tensor(name, t, checks.PARAM_DTYPES)
             if t.shape != (a.shape[1],):
                 raise ValueError(f"{name} must have shape [{a.shape[1]}] (channels of activations[{i}]), "
                                  f"got {tuple(t.shape)}")

@@ -12,7 +12,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PARAM_DTYPES = FLOAT_DTYPES + (torch.float64,)  # quantization parameters are used in fp32
 ScalarOrTensor = Union[float, int, torch.Tensor]
 
 
@@ -78,9 +79,8 @@ def as_param_tensor(name: str, v: ScalarOrTensor, x: torch.Tensor, dtype: torch.
 def check_qparams(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                   axis: Optional[int]) -> None:
     """Shapes, dtypes and (where no sync is needed) values of scale / zero_point."""
-    check_float_tensor("scale", scale)
-    if zero_point.dtype not in (torch.int32, torch.int64, torch.float32, torch.float16, torch.bfloat16,
-                                torch.float64):
+    check_tensor("scale", scale, PARAM_DTYPES)
+    if zero_point.dtype not in (torch.int32, torch.int64) + PARAM_DTYPES:
         raise TypeError(f"zero_point must be an int32/int64 or floating tensor, got {zero_point.dtype}")
     if axis is None:
         if scale.numel() != 1:

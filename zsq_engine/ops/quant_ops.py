@@ -175,8 +175,8 @@ def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional
 def minmax_qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,
                    symmetric: bool = False, eps: float = 1e-8) -> Tuple[torch.Tensor, torch.Tensor]:
     """fp32 ``(scale, zero_point)`` from observed ranges (widened to contain 0), vectorised."""
-    checks.check_float_tensor("min_val", min_val)
-    checks.check_float_tensor("max_val", max_val)
+    checks.check_tensor("min_val", min_val, checks.PARAM_DTYPES)
+    checks.check_tensor("max_val", max_val, checks.PARAM_DTYPES)
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val and max_val must have one shape, got {tuple(min_val.shape)} and "
                          f"{tuple(max_val.shape)}")

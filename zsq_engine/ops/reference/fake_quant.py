@@ -38,6 +38,9 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: Opti
 
 def _dequantize(q_clamped: torch.Tensor, zp_b: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
                 axis: Optional[int]) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        # an fp32 product of an integer and an fp32 scale is already the correctly rounded exact product
+        return (q_clamped - zp_b) * _broadcast(scale.float(), x.dim(), axis)
     scale_b = _broadcast(scale.double(), x.dim(), axis)
     return ((q_clamped - zp_b).double() * scale_b).to(x.dtype)
 
