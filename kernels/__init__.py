@@ -1,0 +1,1 @@
+"""Triton kernels of zsq_engine; imported lazily, only when triton is installed."""
