@@ -4,7 +4,8 @@ Numerics follow PyTorch's native CPU kernels bit for bit:
 
 * ``inv_scale = 1/scale`` in fp32, ``q = round_half_even(x * inv_scale) + zero_point`` in fp32
   (half/bfloat16 inputs are widened to fp32 first), clamp to ``[quant_min, quant_max]``,
-  ``y = (q - zero_point) * scale`` computed exactly (fp64) and rounded once to x's dtype.
+  ``y = (q - zero_point) * scale`` in fp32 (exactly rounded), then converted to x's dtype
+  (for half/bfloat16 that is a second rounding, exactly as PyTorch's native kernel does).
 * STE: ``dx = dy`` where ``quant_min <= q <= quant_max``, else 0.
 * LSQ: the zero point is rounded (half-even) and clamped to the range in the forward;
   per element ``dscale = dy * ((y - x) * inv_scale)`` inside the range and
@@ -38,11 +39,10 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: Opti
 
 def _dequantize(q_clamped: torch.Tensor, zp_b: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
                 axis: Optional[int]) -> torch.Tensor:
-    if x.dtype == torch.float32:
-        # an fp32 product of an integer and an fp32 scale is already the correctly rounded exact product
-        return (q_clamped - zp_b) * _broadcast(scale.float(), x.dim(), axis)
-    scale_b = _broadcast(scale.double(), x.dim(), axis)
-    return ((q_clamped - zp_b).double() * scale_b).to(x.dtype)
+    # The fp32 product of an integer and an fp32 scale is the correctly rounded exact product;
+    # 16-bit outputs are then rounded again from fp32, as PyTorch's native op does (its fp64
+    # result also reaches half/bfloat16 through fp32).
+    return ((q_clamped - zp_b) * _broadcast(scale.float(), x.dim(), axis)).to(x.dtype)
 
 
 def rounded_zero_point(zero_point: torch.Tensor, quant_min: int, quant_max: int, clamp: bool) -> torch.Tensor:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: build, GPU tests, GPU benchmarks (rows in benchmarks/results/).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PY:-python3}
+MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
+    "$PY" -m pip install -e . --no-build-isolation --no-deps -q
+"$PY" -m zsq_engine.cli info
+"$PY" -m pytest -q -x tests -k "not slow" -p no:cacheprovider
+"$PY" -m benchmarks.fake_quant --device cuda
