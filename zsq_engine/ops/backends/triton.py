@@ -23,6 +23,9 @@ _LAUNCHERS = {
     "adaround_reg_forward": ("adaround", "adaround_reg_forward"),
     "adaround_reg_backward": ("adaround", "adaround_reg_backward"),
     "scale_search": ("scale_search", "scale_search"),
+    "int_mm": ("int_gemm", "int_mm"),
+    "bn_stats_forward": ("bn_stats", "bn_stats_forward"),
+    "bn_stats_backward": ("bn_stats", "bn_stats_backward"),
 }
 
 

@@ -1,0 +1,210 @@
+"""The fused epilogue of the integer GEMM / conv kernels, and its float64 reference.
+
+An integer GEMM ``a [M, K] x w [N, K]^T`` (or an implicit-GEMM conv, ``M`` = output pixels,
+``N`` = output channels, ``K`` = kh * kw * C) accumulates int32. :class:`Epilogue` says what
+happens to that accumulator before it is stored, in this order:
+
+1. zero-point correction (exact, int32): ``acc = sum_k (a - za)(w - zw)``
+   ``= sum a w - za * colsum(w)[n] - zw[n] * rowsum(a)[m] + K * za * zw[n]``;
+   ``colsum(w)`` is ``weight_col_sum`` when given (precompute it once per weight), else computed
+   by the launcher; ``rowsum(a)`` is accumulated inside the kernel.
+2. dequantisation (fp32): ``v = acc * (act_scale[m] * weight_scale[n])``; ``act_scale`` is
+   per tensor (one element) or per row (``M`` elements), ``weight_scale`` per tensor or per
+   output channel (``N`` elements).
+3. ``v += bias[n]``; ``v += residual[m, n]`` (a float tensor, or int8/uint8 dequantised as
+   ``(r - residual_zero_point) * residual_scale``); residual adds stay in this float epilogue.
+4. ``activation``: ``"none"``, ``"relu"`` or ``"relu6"`` (clamp to [0, 6]).
+5. output: fp32 / fp16 / bf16 (round to nearest even), or requantised int8 / uint8
+   ``clamp(round_half_even(v / out_scale) + out_zero_point, quant_min, quant_max)``.
+
+``out_dtype=torch.int32`` keeps the integer accumulator: only the zero-point correction is
+allowed then. Scales may be python floats or fp32 tensors (tensors avoid any host sync).
+
+Error budget (fp32 epilogue vs this float64 reference): ``acc -> fp32``, the scale product,
+the product, the bias and residual adds each round once (2^-24 relative to the magnitudes
+involved), so ``|out - ref| <= 8 * 2^-24 * (|acc * s| + |bias| + |residual|)`` before the cast
+to the output dtype, which adds half an ulp of fp16 / bf16. Requantised outputs therefore equal
+the reference except where ``v / out_scale`` lies within that budget of a rounding tie
+(``x.5``), where they may differ by one; with power-of-two scales every step is exact and the
+result is bit-identical, ties included (round half to even).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+ScalarOrTensor = Union[float, int, torch.Tensor]
+
+ACTIVATIONS = ("none", "relu", "relu6")
+FLOAT_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+QUANT_OUT_DTYPES = (torch.int8, torch.uint8)
+OUT_DTYPES = (torch.int32,) + FLOAT_OUT_DTYPES + QUANT_OUT_DTYPES
+
+
+@dataclass
+class Epilogue:
+    """What the integer GEMM / conv does with its int32 accumulator (see the module doc).
+
+    Shapes (``M`` rows = GEMM rows or conv output pixels, ``N`` = output channels):
+    ``weight_scale`` [N] or [1]; ``act_scale`` [M] or [1]; ``weight_zero_point`` int or int
+    tensor [N] / [1]; ``weight_col_sum`` int32 [N] (``w.sum(K)`` of the *unpacked* weight);
+    ``bias`` float [N]; ``residual`` float or int8/uint8 [M, N] (GEMM) or NHWC
+    [batch, OH, OW, N] (conv).
+    """
+
+    weight_scale: Optional[ScalarOrTensor] = None
+    act_scale: Optional[ScalarOrTensor] = None
+    act_zero_point: int = 0
+    weight_zero_point: Optional[Union[int, torch.Tensor]] = None
+    weight_col_sum: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
+    residual_scale: Optional[ScalarOrTensor] = None
+    residual_zero_point: int = 0
+    activation: str = "none"
+    out_dtype: torch.dtype = torch.float32
+    out_scale: Optional[ScalarOrTensor] = None
+    out_zero_point: int = 0
+    quant_min: Optional[int] = None
+    quant_max: Optional[int] = None
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Epilogue":
+        """Raise a clear error for an inconsistent combination; returns self."""
+        if self.out_dtype not in OUT_DTYPES:
+            names = ", ".join(str(d).replace("torch.", "") for d in OUT_DTYPES)
+            raise TypeError(f"epilogue.out_dtype must be one of ({names}), got {self.out_dtype}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"epilogue.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        for name in ("act_zero_point", "residual_zero_point", "out_zero_point"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not -(2 ** 31) <= v < 2 ** 31:
+                raise TypeError(f"epilogue.{name} must be a python int (int32 range), got {v!r}")
+        zw = self.weight_zero_point
+        if zw is not None and not isinstance(zw, torch.Tensor) and (isinstance(zw, bool) or not isinstance(zw, int)):
+            raise TypeError(f"epilogue.weight_zero_point must be an int or an integer tensor, got {type(zw).__name__}")
+        if isinstance(zw, torch.Tensor) and (zw.dtype.is_floating_point or zw.dtype.is_complex or zw.dtype == torch.bool):
+            raise TypeError(f"epilogue.weight_zero_point must be an integer tensor, got {zw.dtype}")
+        if self.out_dtype == torch.int32:
+            extra = [n for n in ("weight_scale", "act_scale", "bias", "residual", "out_scale")
+                     if getattr(self, n) is not None]
+            if extra or self.activation != "none":
+                raise ValueError("epilogue.out_dtype=int32 keeps the integer accumulator: only the zero-point "
+                                 f"correction is allowed, but {extra or ['activation=' + self.activation]} was set")
+            return self
+        if self.weight_scale is None or self.act_scale is None:
+            raise ValueError(f"epilogue.out_dtype={self.out_dtype} needs weight_scale and act_scale to dequantize "
+                             "the int32 accumulator")
+        if self.residual is not None and self.residual.dtype in QUANT_OUT_DTYPES and self.residual_scale is None:
+            raise ValueError("an int8/uint8 epilogue.residual needs residual_scale (and residual_zero_point)")
+        if self.residual is not None and self.residual.dtype not in FLOAT_OUT_DTYPES + QUANT_OUT_DTYPES:
+            raise TypeError(f"epilogue.residual must be float32/float16/bfloat16/int8/uint8, got {self.residual.dtype}")
+        if self.bias is not None and (not isinstance(self.bias, torch.Tensor) or not self.bias.dtype.is_floating_point):
+            raise TypeError("epilogue.bias must be a floating-point tensor of shape [N]")
+        if self.out_dtype in QUANT_OUT_DTYPES:
+            if self.out_scale is None:
+                raise ValueError(f"epilogue.out_dtype={self.out_dtype} (requantize) needs out_scale")
+            qmin, qmax = self.quant_range()
+            if qmin >= qmax:
+                raise ValueError(f"epilogue quant_min must be < quant_max, got {qmin} and {qmax}")
+        return self
+
+    @property
+    def integer_output(self) -> bool:
+        return self.out_dtype == torch.int32
+
+    def quant_range(self):
+        lo, hi = (-128, 127) if self.out_dtype == torch.int8 else (0, 255)
+        qmin = lo if self.quant_min is None else self.quant_min
+        qmax = hi if self.quant_max is None else self.quant_max
+        if not (lo <= qmin <= hi and lo <= qmax <= hi):
+            raise ValueError(f"epilogue quant range [{qmin}, {qmax}] does not fit {self.out_dtype} [{lo}, {hi}]")
+        return qmin, qmax
+
+    def has_weight_zero_point(self) -> bool:
+        zw = self.weight_zero_point
+        return zw is not None and (isinstance(zw, torch.Tensor) or zw != 0)
+
+
+# ---------------------------------------------------------------------- float64 reference
+
+def _as_f64(v: ScalarOrTensor, device) -> torch.Tensor:
+    """A scale as the kernels see it (fp32), then widened to fp64 exactly."""
+    t = v if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+    return t.to(device=device, dtype=torch.float32).to(torch.float64).reshape(-1)
+
+
+def zero_point_product_reference(a: torch.Tensor, w: torch.Tensor, act_zero_point: int = 0,
+                                 weight_zero_point=None) -> torch.Tensor:
+    """Exact ``sum_k (a - za)(w - zw)`` in fp64: ``a`` [M, K] int8/uint8, ``w`` [N, K] int8."""
+    wd = w.double()
+    if weight_zero_point is not None:
+        zw = weight_zero_point if isinstance(weight_zero_point, torch.Tensor) else torch.tensor(weight_zero_point)
+        wd = wd - zw.to(device=w.device, dtype=torch.float64).reshape(-1, 1)
+    return (a.double() - act_zero_point) @ wd.t()
+
+
+def conv_product_reference(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups=1,
+                           pad_value: int = 0, act_zero_point: int = 0, weight_zero_point=None) -> torch.Tensor:
+    """Exact fp64 ``sum (x - za)(w - zw)`` of an NHWC conv whose padding holds ``pad_value``.
+
+    ``x`` [B, H, W, C]; ``w`` [O, kh, kw, C / groups]; returns fp64 [B, OH, OW, O]."""
+    pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    xd = x.double().permute(0, 3, 1, 2)
+    xd = F.pad(xd, (pad[1], pad[1], pad[0], pad[0]), value=float(pad_value)) - act_zero_point
+    wd = w.double().permute(0, 3, 1, 2)
+    if weight_zero_point is not None:
+        zw = weight_zero_point if isinstance(weight_zero_point, torch.Tensor) else torch.tensor(weight_zero_point)
+        wd = wd - zw.to(device=w.device, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    out = F.conv2d(xd, wd, None, stride, 0, dilation, groups)
+    return out.permute(0, 2, 3, 1)
+
+
+def dequant_reference(product: torch.Tensor, epilogue: Epilogue) -> torch.Tensor:
+    """Steps 2-4 in fp64 on the exact zero-point-corrected product [M, N] (fp64 or integer).
+
+    Returns the fp64 value before the output cast / requantisation (the product itself for
+    ``out_dtype=int32``)."""
+    ep = epilogue.validate()
+    v = product.double()
+    if ep.integer_output:
+        return v
+    dev = v.device
+    m, n = v.shape
+    sa = _as_f64(ep.act_scale, dev)
+    sw = _as_f64(ep.weight_scale, dev)
+    v = v * (sa.reshape(-1, 1) if sa.numel() == m and m != 1 else sa) * sw.reshape(1, -1)
+    if ep.bias is not None:
+        v = v + ep.bias.to(dev, torch.float32).double().reshape(1, -1)
+    if ep.residual is not None:
+        r = ep.residual.reshape(m, n).double()
+        if ep.residual.dtype in QUANT_OUT_DTYPES:
+            r = (r - ep.residual_zero_point) * _as_f64(ep.residual_scale, dev)
+        v = v + r
+    if ep.activation == "relu":
+        v = v.clamp_min(0.0)
+    elif ep.activation == "relu6":
+        v = v.clamp(0.0, 6.0)
+    return v
+
+
+def finish_reference(v: torch.Tensor, epilogue: Epilogue) -> torch.Tensor:
+    """Step 5 in fp64: cast, or requantise with round-half-to-even and clamp."""
+    ep = epilogue
+    if ep.integer_output:
+        return v.to(torch.int32)
+    if ep.out_dtype in FLOAT_OUT_DTYPES:
+        return v.to(ep.out_dtype)
+    qmin, qmax = ep.quant_range()
+    q = torch.round(v / _as_f64(ep.out_scale, v.device)) + ep.out_zero_point
+    return q.clamp(qmin, qmax).to(ep.out_dtype)
+
+
+def apply_reference(product: torch.Tensor, epilogue: Optional[Epilogue]) -> torch.Tensor:
+    """The whole epilogue on the exact product [M, N]; ``None`` means plain int32."""
+    if epilogue is None:
+        return product.to(torch.int32)
+    return finish_reference(dequant_reference(product, epilogue), epilogue)
