@@ -1,0 +1,45 @@
+"""ZeroQ data synthesis: optimise the pixels of a Gaussian batch so that the per-image statistics
+of every BN input match the running statistics ('zeroq' variant), plus per-image input mean 0 /
+std 1. Adam lr 0.5, ReduceLROnPlateau(min_lr 1e-4, patience 100), 500 iterations (paper)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import ops
+from .hooks import BNInputRecorder
+from .loop import BatchResult, IterationBar, input_stat_loss, measure_bn_loss
+
+__all__ = ["DEFAULTS", "synthesize_batch"]
+
+DEFAULTS = {"iters": 500, "lr": 0.5, "min_lr": 1e-4, "patience": 100}
+
+
+def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[int], num_classes: int,
+                     settings: dict, device: torch.device, show_progress: bool = False,
+                     desc: str = "zeroq") -> BatchResult:
+    """One batch [batch_size, *input_shape] from the global RNG (the caller seeds it).
+
+    ``teacher`` must already be frozen (see :func:`zsq_engine.synth.hooks.frozen_teacher`).
+    """
+    s = {**DEFAULTS, **settings}
+    x = torch.randn(batch_size, *input_shape, device=device).requires_grad_(True)
+    start = measure_bn_loss(teacher, x.detach(), "zeroq")
+    opt = torch.optim.Adam([x], lr=s["lr"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=s["min_lr"], patience=s["patience"])
+    bar = IterationBar(s["iters"], desc, show_progress)
+    with BNInputRecorder(teacher) as rec:
+        for it in bar:
+            opt.zero_grad(set_to_none=True)
+            rec.clear()
+            teacher(x)
+            loss = ops.bn_stat_loss(*rec.loss_inputs(), variant="zeroq") + input_stat_loss(x)
+            loss.backward()
+            opt.step()
+            sched.step(loss.detach())
+            bar.report(it, loss)
+    bar.close()
+    images = x.detach()
+    return BatchResult(images.float().cpu(), None, start, measure_bn_loss(teacher, images, "zeroq"))
