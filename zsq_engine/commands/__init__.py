@@ -1,2 +1,2 @@
-"""Sub-commands of the ``zsq`` CLI: each module has ``add_parser(subparsers)`` and ``run(args)``."""
-COMMANDS = ("info", "eval", "demo")
+"""Sub-commands of the ``zsq`` CLI: each module has ``add_parser(subparsers)`` and ``run(args)``;
+``zsq_engine.cli._MODULES`` lists them."""

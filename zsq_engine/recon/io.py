@@ -1,0 +1,58 @@
+"""Quantized-model files written by ``zsq quantize``.
+
+Format (``torch.save``, read with ``weights_only=True``)::
+
+    {"format": 1, "state_dict": {...}, "meta": {"model", "wbits", "abits", "first_last_bits",
+     "method", "preset", "seed", "data", "accuracy", ...}}
+
+The state dict is that of ``quantize_model(get_model(meta["model"]), wbits, abits,
+first_last_bits=...)`` after reconstruction: weights are the dequantized integer-grid values,
+every quantizer holds its (scale, zero_point).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized"]
+
+FORMAT_VERSION = 1
+
+
+def save_quantized(path, qmodel: nn.Module, meta: dict) -> None:
+    """Write ``{format, state_dict (CPU tensors), meta}`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in qmodel.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, "state_dict": state, "meta": dict(meta)}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_quantized(path, device="cpu"):
+    """``(qmodel, meta)`` from a file of :func:`save_quantized` (model rebuilt from the registry)."""
+    from ..models import get_model
+    from ..quant import quantize_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"quantized model file {path} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not {"state_dict", "meta"} <= set(obj):
+        raise ValueError(f"{path} is not a zsq quantized model (expected keys state_dict, meta)")
+    meta = obj["meta"]
+    model = get_model(meta["model"], pretrained=False)
+    qmodel = quantize_model(model, meta["wbits"], meta["abits"], first_last_bits=meta.get("first_last_bits", 8),
+                            weight_method="minmax")
+    qmodel.load_state_dict(obj["state_dict"], strict=True)
+    return qmodel.to(device).eval(), meta

@@ -1,0 +1,209 @@
+"""Reconstruction-time quantizers, built on the fused ops of :mod:`zsq_engine.ops`.
+
+* :class:`AdaRoundWeightQuantizer` - AdaRound weights. ``w_floor = floor(W / s0)`` is frozen,
+  the rounding logits ``alpha`` are learned; ``W_q = (clamp(w_floor + h(alpha) + z, qmin, qmax)
+  - z) * s`` (``ops.adaround_fake_quant``). BRECQ / QDrop keep ``s = s0``; Genie-M also learns
+  ``s`` (initialised, like ``s0``, by the 100-candidate Lp(2.4) search ``ops.scale_search``).
+  ``soft`` mode uses the rectified sigmoid ``h``; ``hard`` mode ``h = alpha >= 0``.
+* :class:`LSQActQuantizer` - per-tensor activation fake-quant with a learned scale (LSQ), and
+  QDrop fused in (``ops.qdrop_fake_quant``): while ``drop_prob > 0`` each element is quantized
+  with probability ``drop_prob`` and passed through in float otherwise; the mask comes from
+  ``(seed, element index)``, and :meth:`LSQActQuantizer.step` advances the seed so every
+  iteration draws a new mask without any host synchronisation.
+
+Activation convention (one choice for all methods, see ``docs/accuracy.md``): the zero point
+comes from calibration and stays FIXED; only the scale is learned, with no LSQ gradient scaling
+(``grad_factor = 1``), as Genie-M does ("symmetric LSQ, no grad scaling"). For the inputs of the
+quantized layers of ReLU networks the calibrated zero point is 0, i.e. exactly Genie's
+zero-centred grid, but on the unsigned range [0, 2^b - 1] so no code is wasted on negative values
+that never occur; signed inputs (e.g. MobileNetV2 block inputs) keep an asymmetric grid.
+
+Both modules are drop-in replacements for :class:`zsq_engine.quant.UniformQuantizer` inside a
+:class:`zsq_engine.quant.QuantLayer` (``weight_quantizer(weight)`` / ``act_quantizer(x)``), and
+both can be baked back into a plain ``UniformQuantizer`` (:func:`bake_weight`, :func:`bake_act`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..quant.quantizer import SCALE_EPS, UniformQuantizer
+
+__all__ = ["AdaRoundWeightQuantizer", "LSQActQuantizer", "bake_weight", "bake_act", "GENIE_SEARCH_CANDIDATES"]
+
+GENIE_SEARCH_CANDIDATES = 100
+SEARCH_P = 2.4
+
+
+class AdaRoundWeightQuantizer(nn.Module):
+    """AdaRound (BRECQ) / learned-step AdaRound (Genie-M) weight fake-quantizer.
+
+    Args:
+        weight: float weight ``[C_out, ...]`` (per-channel along axis 0) the rounding is learned for.
+        template: the calibrated :class:`UniformQuantizer` of that weight; gives the grid
+            (bits, range, per-channel) and, unless ``search_scale``, the initial ``(s0, z)``.
+        learn_scale: make the step ``s`` an ``nn.Parameter`` (Genie-M); else a fixed buffer.
+        search_scale: re-initialise ``(s0, z)`` by the ``num_candidates``-ratio Lp(2.4) search.
+
+    State: ``w_floor`` (buffer, same shape as ``weight``), ``alpha`` (Parameter), ``scale``
+    ``[C]`` fp32 (Parameter or buffer), ``zero_point`` ``[C]`` fp32 integers (buffer), ``hard``.
+    """
+
+    def __init__(self, weight: torch.Tensor, template: UniformQuantizer, *, learn_scale: bool = False,
+                 search_scale: bool = False, num_candidates: int = GENIE_SEARCH_CANDIDATES) -> None:
+        super().__init__()
+        if not isinstance(template, UniformQuantizer):
+            raise TypeError(f"template must be a UniformQuantizer, got {type(template).__name__}")
+        spec = template.spec
+        self.spec = spec
+        self.axis = spec.resolve_axis(weight.dim())
+        w = weight.detach().float()
+        if search_scale:
+            scale, zp = ops.scale_search(w, spec.quant_min, spec.quant_max, axis=self.axis,
+                                         num_candidates=num_candidates, p=SEARCH_P, symmetric=spec.symmetric)
+        else:
+            scale, zp = template.qparams()
+        scale = scale.detach().float().reshape(-1).clamp_min(SCALE_EPS).to(w.device)
+        zp = torch.round(zp.detach().float().reshape(-1)).clamp(spec.quant_min, spec.quant_max).to(w.device)
+        w_floor, alpha = ops.adaround_init(w, scale, axis=self.axis)
+        self.register_buffer("w_floor", w_floor)
+        self.register_buffer("zero_point", zp)
+        self.alpha = nn.Parameter(alpha)
+        if learn_scale:
+            self.scale = nn.Parameter(scale.clone())
+        else:
+            self.register_buffer("scale", scale.clone())
+        self.learn_scale = learn_scale
+        self.hard = False
+        self.enabled = True
+
+    @property
+    def quant_min(self) -> int:
+        return self.spec.quant_min
+
+    @property
+    def quant_max(self) -> int:
+        return self.spec.quant_max
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized weight; the ``weight`` argument only matters when disabled."""
+        if not self.enabled:
+            return weight
+        return ops.adaround_fake_quant(self.w_floor, self.alpha, self.scale.clamp_min(SCALE_EPS), self.zero_point,
+                                       self.quant_min, self.quant_max, axis=self.axis, hard=self.hard)
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """``sum(1 - |2 h(alpha) - 1| ** beta)`` (0-dim fp32)."""
+        return ops.adaround_regularizer(self.alpha, beta)
+
+    @torch.no_grad()
+    def integer_weight(self) -> torch.Tensor:
+        """The hard-rounded integer codes ``clamp(w_floor + (alpha >= 0) + z, qmin, qmax)`` (int32)."""
+        z = self.zero_point.reshape(_channel_shape(self.w_floor.dim(), self.axis))
+        q = torch.clamp(self.w_floor + (self.alpha >= 0).to(self.w_floor.dtype) + z, self.quant_min, self.quant_max)
+        return q.to(torch.int32)
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.spec.bits}, range=[{self.quant_min}, {self.quant_max}], "
+                f"learn_scale={self.learn_scale}, hard={self.hard}")
+
+
+def _channel_shape(ndim: int, axis: Optional[int]):
+    if axis is None:
+        return ()
+    shape = [1] * ndim
+    shape[axis] = -1
+    return shape
+
+
+class LSQActQuantizer(nn.Module):
+    """Per-tensor activation quantizer with a learned scale and optional QDrop.
+
+    Args:
+        template: the calibrated :class:`UniformQuantizer` of this activation (grid, init scale,
+            fixed zero point).
+        drop_prob: QDrop probability of QUANTIZING an element during reconstruction (0.5 for
+            QDrop / Genie); 0 disables dropping (BRECQ, and every evaluation).
+        seed: base seed of the QDrop masks; mask of step t uses seed ``seed + t``.
+        grad_factor: LSQ scale-gradient factor (1.0 = no gradient scaling).
+
+    ``dropping`` switches QDrop on and off (reconstruction sets it; evaluation leaves it off).
+    """
+
+    def __init__(self, template: UniformQuantizer, *, drop_prob: float = 0.0, seed: int = 0,
+                 grad_factor: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(template, UniformQuantizer):
+            raise TypeError(f"template must be a UniformQuantizer, got {type(template).__name__}")
+        if template.spec.per_channel:
+            raise ValueError("LSQActQuantizer is per-tensor; got a per-channel template")
+        if not 0.0 <= drop_prob <= 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob!r}")
+        self.spec = template.spec
+        scale, zp = template.qparams()
+        self.scale = nn.Parameter(scale.detach().float().reshape(1).clone())
+        self.register_buffer("zero_point", zp.detach().float().reshape(1).clone())
+        self.drop_prob = float(drop_prob)
+        self.base_seed = int(seed)
+        self.grad_factor = float(grad_factor)
+        self.dropping = False
+        self.enabled = template.enabled
+        self._step = 0
+
+    @property
+    def quant_min(self) -> int:
+        return self.spec.quant_min
+
+    @property
+    def quant_max(self) -> int:
+        return self.spec.quant_max
+
+    def step(self) -> None:
+        """Advance the QDrop seed: the next forward draws a fresh mask (host-side int, no sync)."""
+        self._step += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        scale = self.scale.clamp_min(SCALE_EPS)
+        if self.dropping and self.drop_prob < 1.0:
+            seed = (self.base_seed + self._step) % (2 ** 63)
+            return ops.qdrop_fake_quant(x, scale, self.zero_point, self.quant_min, self.quant_max, None,
+                                        p=self.drop_prob, seed=seed, offset=0, learnable=True,
+                                        grad_factor=self.grad_factor)
+        return ops.lsq_fake_quant(x, scale, self.zero_point, self.quant_min, self.quant_max, None,
+                                  grad_factor=self.grad_factor)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.spec.bits}, drop_prob={self.drop_prob}, grad_factor={self.grad_factor}"
+
+
+@torch.no_grad()
+def bake_weight(layer_weight: nn.Parameter, quantizer: AdaRoundWeightQuantizer, target: UniformQuantizer) -> None:
+    """Write the HARD AdaRound weights into ``layer_weight`` and ``(s, z)`` into ``target``.
+
+    Afterwards ``target(layer_weight) == layer_weight`` bit for bit: the stored weight IS the
+    dequantized integer grid point. Raises RuntimeError if that check fails.
+    """
+    scale = quantizer.scale.detach().float().clamp_min(SCALE_EPS)
+    q = quantizer.integer_weight().float()
+    z = quantizer.zero_point.reshape(_channel_shape(q.dim(), quantizer.axis))
+    s = scale.reshape(_channel_shape(q.dim(), quantizer.axis))
+    w_hard = ((q - z) * s).to(layer_weight.dtype)
+    quantizer.hard = True
+    if not torch.equal(quantizer(layer_weight).to(w_hard.dtype), w_hard):
+        raise RuntimeError("hard AdaRound weights do not match their integer codes")
+    layer_weight.copy_(w_hard)
+    target.set_qparams(scale, quantizer.zero_point)
+    if not torch.equal(target(layer_weight), layer_weight):
+        raise RuntimeError("baked weights are not exactly on the integer grid of their quantizer")
+
+
+@torch.no_grad()
+def bake_act(quantizer: LSQActQuantizer, target: UniformQuantizer) -> None:
+    """Copy the learned scale (and the fixed zero point) into a plain ``UniformQuantizer``."""
+    target.set_qparams(quantizer.scale.detach().float().clamp_min(SCALE_EPS), quantizer.zero_point)
+    target.enabled = quantizer.enabled
