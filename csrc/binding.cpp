@@ -6,12 +6,19 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "cpu/adaround.h"
+#include "cpu/bn_stats.h"
 #include "cpu/cpu_features.h"
+#include "cpu/fake_quant.h"
 #include "cpu/int4_pack.h"
+#include "cpu/scale_search.h"
 
 #ifdef ZSQ_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -149,6 +156,314 @@ at::Tensor unpack_int4_cpu(const at::Tensor& packed, int64_t k, bool is_signed) 
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU fused fake-quant primitives (same arguments as zsq_engine/ops/reference/*)
+
+zsq::cpu::ElemType float_elem_type(const char* fn, const char* name, const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return zsq::cpu::ElemType::kFloat32;
+    case at::kHalf: return zsq::cpu::ElemType::kFloat16;
+    case at::kBFloat16: return zsq::cpu::ElemType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK(false, fn, ": ", name, " must be float32, float16 or bfloat16, got dtype ",
+              t.scalar_type());
+  throw std::logic_error("unreachable");
+}
+
+void check_cpu_contiguous(const char* fn, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be a CPU tensor, got device ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous (call .contiguous() first)");
+}
+
+// x: a float CPU tensor, contiguous; returns its storage type
+zsq::cpu::ElemType check_float_input(const char* fn, const char* name, const at::Tensor& x) {
+  const zsq::cpu::ElemType type = float_elem_type(fn, name, x);
+  check_cpu_contiguous(fn, name, x);
+  return type;
+}
+
+// t must match `like` in dtype and shape (a gradient of it, or a same-shaped operand)
+void check_same_as(const char* fn, const char* name, const at::Tensor& t, const char* like_name,
+                   const at::Tensor& like) {
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), fn, ": ", name, " must have the dtype of ",
+              like_name, " (", like.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == like.sizes(), fn, ": ", name, " must have the shape of ", like_name,
+              " ", like.sizes(), ", got ", t.sizes());
+  check_cpu_contiguous(fn, name, t);
+}
+
+void check_quant_range(const char* fn, int64_t quant_min, int64_t quant_max) {
+  constexpr int64_t lo = -(int64_t{1} << 31), hi = (int64_t{1} << 31) - 1;
+  TORCH_CHECK(quant_min >= lo && quant_min <= hi, fn, ": quant_min must fit in int32, got ",
+              quant_min);
+  TORCH_CHECK(quant_max >= lo && quant_max <= hi, fn, ": quant_max must fit in int32, got ",
+              quant_max);
+  TORCH_CHECK(quant_min < quant_max, fn, ": quant_min must be < quant_max, got quant_min=",
+              quant_min, ", quant_max=", quant_max);
+}
+
+// The channel axis in [0, ndim), or -1 for per-tensor (axis=None).
+int64_t check_axis(const char* fn, const at::Tensor& x, std::optional<int64_t> axis) {
+  if (!axis.has_value()) return -1;
+  const int64_t ndim = x.dim();
+  TORCH_CHECK(*axis >= -ndim && *axis < ndim, fn, ": axis=", *axis,
+              " is out of range for x with ", ndim, " dimensions (expected ", -ndim,
+              " <= axis < ", ndim, ", or None for per-tensor)");
+  return *axis < 0 ? *axis + ndim : *axis;
+}
+
+zsq::cpu::ChannelLayout channel_layout(const at::Tensor& x, int64_t axis) {
+  zsq::cpu::ChannelLayout l;
+  if (axis < 0) {
+    l.inner = x.numel();
+    return l;
+  }
+  for (int64_t d = 0; d < axis; ++d) l.outer *= x.size(d);
+  l.channels = x.size(axis);
+  for (int64_t d = axis + 1; d < x.dim(); ++d) l.inner *= x.size(d);
+  return l;
+}
+
+// scale / zero_point: fp32, contiguous, [C] with C = x.shape[axis] (one element per-tensor)
+void check_qparam(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& x,
+                  int64_t axis) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, fn, ": ", name, " must be float32, got dtype ",
+              t.scalar_type());
+  check_cpu_contiguous(fn, name, t);
+  if (axis < 0) {
+    TORCH_CHECK(t.numel() == 1, fn, ": ", name,
+                " must have exactly one element for per-tensor quantization (axis=None), got "
+                "shape ",
+                t.sizes());
+  } else {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(axis), fn, ": ", name, " must have shape [",
+                x.size(axis), "] (x.shape[axis=", axis, "]), got shape ", t.sizes());
+  }
+}
+
+struct QuantArgs {
+  zsq::cpu::ElemType type;
+  int64_t axis;
+  zsq::cpu::ChannelLayout layout;
+  zsq::cpu::FakeQuantParams params;
+};
+
+QuantArgs check_quant_args(const char* fn, const char* x_name, const at::Tensor& x,
+                           const at::Tensor& scale, const at::Tensor& zero_point,
+                           int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis) {
+  QuantArgs a;
+  a.type = check_float_input(fn, x_name, x);
+  check_quant_range(fn, quant_min, quant_max);
+  a.axis = check_axis(fn, x, axis);
+  check_qparam(fn, "scale", scale, x, a.axis);
+  check_qparam(fn, "zero_point", zero_point, x, a.axis);
+  a.layout = channel_layout(x, a.axis);
+  a.params.scale = scale.const_data_ptr<float>();
+  a.params.zero_point = zero_point.const_data_ptr<float>();
+  a.params.quant_min = quant_min;
+  a.params.quant_max = quant_max;
+  return a;
+}
+
+zsq::cpu::QDropParams check_qdrop(const char* fn, double p, int64_t seed, int64_t offset) {
+  TORCH_CHECK(p >= 0.0 && p <= 1.0, fn, ": p must be a probability in [0, 1], got ", p);
+  zsq::cpu::QDropParams q;
+  q.p = p;
+  q.seed = seed;
+  q.offset = offset;
+  return q;
+}
+
+at::Tensor fq_forward_impl(const char* fn, const at::Tensor& x, const at::Tensor& scale,
+                           const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                           std::optional<int64_t> axis, const zsq::cpu::QDropParams* qdrop) {
+  const QuantArgs a = check_quant_args(fn, "x", x, scale, zero_point, quant_min, quant_max, axis);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  zsq::cpu::fake_quant_forward(a.type, x.const_data_ptr(), y.mutable_data_ptr(), a.layout,
+                               a.params, qdrop, at::get_num_threads());
+  return y;
+}
+
+at::Tensor fq_backward_impl(const char* fn, const at::Tensor& dy, const at::Tensor& x,
+                            const at::Tensor& scale, const at::Tensor& zero_point,
+                            int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis,
+                            const zsq::cpu::QDropParams* qdrop) {
+  const QuantArgs a = check_quant_args(fn, "x", x, scale, zero_point, quant_min, quant_max, axis);
+  check_same_as(fn, "dy", dy, "x", x);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  zsq::cpu::fake_quant_backward(a.type, dy.const_data_ptr(), x.const_data_ptr(),
+                                dx.mutable_data_ptr(), a.layout, a.params, qdrop,
+                                at::get_num_threads());
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lsq_backward_impl(
+    const char* fn, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor, const zsq::cpu::QDropParams* qdrop) {
+  const QuantArgs a = check_quant_args(fn, "x", x, scale, zero_point, quant_min, quant_max, axis);
+  check_same_as(fn, "dy", dy, "x", x);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor dscale = at::empty_like(scale);
+  at::Tensor dzero_point = at::empty_like(zero_point);
+  zsq::cpu::lsq_backward(a.type, dy.const_data_ptr(), x.const_data_ptr(), dx.mutable_data_ptr(),
+                         dscale.mutable_data_ptr<float>(), dzero_point.mutable_data_ptr<float>(),
+                         a.layout, a.params, grad_factor, qdrop, at::get_num_threads());
+  return {dx, dscale, dzero_point};
+}
+
+at::Tensor fq_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
+                          const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                          std::optional<int64_t> axis) {
+  return fq_forward_impl("fq_forward_cpu", x, scale, zero_point, quant_min, quant_max, axis,
+                         nullptr);
+}
+
+at::Tensor fq_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+                           const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                           std::optional<int64_t> axis) {
+  return fq_backward_impl("fq_backward_cpu", dy, x, scale, zero_point, quant_min, quant_max,
+                          axis, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lsq_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  return lsq_backward_impl("lsq_backward_cpu", dy, x, scale, zero_point, quant_min, quant_max,
+                           axis, grad_factor, nullptr);
+}
+
+at::Tensor qdrop_fq_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
+                                const at::Tensor& zero_point, int64_t quant_min,
+                                int64_t quant_max, std::optional<int64_t> axis, double p,
+                                int64_t seed, int64_t offset) {
+  constexpr const char* fn = "qdrop_fq_forward_cpu";
+  const zsq::cpu::QDropParams q = check_qdrop(fn, p, seed, offset);
+  return fq_forward_impl(fn, x, scale, zero_point, quant_min, quant_max, axis, &q);
+}
+
+at::Tensor qdrop_fq_backward_cpu(const at::Tensor& dy, const at::Tensor& x,
+                                 const at::Tensor& scale, const at::Tensor& zero_point,
+                                 int64_t quant_min, int64_t quant_max,
+                                 std::optional<int64_t> axis, double p, int64_t seed,
+                                 int64_t offset) {
+  constexpr const char* fn = "qdrop_fq_backward_cpu";
+  const zsq::cpu::QDropParams q = check_qdrop(fn, p, seed, offset);
+  return fq_backward_impl(fn, dy, x, scale, zero_point, quant_min, quant_max, axis, &q);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qdrop_lsq_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor, double p, int64_t seed, int64_t offset) {
+  constexpr const char* fn = "qdrop_lsq_backward_cpu";
+  const zsq::cpu::QDropParams q = check_qdrop(fn, p, seed, offset);
+  return lsq_backward_impl(fn, dy, x, scale, zero_point, quant_min, quant_max, axis, grad_factor,
+                           &q);
+}
+
+// AdaRound: w_floor and alpha share one float dtype and shape.
+QuantArgs check_adaround_args(const char* fn, const at::Tensor& w_floor, const at::Tensor& alpha,
+                              const at::Tensor& scale, const at::Tensor& zero_point,
+                              int64_t quant_min, int64_t quant_max,
+                              std::optional<int64_t> axis) {
+  QuantArgs a = check_quant_args(fn, "w_floor", w_floor, scale, zero_point, quant_min, quant_max,
+                                 axis);
+  check_same_as(fn, "alpha", alpha, "w_floor", w_floor);
+  return a;
+}
+
+at::Tensor adaround_forward_cpu(const at::Tensor& w_floor, const at::Tensor& alpha,
+                                const at::Tensor& scale, const at::Tensor& zero_point,
+                                int64_t quant_min, int64_t quant_max,
+                                std::optional<int64_t> axis, bool hard) {
+  constexpr const char* fn = "adaround_forward_cpu";
+  const QuantArgs a =
+      check_adaround_args(fn, w_floor, alpha, scale, zero_point, quant_min, quant_max, axis);
+  at::Tensor w = at::empty_like(w_floor, at::MemoryFormat::Contiguous);
+  zsq::cpu::adaround_forward(a.type, w_floor.const_data_ptr(), alpha.const_data_ptr(),
+                             w.mutable_data_ptr(), a.layout, a.params, hard,
+                             at::get_num_threads());
+  return w;
+}
+
+std::tuple<at::Tensor, at::Tensor> adaround_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& w_floor, const at::Tensor& alpha,
+    const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis) {
+  constexpr const char* fn = "adaround_backward_cpu";
+  const QuantArgs a =
+      check_adaround_args(fn, w_floor, alpha, scale, zero_point, quant_min, quant_max, axis);
+  check_same_as(fn, "dy", dy, "w_floor", w_floor);
+  at::Tensor dalpha = at::empty_like(alpha, at::MemoryFormat::Contiguous);
+  at::Tensor dscale = at::empty_like(scale);
+  zsq::cpu::adaround_backward(a.type, dy.const_data_ptr(), w_floor.const_data_ptr(),
+                              alpha.const_data_ptr(), dalpha.mutable_data_ptr(),
+                              dscale.mutable_data_ptr<float>(), a.layout, a.params,
+                              at::get_num_threads());
+  return {dalpha, dscale};
+}
+
+void check_beta(const char* fn, double beta) {
+  TORCH_CHECK(beta > 0.0 && std::isfinite(beta), fn, ": beta must be a positive finite number, got ",
+              beta);
+}
+
+at::Tensor adaround_reg_forward_cpu(const at::Tensor& alpha, double beta) {
+  constexpr const char* fn = "adaround_reg_forward_cpu";
+  const zsq::cpu::ElemType type = check_float_input(fn, "alpha", alpha);
+  check_beta(fn, beta);
+  const float reg = zsq::cpu::adaround_reg_forward(type, alpha.const_data_ptr(), alpha.numel(),
+                                                   beta, at::get_num_threads());
+  return at::scalar_tensor(reg, alpha.options().dtype(at::kFloat));
+}
+
+at::Tensor adaround_reg_backward_cpu(const at::Tensor& grad_out, const at::Tensor& alpha,
+                                     double beta) {
+  constexpr const char* fn = "adaround_reg_backward_cpu";
+  const zsq::cpu::ElemType type = check_float_input(fn, "alpha", alpha);
+  check_beta(fn, beta);
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && grad_out.numel() == 1, fn,
+              ": grad_out must be a one-element float32 tensor, got dtype ",
+              grad_out.scalar_type(), " and shape ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device().is_cpu(), fn, ": grad_out must be a CPU tensor, got device ",
+              grad_out.device());
+  // a CPU value read: no device synchronisation
+  const double g = static_cast<double>(*grad_out.const_data_ptr<float>());
+  at::Tensor dalpha = at::empty_like(alpha, at::MemoryFormat::Contiguous);
+  zsq::cpu::adaround_reg_backward(type, g, alpha.const_data_ptr(), dalpha.mutable_data_ptr(),
+                                  alpha.numel(), beta, at::get_num_threads());
+  return dalpha;
+}
+
+std::tuple<at::Tensor, at::Tensor> scale_search_cpu(const at::Tensor& x, int64_t quant_min,
+                                                    int64_t quant_max,
+                                                    std::optional<int64_t> axis,
+                                                    int64_t num_candidates, double p,
+                                                    bool symmetric) {
+  constexpr const char* fn = "scale_search_cpu";
+  const zsq::cpu::ElemType type = check_float_input(fn, "x", x);
+  check_quant_range(fn, quant_min, quant_max);
+  const int64_t ax = check_axis(fn, x, axis);
+  TORCH_CHECK(num_candidates >= 1 && num_candidates <= 100, fn,
+              ": num_candidates must be in [1, 100], got ", num_candidates);
+  TORCH_CHECK(p > 0.0 && std::isfinite(p), fn, ": p must be a positive finite number, got ", p);
+  TORCH_CHECK(x.numel() > 0, fn, ": x must not be empty");
+  const zsq::cpu::ChannelLayout layout = channel_layout(x, ax);
+  const int64_t channels = ax < 0 ? 1 : x.size(ax);
+  const auto opts = x.options().dtype(at::kFloat);
+  at::Tensor scale = at::empty({channels}, opts);
+  at::Tensor zero_point = at::empty({channels}, opts);
+  zsq::cpu::scale_search(type, x.const_data_ptr(), layout, quant_min, quant_max,
+                         static_cast<int>(num_candidates), p, symmetric,
+                         scale.mutable_data_ptr<float>(), zero_point.mutable_data_ptr<float>(),
+                         at::get_num_threads());
+  return {scale, zero_point};
+}
+
+// ---------------------------------------------------------------------------------------------
 // CUDA
 
 #ifdef ZSQ_WITH_CUDA
@@ -202,6 +517,103 @@ at::Tensor unpack_int4_cuda(const at::Tensor& packed, int64_t k, bool is_signed)
 #endif  // ZSQ_WITH_CUDA
 
 // ---------------------------------------------------------------------------------------------
+// BatchNorm-statistics loss (CPU)
+
+struct BnCpuInputs {
+  std::vector<at::Tensor> data;  // fp32 contiguous copies/views kept alive for the kernel
+  std::vector<zsq::cpu::BnLayer> layers;
+  int64_t total_groups = 0;
+};
+
+BnCpuInputs bn_prepare(const char* fn, const std::vector<at::Tensor>& activations, bool per_image) {
+  TORCH_CHECK(!activations.empty(), fn, ": activations must be a non-empty list of tensors");
+  BnCpuInputs in;
+  for (size_t i = 0; i < activations.size(); ++i) {
+    const at::Tensor& a = activations[i];
+    TORCH_CHECK(a.device().is_cpu(), fn, ": activations[", i, "] must be a CPU tensor, got device ",
+                a.device());
+    TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kHalf ||
+                    a.scalar_type() == at::kBFloat16,
+                fn, ": activations[", i, "] must be float32, float16 or bfloat16, got ", a.scalar_type());
+    TORCH_CHECK(a.dim() == 2 || a.dim() == 4, fn, ": activations[", i,
+                "] must be [N, C, H, W] or [N, C], got ", a.dim(), " dims");
+    TORCH_CHECK(a.numel() > 0, fn, ": activations[", i, "] must not be empty");
+    // fp16/bf16 are widened once here; the kernel reads fp32 rows.
+    in.data.push_back(a.to(at::kFloat).contiguous());
+    const int64_t s = a.dim() == 4 ? a.size(2) * a.size(3) : 1;
+    in.layers.push_back({in.data.back().const_data_ptr<float>(), nullptr, a.size(0), a.size(1), s});
+    in.total_groups += per_image ? a.size(0) * a.size(1) : a.size(1);
+  }
+  return in;
+}
+
+zsq::cpu::BnLossParams bn_params(bool per_image, bool use_std, bool unbiased, double std_eps,
+                                 bool eps_in_std, int64_t normalize, bool layer_mean) {
+  TORCH_CHECK(normalize >= 0 && normalize <= 2,
+              "bn_stats: normalize must be 0 (channels), 1 (batch) or 2 (mean), got ", normalize);
+  return {per_image, use_std, unbiased, eps_in_std, layer_mean, static_cast<int>(normalize), std_eps};
+}
+
+at::Tensor bn_concat_params(const char* fn, const char* name, const std::vector<at::Tensor>& params,
+                            const BnCpuInputs& in) {
+  TORCH_CHECK(params.size() == in.layers.size(), fn, ": ", name, " must have one tensor per layer (",
+              in.layers.size(), "), got ", params.size());
+  std::vector<at::Tensor> flat;
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].device().is_cpu(), fn, ": ", name, "[", i, "] must be a CPU tensor");
+    TORCH_CHECK(params[i].numel() == in.layers[i].c, fn, ": ", name, "[", i, "] must have ",
+                in.layers[i].c, " elements (channels of activations[", i, "]), got ", params[i].numel());
+    flat.push_back(params[i].reshape({-1}).to(at::kFloat));
+  }
+  return at::cat(flat).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_stats_forward_cpu(
+    const std::vector<at::Tensor>& activations, const std::vector<at::Tensor>& running_means,
+    const std::vector<at::Tensor>& running_vars, bool per_image, bool use_std, bool unbiased,
+    double std_eps, bool eps_in_std, int64_t normalize, bool layer_mean) {
+  constexpr const char* fn = "bn_stats_forward_cpu";
+  const auto params = bn_params(per_image, use_std, unbiased, std_eps, eps_in_std, normalize, layer_mean);
+  BnCpuInputs in = bn_prepare(fn, activations, per_image);
+  const at::Tensor rmean = bn_concat_params(fn, "running_means", running_means, in);
+  const at::Tensor rvar = bn_concat_params(fn, "running_vars", running_vars, in);
+  at::Tensor saved = at::empty({3, in.total_groups}, rmean.options());
+  const double loss = zsq::cpu::bn_stats_forward(
+      in.layers.data(), static_cast<int64_t>(in.layers.size()), rmean.const_data_ptr<float>(),
+      rvar.const_data_ptr<float>(), params, saved.mutable_data_ptr<float>(), in.total_groups,
+      at::get_num_threads());
+  return {at::scalar_tensor(loss, rmean.options()), saved};
+}
+
+std::vector<at::Tensor> bn_stats_backward_cpu(const at::Tensor& grad_out,
+                                              const std::vector<at::Tensor>& activations,
+                                              const at::Tensor& saved, bool per_image, bool use_std,
+                                              bool unbiased, double std_eps, bool eps_in_std,
+                                              int64_t normalize, bool layer_mean) {
+  constexpr const char* fn = "bn_stats_backward_cpu";
+  const auto params = bn_params(per_image, use_std, unbiased, std_eps, eps_in_std, normalize, layer_mean);
+  TORCH_CHECK(grad_out.numel() == 1, fn, ": grad_out must have one element, got ", grad_out.numel());
+  BnCpuInputs in = bn_prepare(fn, activations, per_image);
+  TORCH_CHECK(saved.device().is_cpu() && saved.scalar_type() == at::kFloat && saved.dim() == 2 &&
+                  saved.size(0) == 3 && saved.size(1) == in.total_groups,
+              fn, ": saved must be a float32 CPU tensor [3, ", in.total_groups, "], got ",
+              saved.scalar_type(), " ", saved.sizes());
+  const at::Tensor saved_c = saved.contiguous();
+  std::vector<at::Tensor> grads;
+  for (auto& layer : in.layers) {
+    grads.push_back(at::empty({layer.n, layer.c, layer.s}, saved_c.options()));
+    layer.grad = grads.back().mutable_data_ptr<float>();
+  }
+  zsq::cpu::bn_stats_backward(in.layers.data(), static_cast<int64_t>(in.layers.size()),
+                              saved_c.const_data_ptr<float>(), in.total_groups,
+                              grad_out.to(at::kFloat).item<float>(), params, at::get_num_threads());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    grads[i] = grads[i].reshape(activations[i].sizes()).to(activations[i].scalar_type());
+  }
+  return grads;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Introspection
 
 pybind11::dict cpu_capabilities() {
@@ -232,7 +644,9 @@ pybind11::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "zsq_engine native extension: INT4 packing kernels (CPU, CUDA) and build introspection";
+  m.doc() =
+      "zsq_engine native extension: INT4 packing kernels (CPU, CUDA), fused fake-quant CPU "
+      "kernels and build introspection";
 
   m.def("pack_int4_cpu", &pack_int4_cpu, pybind11::arg("x"),
         "Pack int4 values along the last dim.\n\n"
@@ -244,6 +658,64 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("is_signed"),
         "Inverse of pack_int4_cpu. packed: uint8 [..., (k + 1) // 2] on the CPU. Returns int8\n"
         "(sign-extended) [..., k] when is_signed, else uint8 [..., k] with values in [0, 15].");
+  // fused fake-quant primitives: the argument order and meaning of zsq_engine/ops/reference/*
+  m.def("fq_forward_cpu", &fq_forward_cpu, pybind11::arg("x"), pybind11::arg("scale"),
+        pybind11::arg("zero_point"), pybind11::arg("quant_min"), pybind11::arg("quant_max"),
+        pybind11::arg("axis"),
+        "Fake-quantize x (float32/float16/bfloat16, contiguous, CPU): y = (clamp(round(x / s) +\n"
+        "zp, quant_min, quant_max) - zp) * s in x's dtype, bit-identical to the reference.\n"
+        "scale, zero_point: float32 [x.shape[axis]] (one element when axis is None); zero_point\n"
+        "integer-valued.");
+  m.def("fq_backward_cpu", &fq_backward_cpu, pybind11::arg("dy"), pybind11::arg("x"),
+        pybind11::arg("scale"), pybind11::arg("zero_point"), pybind11::arg("quant_min"),
+        pybind11::arg("quant_max"), pybind11::arg("axis"),
+        "Straight-through gradient: dx = dy where quant_min <= round(x / s) + zp <= quant_max,\n"
+        "else 0 (the mask is recomputed from x). dy: x's dtype and shape.");
+  m.def("lsq_backward_cpu", &lsq_backward_cpu, pybind11::arg("dy"), pybind11::arg("x"),
+        pybind11::arg("scale"), pybind11::arg("zero_point"), pybind11::arg("quant_min"),
+        pybind11::arg("quant_max"), pybind11::arg("axis"), pybind11::arg("grad_factor"),
+        "LSQ/LSQ+ backward in one pass: (dx in x's dtype, dscale float32 shaped like scale,\n"
+        "dzero_point float32 shaped like zero_point). zero_point rounded and clamped to the range.");
+  m.def("qdrop_fq_forward_cpu", &qdrop_fq_forward_cpu, pybind11::arg("x"), pybind11::arg("scale"),
+        pybind11::arg("zero_point"), pybind11::arg("quant_min"), pybind11::arg("quant_max"),
+        pybind11::arg("axis"), pybind11::arg("p"), pybind11::arg("seed"), pybind11::arg("offset"),
+        "fq_forward_cpu with QDrop: element i is quantized where uniform(seed, i + offset) < p\n"
+        "(zsq_engine/ops/reference/rng.py), else passed through.");
+  m.def("qdrop_fq_backward_cpu", &qdrop_fq_backward_cpu, pybind11::arg("dy"), pybind11::arg("x"),
+        pybind11::arg("scale"), pybind11::arg("zero_point"), pybind11::arg("quant_min"),
+        pybind11::arg("quant_max"), pybind11::arg("axis"), pybind11::arg("p"),
+        pybind11::arg("seed"), pybind11::arg("offset"),
+        "fq_backward_cpu with QDrop: dropped elements get dx = dy (mask recomputed, not stored).");
+  m.def("qdrop_lsq_backward_cpu", &qdrop_lsq_backward_cpu, pybind11::arg("dy"),
+        pybind11::arg("x"), pybind11::arg("scale"), pybind11::arg("zero_point"),
+        pybind11::arg("quant_min"), pybind11::arg("quant_max"), pybind11::arg("axis"),
+        pybind11::arg("grad_factor"), pybind11::arg("p"), pybind11::arg("seed"),
+        pybind11::arg("offset"),
+        "lsq_backward_cpu with QDrop: dropped elements get dx = dy and add nothing to the sums.");
+  m.def("adaround_forward_cpu", &adaround_forward_cpu, pybind11::arg("w_floor"),
+        pybind11::arg("alpha"), pybind11::arg("scale"), pybind11::arg("zero_point"),
+        pybind11::arg("quant_min"), pybind11::arg("quant_max"), pybind11::arg("axis") = 0,
+        pybind11::arg("hard") = false,
+        "AdaRound weights (clamp(w_floor + h(alpha) + zp, quant_min, quant_max) - zp) * scale;\n"
+        "h = rectified sigmoid (gamma=-0.1, zeta=1.1) or alpha >= 0 when hard. w_floor and alpha:\n"
+        "one float dtype and shape; scale, zero_point float32 [x.shape[axis]].");
+  m.def("adaround_backward_cpu", &adaround_backward_cpu, pybind11::arg("dy"),
+        pybind11::arg("w_floor"), pybind11::arg("alpha"), pybind11::arg("scale"),
+        pybind11::arg("zero_point"), pybind11::arg("quant_min"), pybind11::arg("quant_max"),
+        pybind11::arg("axis") = 0,
+        "Soft AdaRound gradients: (dalpha in alpha's dtype, dscale float32 shaped like scale).");
+  m.def("adaround_reg_forward_cpu", &adaround_reg_forward_cpu, pybind11::arg("alpha"),
+        pybind11::arg("beta"),
+        "Rounding regulariser sum(1 - |2 h(alpha) - 1|^beta) as a float32 0-dim tensor (fp64 sum).");
+  m.def("adaround_reg_backward_cpu", &adaround_reg_backward_cpu, pybind11::arg("grad_out"),
+        pybind11::arg("alpha"), pybind11::arg("beta"),
+        "grad_out (one-element float32) * d reg / d alpha, in alpha's dtype.");
+  m.def("scale_search_cpu", &scale_search_cpu, pybind11::arg("x"), pybind11::arg("quant_min"),
+        pybind11::arg("quant_max"), pybind11::arg("axis") = 0, pybind11::arg("num_candidates") = 80,
+        pybind11::arg("p") = 2.4, pybind11::arg("symmetric") = false,
+        "Lp clipping search (ratios 1, 0.99, ...): float32 (scale, zero_point) [x.shape[axis]]\n"
+        "([1] when axis is None) minimising mean |x - fake_quant(x)|^p, all candidates and\n"
+        "channels in one call.");
 #ifdef ZSQ_WITH_CUDA
   m.def("pack_int4_cuda", &pack_int4_cuda, pybind11::arg("x"),
         "pack_int4_cpu for CUDA tensors (same layout). Synchronises once to report out-of-range "
@@ -251,6 +723,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack_int4_cuda", &unpack_int4_cuda, pybind11::arg("packed"), pybind11::arg("k"),
         pybind11::arg("is_signed"), "unpack_int4_cpu for CUDA tensors (same layout).");
 #endif
+  m.def("bn_stats_forward_cpu", &bn_stats_forward_cpu, pybind11::arg("activations"),
+        pybind11::arg("running_means"), pybind11::arg("running_vars"), pybind11::arg("per_image"),
+        pybind11::arg("use_std"), pybind11::arg("unbiased"), pybind11::arg("std_eps"),
+        pybind11::arg("eps_in_std"), pybind11::arg("normalize"), pybind11::arg("layer_mean"),
+        "Fused BN-statistics loss of all layers (see zsq_engine/ops/reference/bn_stats.py).\n"
+        "activations: list of CPU [N, C, H, W] / [N, C] fp32/fp16/bf16; running stats: lists of [C].\n"
+        "normalize: 0 channels, 1 batch, 2 mean. Returns (loss fp32 0-dim, saved fp32 [3, G]).");
+  m.def("bn_stats_backward_cpu", &bn_stats_backward_cpu, pybind11::arg("grad_out"),
+        pybind11::arg("activations"), pybind11::arg("saved"), pybind11::arg("per_image"),
+        pybind11::arg("use_std"), pybind11::arg("unbiased"), pybind11::arg("std_eps"),
+        pybind11::arg("eps_in_std"), pybind11::arg("normalize"), pybind11::arg("layer_mean"),
+        "Gradients of bn_stats_forward_cpu's loss w.r.t. each activation (its dtype and shape).");
   m.def("cpu_capabilities", &cpu_capabilities,
         "Dict of booleans avx2, avx512f, avx512bw, avx512_vnni, avx_vnni, openmp (compiled with "
         "OpenMP) and int max_threads (OpenMP threads available).");

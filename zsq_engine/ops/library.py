@@ -12,6 +12,8 @@ Primitive names (registered with :func:`.dispatch.register`):
 ``fq_forward``, ``fq_backward``, ``lsq_backward``, ``qdrop_fq_forward``, ``qdrop_fq_backward``,
 ``qdrop_lsq_backward``, ``adaround_forward``, ``adaround_backward``, ``adaround_reg_forward``,
 ``adaround_reg_backward``, ``scale_search``.
+The BN-statistics loss ``zsq::bn_stat_loss`` (primitives ``bn_stats_forward`` /
+``bn_stats_backward``) is registered the same way in :mod:`.bn_ops`.
 """
 from __future__ import annotations
 
