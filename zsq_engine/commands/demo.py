@@ -73,17 +73,17 @@ def write_figure(path: Path, images: torch.Tensor, rows, mean, std) -> None:
         ax.axis("off")
     fig.text(0.2, 0.95, "Genie-D synthetic samples (no real data)", ha="center")
     ax = fig.add_subplot(grid[:, 5:])
-    labels = [f"{r['method']} {r['bits']}" for r in rows]
+    labels = [r["method"] if r["bits"] == "FP32" else f"{r['method']} {r['bits']}" for r in rows]
     accs = [r["accuracy"] for r in rows]
     colors = ["#555555" if r["bits"] == "FP32" else "#c44e52" if r["method"].startswith("naive")
               else "#4c72b0" if r["method"].startswith("Genie") else "#55a868" for r in rows]
     y = list(range(len(rows)))[::-1]
     ax.barh(y, accs, color=colors)
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_yticks([])  # labels go inside the bars: tick labels would run into the sample grid
     lo = max(0.0, min(accs) - 5.0)
     ax.set_xlim(lo, 100)
-    for yi, a in zip(y, accs):
+    for yi, a, label in zip(y, accs, labels):
+        ax.text(lo + 0.3, yi, label, va="center", fontsize=8, color="white")
         ax.text(a + 0.2, yi, f"{a:.2f}", va="center", fontsize=8)
     ax.set_xlabel("Fashion-MNIST test top-1 %")
     fig.savefig(path, dpi=100, bbox_inches="tight")
