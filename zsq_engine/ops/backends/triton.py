@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 from ..dispatch import register
 
 # primitive name -> (kernel module, launcher name)
@@ -45,3 +47,34 @@ def _register_all() -> None:
 
 
 _register_all()
+
+
+def _register_quantized() -> None:
+    """qgemm / qconv2d_nhwc: the int GEMM launchers by weight/activation format; grouped convs that
+    are not depthwise and per-row conv activation scales go to the reference (no kernel yet)."""
+    try:
+        from zsq_engine.kernels import int_conv, int_gemm
+    except Exception:  # pragma: no cover - Triton missing
+        return
+    from ..quantized_ops import _qconv2d_nhwc_reference
+
+    @register("qgemm", "triton")
+    def _qgemm(a, w, epilogue, w_packed, a_packed, a_signed, k):
+        if a_packed:
+            if not w_packed:
+                raise NotImplementedError("packed int4 activations need packed int4 weights (W4A4)")
+            return int_gemm.w4a4_gemm(a, w, k, epilogue, a_signed=a_signed)
+        if w_packed:
+            return int_gemm.w4a8_gemm(a, w, epilogue)
+        return int_gemm.int8_gemm(a, w, epilogue)
+
+    @register("qconv2d_nhwc", "triton")
+    def _qconv(x, w, stride, padding, dilation, groups, epilogue, pad_value):
+        c, o = x.shape[3], w.shape[0]
+        per_row = epilogue is not None and isinstance(epilogue.act_scale, torch.Tensor) and epilogue.act_scale.numel() > 1
+        if (groups != 1 and not (groups == c == o)) or per_row:
+            return _qconv2d_nhwc_reference(x, w, stride, padding, dilation, groups, epilogue, pad_value)
+        return int_conv.int8_conv2d_nhwc(x, w, stride, padding, dilation, groups, epilogue, pad_value)
+
+
+_register_quantized()
