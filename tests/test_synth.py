@@ -112,8 +112,13 @@ def test_hast_augmentation_is_batched(monkeypatch, teacher):
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) == 8
     calls.clear()
     synthesize(teacher, "hast", num=4, batch_size=4, iters=6, preset="fast", input_shape=SHAPE,
-               num_classes=CLASSES)
+               num_classes=CLASSES, augment=True)
     assert len(calls) == 3 and all(c[0][0] == 4 for c in calls)  # iterations 1, 3, 5: one call each
+    calls.clear()
+    # the authors' code augments only large images; small ones (28x28 here) by default not at all
+    synthesize(teacher, "hast", num=4, batch_size=4, iters=6, preset="fast", input_shape=SHAPE,
+               num_classes=CLASSES)
+    assert calls == []
 
 
 class _Interrupt(Exception):
