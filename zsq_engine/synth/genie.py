@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import ops
 from .hooks import BNInputRecorder
-from .loop import BatchResult, IterationBar, input_stat_loss, measure_bn_loss
+from .loop import BatchResult, DeferredPlateau, IterationBar, input_stat_loss, measure_bn_loss
 
 __all__ = ["DEFAULTS", "GenieGenerator", "swing_convolutions", "synthesize_batch"]
 
@@ -97,7 +97,7 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
     with torch.no_grad():
         start = measure_bn_loss(teacher, gen(z), "genie")
     opt_z = torch.optim.Adam([z], lr=s["lr_latent"])
-    sched_z = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_z, min_lr=s["min_lr"], patience=s["patience"])
+    sched_z = DeferredPlateau(opt_z, device, min_lr=s["min_lr"], patience=s["patience"])
     opt_g = torch.optim.Adam(gen.parameters(), lr=s["lr_generator"])
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=s["gamma"])
     bar = IterationBar(s["iters"], desc, show_progress)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import ops
 from .hooks import BNInputRecorder
-from .loop import BatchResult, IterationBar, measure_bn_loss
+from .loop import BatchResult, DeferredPlateau, IterationBar, measure_bn_loss
 
 __all__ = ["DEFAULTS", "hardness_weights", "random_resized_crop_flip", "synthesize_batch"]
 
@@ -84,7 +84,7 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
     aug_rng = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
     start = measure_bn_loss(teacher, x.detach(), "hast")
     opt = torch.optim.Adam([x], lr=s["lr"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=s["min_lr"], patience=s["patience"])
+    sched = DeferredPlateau(opt, device, min_lr=s["min_lr"], patience=s["patience"])
     bar = IterationBar(s["iters"], desc, show_progress)
     with BNInputRecorder(teacher) as rec:
         for it in bar:

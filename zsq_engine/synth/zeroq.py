@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import ops
 from .hooks import BNInputRecorder
-from .loop import BatchResult, IterationBar, input_stat_loss, measure_bn_loss
+from .loop import BatchResult, DeferredPlateau, IterationBar, input_stat_loss, measure_bn_loss
 
 __all__ = ["DEFAULTS", "synthesize_batch"]
 
@@ -28,7 +28,7 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
     x = torch.randn(batch_size, *input_shape, device=device).requires_grad_(True)
     start = measure_bn_loss(teacher, x.detach(), "zeroq")
     opt = torch.optim.Adam([x], lr=s["lr"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=s["min_lr"], patience=s["patience"])
+    sched = DeferredPlateau(opt, device, min_lr=s["min_lr"], patience=s["patience"])
     bar = IterationBar(s["iters"], desc, show_progress)
     with BNInputRecorder(teacher) as rec:
         for it in bar:
