@@ -1,0 +1,122 @@
+"""Accelerated forwards of QDrop-style fake quantizers (``LSQFakeQuantize``,
+``LSQPlusFakeQuantize``, ``FixedFakeQuantize``).
+
+Attributes: ``scale``, ``zero_point``, ``quant_min``, ``quant_max``, ``ch_axis`` (-1 = per
+tensor), ``drop_prob`` (QDrop keeps the quantized value with this probability, < 1 enables it),
+``observer_enabled``, ``fake_quant_enabled``, and for LSQ / LSQ+ ``use_grad_scaling`` and ``eps``.
+Their fake-quant is written with torch ops: ``s' = grad_scale(scale, g)`` (value ``(s - s g) + s g``,
+gradient times ``g``; ``g = 1/sqrt(numel / channels * quant_max)`` per channel,
+``1/sqrt(numel * quant_max)`` per tensor), LSQ+ also ``z' = grad_scale(round_ste(z), g)``, then
+``(clamp(round_ste(x / s') + z', qmin, qmax) - z') * s'`` and, with QDrop,
+``where(rand_like(x) < drop_prob, fake_quant(x), x)``.
+
+Accelerated: the small per-channel expressions (``s'``, ``z'``), ``x / s'``, ``* s'`` and the
+QDrop draw (``torch.rand_like``, so the masks are the original's, from torch's generator) stay
+torch ops; the round / clamp / straight-through part is one fused ``ops.fake_quant`` pass. LSQ+'s
+zero-point gradient (``sum(mask * g_A) - sum(g_A)``) reaches ``z'`` through two zero-valued
+terms ``z' - z'.detach()``, added before and subtracted after the fused op, so autograd produces
+exactly the original's two contributions. ``z'`` always holds integers: ``round_ste`` returns
+``round(z)`` exactly and ``grad_scale`` returns small integers unchanged.
+
+Observer steps (``observer_enabled == 1``), disabled fake-quant and unsupported inputs run the
+original forward.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ._common import fusable_input, unit_scale, zero_point_layout
+
+
+def _grad_scale(t, factor):
+    # exactly the research code's expression: its value is not always bit-equal to t
+    return (t - t * factor).detach() + t * factor
+
+
+def _round_ste(t):
+    return (t.round() - t).detach() + t
+
+
+def _channel_shape(x, ch_axis):
+    shape = [1] * x.dim()
+    shape[ch_axis] = x.shape[ch_axis]
+    return shape
+
+
+def _grad_factor(self, x, per_channel):
+    if not self.use_grad_scaling:
+        return 1.0
+    if per_channel:
+        return 1.0 / (x.numel() / x.shape[self.ch_axis] * self.quant_max) ** 0.5
+    return 1.0 / (x.numel() * self.quant_max) ** 0.5
+
+
+def _fused_affine(t, zero_point, quant_min, quant_max):
+    """``clamp(round(t) + zp, qmin, qmax) - zp`` with a straight-through gradient, one fused pass."""
+    zp, axis = zero_point_layout(zero_point, t)
+    return ops.fake_quant(t, unit_scale(zp), zp, int(quant_min), int(quant_max), axis)
+
+
+def _qdrop(self, x_q, x_orig):
+    if self.drop_prob < 1.0:
+        return torch.where(torch.rand_like(x_q) < self.drop_prob, x_q, x_orig)
+    return x_q
+
+
+def _usable(self, x) -> bool:
+    return (self.observer_enabled != 1 and self.fake_quant_enabled == 1 and fusable_input(x)
+            and (self.ch_axis == -1 or -x.dim() <= self.ch_axis < x.dim()))
+
+
+def lsq_forward(self, x, *, original):
+    if not _usable(self, x):
+        return original(self, x)
+    # the original's bookkeeping on the parameter, without its host synchronisation (eps.item())
+    self.scale.data.abs_()
+    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+    per_channel = self.ch_axis != -1
+    factor = _grad_factor(self, x, per_channel)
+    if per_channel:
+        shape = _channel_shape(x, self.ch_axis)
+        scale = _grad_scale(self.scale, factor).reshape(shape)
+        zero_point = self.zero_point.data.int().reshape(shape)
+    else:
+        scale = _grad_scale(self.scale, factor)
+        zero_point = self.zero_point.data.reshape(1)
+    x_q = _fused_affine(x / scale, zero_point, self.quant_min, self.quant_max) * scale
+    return _qdrop(self, x_q, x)
+
+
+def lsq_plus_forward(self, x, *, original):
+    if not _usable(self, x):
+        return original(self, x)
+    self.scale.data.abs_()
+    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+    self.zero_point.data.clamp_(self.quant_min, self.quant_max)
+    per_channel = self.ch_axis != -1
+    factor = _grad_factor(self, x, per_channel)
+    zero_point = _grad_scale(_round_ste(self.zero_point), factor)
+    scale = _grad_scale(self.scale, factor)
+    if per_channel:
+        shape = _channel_shape(x, self.ch_axis)
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    carrier = zero_point - zero_point.detach()  # zeros that carry the zero-point gradient
+    t = x / scale + carrier
+    x_q = (_fused_affine(t, zero_point.detach(), self.quant_min, self.quant_max) - carrier) * scale
+    return _qdrop(self, x_q, x)
+
+
+def fixed_forward(self, x, *, original):
+    if not _usable(self, x):
+        return original(self, x)
+    if self.ch_axis != -1:
+        shape = _channel_shape(x, self.ch_axis)
+        scale = self.scale.data.reshape(shape)
+        zero_point = self.zero_point.data.int().reshape(shape)
+    else:
+        # the original divides by a python float here; so do we (same torch kernel path)
+        scale = self.scale.item()
+        zero_point = self.zero_point.data.reshape(1)
+    x_q = _fused_affine(x / scale, zero_point, self.quant_min, self.quant_max) * scale
+    return _qdrop(self, x_q, x)
