@@ -4,23 +4,11 @@ import copy
 import pytest
 import torch
 
-from test_compat_refs import (AdaRoundQuantizer, OpCounter, UniformAffineQuantizer, assert_same_state,
-                              compare_records, run_steps)
+from test_compat_refs import (AdaRoundQuantizer, OpCounter, UniformAffineQuantizer, assert_same_state,  # noqa: F401
+                              backend, compare_records, run_steps)
 from zsq_engine import compat
-from zsq_engine.ops import use_backend
 
-BACKENDS = [("cpu", "cpu"), ("cpu", "reference")] + ([("cuda", None)] if torch.cuda.is_available() else [])
 EPS32 = torch.finfo(torch.float32).eps
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda b: f"{b[0]}-{b[1] or 'auto'}")
-def backend(request):
-    device, name = request.param
-    if name is None:
-        yield torch.device(device)
-    else:
-        with use_backend(name):
-            yield torch.device(device)
 
 
 def _pair(module, device):

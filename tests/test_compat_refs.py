@@ -6,6 +6,7 @@ these are what ``zsq_engine.compat.accelerate`` must reproduce bit for bit (or w
 tolerances). Each keeps the research code's own arithmetic order: ``x / delta`` (a division),
 ``round_ste(v) = (v.round() - v).detach() + v``, ``grad_scale(t, g) = (t - t g).detach() + t g``.
 """
+import pytest
 import torch
 from torch import nn
 
@@ -414,3 +415,20 @@ class OpCounter:
                 return _real(*args, **kwargs)
 
             monkeypatch.setattr(ops, name, spy)
+
+
+BACKENDS = [("cpu", "cpu"), ("cpu", "reference")] + ([("cuda", None)] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda b: f"{b[0]}-{b[1] or 'auto'}")
+def backend(request):
+    """The device to test on, with the op backend forced (cpu: the C++ extension or the reference;
+    cuda: automatic dispatch, i.e. the Triton kernels)."""
+    from zsq_engine.ops import use_backend
+
+    device, name = request.param
+    if name is None:
+        yield torch.device(device)
+    else:
+        with use_backend(name):
+            yield torch.device(device)

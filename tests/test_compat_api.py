@@ -1,0 +1,152 @@
+"""compat.accelerate as a whole: the report, mixed models, restore, parameters, round_ste, lp_loss."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from test_compat_refs import (GenieActivationQuantizer, LSQFakeQuantize, MysteryQuantizer, UniformAffineQuantizer,
+                              lp_loss_ref, round_ste_ref)
+from zsq_engine import compat
+from zsq_engine.quant import QuantSpec, UniformQuantizer
+
+
+class QuantConvLayer(nn.Module):
+    """A BRECQ-like layer: holds quantizers, is not one (must not be reported as unknown)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.weight_quantizer = UniformAffineQuantizer(4, channel_wise=True)
+        self.act_quantizer = UniformAffineQuantizer(4, leaf_param=True)
+
+    def forward(self, x):
+        w = self.weight_quantizer(self.conv.weight)
+        return self.act_quantizer(torch.nn.functional.conv2d(x, w, self.conv.bias, padding=1).relu())
+
+
+def _mixed_model():
+    lsq = LSQFakeQuantize(bit=4)
+    lsq.fake_quant_enabled = 1
+    lsq.scale.data.fill_(0.05)
+    return nn.Sequential(QuantConvLayer(), MysteryQuantizer(), GenieActivationQuantizer(4), lsq,
+                         UniformQuantizer(QuantSpec(bits=4)))
+
+
+def test_mixed_model_report_and_numerics():
+    torch.manual_seed(0)
+    ref = _mixed_model()
+    acc = copy.deepcopy(ref)
+    params_before = {n: p for n, p in acc.named_parameters()}
+    report = compat.accelerate(acc)
+    assert report.accelerated == [("0.weight_quantizer", "brecq_uniform"), ("0.act_quantizer", "brecq_uniform"),
+                                  ("3", "qdrop_lsq")]
+    skipped = {name: (cls, reason) for name, cls, reason in report.skipped}
+    assert set(skipped) == {"1", "2", "4"}  # the layer "0" holds quantizers: not reported
+    assert skipped["1"][0] == "MysteryQuantizer" and "unknown" in skipped["1"][1]
+    assert skipped["2"][0] == "GenieActivationQuantizer"
+    assert "already" in skipped["4"][1]
+    assert "forward" not in acc[1].__dict__ and "forward" not in acc[2].__dict__
+    text = str(report)
+    assert "3 quantizer(s) accelerated, 3 left alone" in text and "MysteryQuantizer" in text
+    x = torch.randn(2, 3, 8, 8)
+    acc[4].set_qparams(torch.tensor([0.05]), torch.tensor([0.0]))
+    ref[4].set_qparams(torch.tensor([0.05]), torch.tensor([0.0]))
+    for _ in range(2):  # first call initialises the lazy quantizers, the second runs fused
+        xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yr = acc(xa), ref(xr)
+        assert torch.equal(ya, yr)
+        ya.sum().backward()
+        yr.sum().backward()
+        assert torch.equal(xa.grad, xr.grad)
+    for (na, pa), (nr, pr) in zip(acc.named_parameters(), ref.named_parameters()):
+        assert na == nr and torch.equal(pa.grad, pr.grad), na
+    params_after = dict(acc.named_parameters())  # lazily created ones join; the others are the same objects
+    assert all(params_after[n] is p for n, p in params_before.items())
+    assert list(acc.state_dict()) == list(ref.state_dict())
+    assert isinstance(acc[0].weight_quantizer, UniformAffineQuantizer)
+
+
+def test_optimizer_built_before_accelerate_still_updates():
+    torch.manual_seed(0)
+    q = LSQFakeQuantize(bit=4)
+    q.fake_quant_enabled = 1
+    q.scale.data.fill_(0.1)
+    ref = copy.deepcopy(q)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (q, ref)]
+    compat.accelerate(q)
+    x = torch.randn(8, 4, 5, 5)
+    for m, opt in zip((q, ref), opts):
+        m(x).square().sum().backward()
+        opt.step()
+    assert not torch.equal(q.scale, torch.tensor([0.1]))
+    assert torch.equal(q.scale, ref.scale)
+
+
+def test_restore_context_manager_and_idempotence():
+    model = nn.Sequential(UniformAffineQuantizer(4), UniformAffineQuantizer(4))
+    with compat.accelerate(model) as report:
+        assert len(report.accelerated) == 2
+        assert all("forward" in m.__dict__ for m in model)
+        again = compat.accelerate(model)  # second call: listed, not patched twice
+        assert again.accelerated == report.accelerated
+        assert again.restore() == 0
+    assert all("forward" not in m.__dict__ for m in model)
+    compat.accelerate(model)
+    assert compat.restore(model) == 2 and compat.restore(model) == 0
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        compat.accelerate(torch.zeros(3))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        compat.restore("model")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        compat.round_ste([1.0])
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        compat.round_ste(torch.arange(3))
+    with pytest.raises(TypeError, match="pred must be a torch.Tensor"):
+        compat.lp_loss(1.0, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="dim 1"):
+        compat.lp_loss(torch.zeros(3), torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_round_ste_matches_research_helper(dtype):
+    big = [2049.0, -60000.0] if dtype == torch.float16 else [1e7 + 0.5, -3e8]  # finite in every dtype
+    x = torch.cat([torch.randn(1000) * 10, torch.arange(-8, 8) + 0.5, torch.tensor(big + [0.0])]).to(dtype)
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yr = compat.round_ste(xa), round_ste_ref(xr)
+    assert torch.equal(ya, yr) and torch.equal(ya, torch.round(x))  # ties to even, like the original
+    g = torch.randn_like(x)
+    ya.backward(g)
+    yr.backward(g)
+    assert torch.equal(xa.grad, xr.grad)
+
+
+def test_round_ste_infinity_is_the_documented_difference():
+    x = torch.tensor([float("inf"), -float("inf")])
+    assert torch.equal(compat.round_ste(x), x)
+    assert torch.isnan(round_ste_ref(x)).all()  # the research helper computes inf - inf
+
+
+@pytest.mark.parametrize("p", [2.0, 2, 2.4, 1.0])
+@pytest.mark.parametrize("reduction", ["none", "all"])
+def test_lp_loss_matches_research_helper(p, reduction):
+    torch.manual_seed(1)
+    pred, tgt = torch.randn(4, 16, 5, 5), torch.randn(4, 16, 5, 5)
+    pa, pr = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    la, lr = compat.lp_loss(pa, tgt, p=p, reduction=reduction), lp_loss_ref(pr, tgt, p=p, reduction=reduction)
+    assert torch.equal(la, lr)
+    la.backward()
+    lr.backward()
+    assert torch.equal(pa.grad, pr.grad)
+
+
+def test_import_stays_light():
+    code = ("import sys, zsq_engine; assert 'zsq_engine.compat' not in sys.modules; import zsq_engine.compat; "
+            "bad = [m for m in ('triton', 'zsq_engine._C', 'zsq_engine.kernels') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
