@@ -87,3 +87,7 @@ if _C is not None and hasattr(_C, "bn_stats_forward_cpu"):
     @register("bn_stats_backward", "cpu")
     def _bn_stats_backward(grad_out, activations, saved, spec):
         return _C.bn_stats_backward_cpu(grad_out, list(activations), saved, *_bn_spec_args(spec))
+
+
+# Integer GEMM / conv (qgemm, qconv2d_nhwc, int_mm): registered by their own module.
+from . import cpu_int  # noqa: E402,F401

@@ -1,0 +1,82 @@
+// Implicit-GEMM integer conv in NHWC on the CPU (see int_gemm.h): M = B * OH * OW output
+// pixels, N = O / groups per group, K = kh * kw * C / groups in (r, s, c) order, the order of a
+// [O, kh, kw, C / groups] weight row. Each work item of the blocked driver gathers its pixels'
+// im2col rows straight into its thread-local tile (one contiguous run of C / groups bytes per
+// tap, pad_value for out-of-image taps), so no im2col matrix is ever materialised, and the
+// GEMM micro-kernels and epilogue run unchanged. A 1x1 stride-1 conv gathers one run of C
+// bytes per pixel: the plain GEMM on the NHWC rows.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/int_gemm.h"
+#include "cpu/int_gemm_kernels.h"
+
+namespace zsq {
+namespace cpu {
+namespace intk {
+namespace {
+
+struct ConvRows final : RowGather {
+  const uint8_t* x;
+  ConvShape s;
+  uint8_t flip;   // 0x80 for int8 input (u = x + 128), 0 for uint8
+  uint8_t pad_u;  // pad_value in the u8 domain
+  int64_t cg, k;
+
+  void gather(int64_t g, int64_t m0, int rows, uint8_t* tile, int64_t ldt,
+              int32_t* rowsum_u) const override {
+    const int64_t ohw = s.oh * s.ow;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t m = m0 + r;
+      const int64_t b = m / ohw, rem = m - b * ohw;
+      const int64_t oh = rem / s.ow, ow = rem - oh * s.ow;
+      const int64_t ih0 = oh * s.stride_h - s.pad_h, iw0 = ow * s.stride_w - s.pad_w;
+      const uint8_t* img = x + b * s.h * s.w * s.c + g * cg;
+      uint8_t* dst = tile + r * ldt;
+      for (int64_t kr = 0; kr < s.kh; ++kr) {
+        const int64_t ih = ih0 + kr * s.dil_h;
+        const bool row_in = ih >= 0 && ih < s.h;
+        for (int64_t ks = 0; ks < s.kw; ++ks, dst += cg) {
+          const int64_t iw = iw0 + ks * s.dil_w;
+          if (row_in && iw >= 0 && iw < s.w) {
+            copy_flip_bytes(img + (ih * s.w + iw) * s.c, cg, flip, dst);
+          } else {
+            std::memset(dst, pad_u, static_cast<size_t>(cg));
+          }
+        }
+      }
+      uint8_t* row = tile + r * ldt;
+      std::memset(row + k, 0, static_cast<size_t>(ldt - k));
+      if (rowsum_u != nullptr) rowsum_u[r] = byte_sum(row, k);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace intk
+
+void int_conv2d_nhwc(const uint8_t* x, ActKind act, const ConvShape& s, int32_t pad_value,
+                     const int8_t* panels, const int32_t* colsum, const IntEpilogue& ep, void* out,
+                     IntIsa isa, int num_threads) {
+  const IntIsa resolved = intk::resolve_isa(isa);
+  intk::ConvRows rows;
+  rows.x = x;
+  rows.s = s;
+  rows.flip = act == ActKind::kInt8 ? 0x80 : 0;
+  rows.pad_u = static_cast<uint8_t>(static_cast<uint8_t>(pad_value) ^ rows.flip);
+  rows.cg = s.c / s.groups;
+  rows.k = s.kh * s.kw * rows.cg;
+  intk::TileEpilogue te;
+  te.ep = &ep;
+  te.colsum = colsum;
+  te.col_correction = intk::act_offset(act) + ep.act_zero_point;
+  te.k = rows.k;
+  te.n_total = s.o;
+  te.out = out;
+  intk::blocked_gemm(rows, s.batch * s.oh * s.ow, s.o / s.groups, rows.k, s.groups, panels, te,
+                     resolved, num_threads);
+}
+
+}  // namespace cpu
+}  // namespace zsq

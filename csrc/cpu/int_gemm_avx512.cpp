@@ -1,0 +1,95 @@
+// AVX-512 VNNI micro-kernel of the CPU integer GEMM (see int_gemm.h for the layouts).
+//
+// vpdpbusd multiplies 4 unsigned bytes of one operand by 4 signed bytes of the other and adds
+// the four products to an int32 lane, without saturation. The weight panel holds 4 consecutive
+// k of 16 output channels in one zmm ([16][4] int8), so one instruction does 64 MACs for one
+// activation row: the row's 4 activation bytes are broadcast to all lanes. A call keeps
+// rows x panels (up to 6 x 4) zmm accumulators in registers over the whole K, so the tile is
+// finished (and its epilogue applied) without partial sums in memory.
+//
+// This file is compiled for AVX-512 through the pragma below, after every system header, so
+// nothing shared with other translation units (inline functions of the standard library) gets
+// AVX-512 code; everything here has internal linkage except the one entry point, which the
+// driver calls only after checking the CPU.
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/int_gemm_kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#endif
+#include <immintrin.h>
+
+namespace zsq {
+namespace cpu {
+namespace intk {
+namespace {
+
+template <int ROWS, int PANELS>
+void vnni_tile(const uint8_t* a, int64_t lda, const int8_t* w, int64_t panel_stride,
+               int64_t kgroups, int32_t* c) {
+  __m512i acc[ROWS][PANELS];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int p = 0; p < PANELS; ++p) acc[r][p] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < kgroups; ++g) {
+    __m512i wv[PANELS];
+#pragma GCC unroll 4
+    for (int p = 0; p < PANELS; ++p) wv[p] = _mm512_loadu_si512(w + p * panel_stride + g * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      int32_t a4;
+      std::memcpy(&a4, a + r * lda + 4 * g, 4);
+      const __m512i av = _mm512_set1_epi32(a4);
+#pragma GCC unroll 4
+      for (int p = 0; p < PANELS; ++p) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], av, wv[p]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int p = 0; p < PANELS; ++p) _mm512_storeu_si512(c + r * kTileLd + p * 16, acc[r][p]);
+}
+
+template <int ROWS>
+void vnni_rows(const uint8_t* a, int64_t lda, const int8_t* w, int64_t ps, int panels,
+               int64_t kg, int32_t* c) {
+  switch (panels) {
+    case 1: vnni_tile<ROWS, 1>(a, lda, w, ps, kg, c); break;
+    case 2: vnni_tile<ROWS, 2>(a, lda, w, ps, kg, c); break;
+    case 3: vnni_tile<ROWS, 3>(a, lda, w, ps, kg, c); break;
+    default: vnni_tile<ROWS, 4>(a, lda, w, ps, kg, c); break;
+  }
+}
+
+}  // namespace
+
+void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
+                             int64_t panel_stride, int panels, int64_t kgroups, int32_t* c) {
+  switch (rows) {
+    case 1: vnni_rows<1>(a, lda, w, panel_stride, panels, kgroups, c); break;
+    case 2: vnni_rows<2>(a, lda, w, panel_stride, panels, kgroups, c); break;
+    case 3: vnni_rows<3>(a, lda, w, panel_stride, panels, kgroups, c); break;
+    case 4: vnni_rows<4>(a, lda, w, panel_stride, panels, kgroups, c); break;
+    case 5: vnni_rows<5>(a, lda, w, panel_stride, panels, kgroups, c); break;
+    default: vnni_rows<6>(a, lda, w, panel_stride, panels, kgroups, c); break;
+  }
+}
+
+}  // namespace intk
+}  // namespace cpu
+}  // namespace zsq
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86-64

@@ -1,0 +1,78 @@
+// Internal pieces of the CPU integer GEMM / conv (int_gemm.h has the API): the per-ISA
+// micro-kernels, the fused epilogue of one accumulator tile, and the blocked driver shared by
+// the GEMM and the implicit-GEMM conv.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/int_gemm.h"
+
+namespace zsq {
+namespace cpu {
+namespace intk {
+
+// A micro-kernel call computes up to kMaxRows x (kMaxPanels * 16) accumulators.
+constexpr int kMaxRows = 6;
+constexpr int kMaxPanels = 4;
+constexpr int kTileLd = kMaxPanels * kPanelCols;  // row stride of the int32 tile
+
+// c[r * kTileLd + j] = sum_k a[r * lda + k] * w_j[k] for r < rows, j < 16 * panels, where a is
+// the u8 activation tile (rows zero-padded to 4 * kgroups) and panel p of the weight starts at
+// w + p * panel_stride ([kgroups][16][4] int8). rows <= kMaxRows, panels <= kMaxPanels.
+using TileKernel = void (*)(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
+                            int64_t panel_stride, int panels, int64_t kgroups, int32_t* c);
+
+void tile_kernel_scalar(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
+                        int64_t panel_stride, int panels, int64_t kgroups, int32_t* c);
+// Defined only on x86-64 builds; the caller checks the CPU first (int_isa_supported).
+void tile_kernel_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
+                      int64_t panel_stride, int panels, int64_t kgroups, int32_t* c);
+void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
+                             int64_t panel_stride, int panels, int64_t kgroups, int32_t* c);
+
+TileKernel select_tile_kernel(IntIsa isa);  // isa already resolved and supported
+
+// Everything the epilogue of a tile needs besides the tile itself.
+struct TileEpilogue {
+  const IntEpilogue* ep = nullptr;
+  const int32_t* colsum = nullptr;  // [n_total]; null when no column correction is needed
+  int32_t col_correction = 0;       // off + za: acc -= col_correction * colsum[n]
+  int64_t k = 0;                    // reduction length (for the weight zero point term)
+  int64_t n_total = 0;              // output row length
+  void* out = nullptr;              // [M, n_total]
+};
+
+// Applies the epilogue to acc [rows][cols] (row stride ld) holding sum u w for output rows
+// row0.. and columns col0..; rowsum_u [rows] is sum_k u of each row (read only with a weight
+// zero point; may be null otherwise) and stores into te.out.
+void epilogue_tile(const int32_t* acc, int64_t ld, int rows, int64_t cols, int64_t row0,
+                   int64_t col0, const int32_t* rowsum_u, const TileEpilogue& te);
+
+// Fills `rows` rows of the u8 activation tile for output rows m0.. of group g: tile[r * ldt + k]
+// for k < K (zero for K <= k < ldt), and rowsum_u[r] = sum_k tile[r][k] when rowsum_u != null.
+struct RowGather {
+  virtual ~RowGather() = default;
+  virtual void gather(int64_t g, int64_t m0, int rows, uint8_t* tile, int64_t ldt,
+                      int32_t* rowsum_u) const = 0;
+};
+
+// The blocked GEMM: for every group g, out[:, g * n_g : (g + 1) * n_g] = epilogue(A_g W_g^T)
+// with A_g supplied by `rows` (m rows of k values) and W_g the group's panels.
+void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int64_t groups,
+                  const int8_t* panels, const TileEpilogue& te, IntIsa isa, int num_threads);
+
+// dst[i] = src[i] ^ flip (flip 0x80 turns int8 into the u8 domain a + 128), and sum_i p[i].
+void copy_flip_bytes(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst);
+int32_t byte_sum(const uint8_t* p, int64_t n);
+
+// off of the activation domain (int8 / int4 activations are shifted by 128).
+inline int32_t act_offset(ActKind act) {
+  return (act == ActKind::kInt8 || act == ActKind::kInt4) ? 128 : 0;
+}
+
+// Resolves kAuto and checks that `isa` can run here (throws std::invalid_argument otherwise).
+IntIsa resolve_isa(IntIsa isa);
+
+}  // namespace intk
+}  // namespace cpu
+}  // namespace zsq

@@ -1,0 +1,168 @@
+"""CPU integer GEMM / conv of the C++ extension as the 'cpu' ``qgemm``, ``qconv2d_nhwc`` and
+``int_mm`` (imported by :mod:`zsq_engine.ops.backends.cpu`).
+
+Weight packing. The C++ kernels read the weight as VNNI panels (``_C.int_pack_weight_cpu``:
+int8 [groups, ceil(N_g/16), ceil(K/4), 16, 4] plus int32 column sums). A runtime calls the op
+again and again with the same weight tensor, so packed panels are cached per weight *tensor
+object*: an entry is reused only while that object is alive, its data pointer, shape, strides
+and version counter (bumped by every in-place write) are unchanged; it is dropped when the
+tensor is freed. A new view of the same storage (``w.reshape(...)`` each call) misses, so
+hold the weight tensor itself, or pack explicitly with :func:`pack_weight` and call
+:func:`qgemm_packed`. Inference tensors have no version counter and are packed on every call.
+
+ISA. ``ZSQ_CPU_INT_ISA=auto|scalar|avx2|avx512_vnni`` forces the micro-kernel (tests use it
+to cover every path on one machine); forcing one the CPU lacks is an error. The depthwise
+kernel has no ISA switch (plain loops compiled for AVX-512 / AVX2 / baseline, picked by the
+loader).
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from typing import NamedTuple, Optional
+
+import torch
+
+from zsq_engine._ext import get_extension
+
+from ..dispatch import register
+from ..epilogue import Epilogue, QUANT_OUT_DTYPES
+
+_C = get_extension()
+
+ISA_ENV = "ZSQ_CPU_INT_ISA"
+ISA_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avx512_vnni": 3}
+_OUT_KIND = {torch.int32: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
+_ACTIVATION = {"none": 0, "relu": 1, "relu6": 2}
+
+
+def isa_code() -> int:
+    name = os.environ.get(ISA_ENV, "").strip().lower() or "auto"
+    if name not in ISA_CODES:
+        raise ValueError(f"{ISA_ENV}={name!r} is not one of {', '.join(ISA_CODES)}")
+    return ISA_CODES[name]
+
+
+class PackedWeight(NamedTuple):
+    """Weight panels for the CPU kernels: ``n`` output channels in ``groups`` groups, length ``k``."""
+    panels: torch.Tensor
+    colsum: torch.Tensor
+    n: int
+    k: int
+    groups: int
+
+
+def pack_weight(w: torch.Tensor, *, groups: int = 1, w_packed: bool = False, k: Optional[int] = None) -> PackedWeight:
+    """Pack ``w`` int8 [N, K] (or packed int4 uint8 [N, ceil(k/2)] with ``w_packed``; or a conv
+    weight [O, kh, kw, C/groups], viewed as [O, kh*kw*C/groups]) for :func:`qgemm_packed` and
+    the CPU conv."""
+    w2 = w.reshape(w.shape[0], -1)
+    if k is None:
+        k = w2.shape[1]
+    panels, colsum = _C.int_pack_weight_cpu(w2, groups, bool(w_packed), int(k))
+    return PackedWeight(panels, colsum, w2.shape[0], int(k), groups)
+
+
+_cache: dict = {}
+
+
+def cached_pack(w: torch.Tensor, *, groups: int = 1, w_packed: bool = False, k: Optional[int] = None,
+                transposed: bool = False) -> PackedWeight:
+    """:func:`pack_weight` of ``w`` (of ``w.t()`` when ``transposed``), reused while ``w`` is
+    unchanged (see the module doc)."""
+    src = w.t() if transposed else w
+    try:
+        version = w._version
+    except RuntimeError:  # inference tensors track no version: nothing proves them unchanged
+        return pack_weight(src, groups=groups, w_packed=w_packed, k=k)
+    key = (groups, bool(w_packed), k, transposed, tuple(w.shape), tuple(w.stride()), w.dtype, w.data_ptr())
+    ident = id(w)
+    entry = _cache.get(ident)
+    if entry is not None:
+        ref, ver, ekey, packed = entry
+        if ref() is w and ver == version and ekey == key:
+            return packed
+    packed = pack_weight(src, groups=groups, w_packed=w_packed, k=k)
+    _cache[ident] = (weakref.ref(w, lambda _r, i=ident: _cache.pop(i, None)), version, key, packed)
+    return packed
+
+
+def _f32_vector(v) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(torch.float32).reshape(-1).contiguous()
+    return torch.tensor([float(v)], dtype=torch.float32)
+
+
+def _f32_scalar(name: str, v) -> float:
+    t = _f32_vector(v)
+    if t.numel() != 1:
+        raise ValueError(f"epilogue.{name} must be a scalar or a one-element tensor, got {t.numel()} elements")
+    return float(t[0])
+
+
+def epilogue_args(ep: Optional[Epilogue]) -> tuple:
+    """The 14 epilogue arguments of the ``_C.int_*_cpu`` functions (see csrc/binding.cpp)."""
+    if ep is None:
+        return (0, 0, None, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
+    ep.validate()
+    wzp = None
+    if ep.has_weight_zero_point():
+        zw = ep.weight_zero_point
+        wzp = (zw.detach().to(torch.int32).reshape(-1).contiguous() if isinstance(zw, torch.Tensor)
+               else torch.tensor([zw], dtype=torch.int32))
+    if ep.integer_output:
+        return (0, ep.act_zero_point, wzp, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
+    bias = None if ep.bias is None else ep.bias.detach().to(torch.float32).reshape(-1).contiguous()
+    res_scale = 1.0
+    if ep.residual is not None and ep.residual.dtype in QUANT_OUT_DTYPES:
+        res_scale = _f32_scalar("residual_scale", ep.residual_scale)
+    out_scale, qmin, qmax = 1.0, 0, 0
+    if ep.out_dtype in QUANT_OUT_DTYPES:
+        out_scale = _f32_scalar("out_scale", ep.out_scale)
+        qmin, qmax = ep.quant_range()
+    return (_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale),
+            _f32_vector(ep.act_scale), bias, ep.residual, res_scale, ep.residual_zero_point,
+            _ACTIVATION[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
+
+
+def _act_kind(a: torch.Tensor, a_packed: bool, a_signed: bool) -> int:
+    if a_packed:
+        return 2 if a_signed else 3
+    return 0 if a.dtype == torch.int8 else 1
+
+
+def qgemm_packed(a: torch.Tensor, packed: PackedWeight, epilogue: Optional[Epilogue] = None, *,
+                 a_packed: bool = False, a_signed: bool = True) -> torch.Tensor:
+    """``qgemm`` with a weight packed once by :func:`pack_weight` (no cache lookup): ``a``
+    int8/uint8 [M, K], or packed int4 [M, ceil(K/2)] with ``a_packed``."""
+    if packed.groups != 1:
+        raise ValueError(f"packed holds {packed.groups} groups; qgemm needs a weight packed with groups=1")
+    return _C.int_gemm_cpu(a, _act_kind(a, a_packed, a_signed), packed.k, packed.panels, packed.colsum, packed.n,
+                           *epilogue_args(epilogue), isa=isa_code())
+
+
+def _qgemm(a, w, epilogue, w_packed, a_packed, a_signed, k):
+    packed = cached_pack(w, w_packed=w_packed, k=k)
+    return qgemm_packed(a, packed, epilogue, a_packed=a_packed, a_signed=a_signed)
+
+
+def _int_mm(a, b):
+    # b [K, N] is the transposed [N, K] weight; packed panels are cached on b itself
+    packed = cached_pack(b, transposed=True)
+    return qgemm_packed(a, packed)
+
+
+def _qconv2d_nhwc(x, w, stride, padding, dilation, groups, epilogue, pad_value):
+    o, kh, kw, cg = w.shape
+    geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    if groups == x.shape[3] == o and cg == 1:
+        return _C.int_depthwise_conv2d_nhwc_cpu(x, w, *geometry, pad_value, *epilogue_args(epilogue))
+    packed = cached_pack(w, groups=groups)
+    return _C.int_conv2d_nhwc_cpu(x, packed.panels, packed.colsum, o, kh, kw, *geometry, groups, pad_value,
+                                  *epilogue_args(epilogue), isa=isa_code())
+
+
+if _C is not None and hasattr(_C, "int_gemm_cpu"):
+    register("qgemm", "cpu")(_qgemm)
+    register("int_mm", "cpu")(_int_mm)
+    register("qconv2d_nhwc", "cpu")(_qconv2d_nhwc)
