@@ -251,6 +251,25 @@ def on_device(t: torch.Tensor):
 # ----------------------------------------------------------------------------- device helpers
 
 @triton.jit
+def split_tile_range(pid, split_n, per_n, split_j, per_j, num_nblocks, num_jblocks):
+    """The rectangle of (n-block, j-block) tiles one program of a split reduction owns (see
+    :func:`reduction_split`): ``pid`` = ((channel block * split_n) + n split) * split_j + j split.
+    Returns (channel block, split index ``sn * split_j + sj`` within the channel block, first
+    n-block, first j-block, j-blocks per row, number of tiles);
+    tile ``t`` is (first n + t // j-blocks, first j + t % j-blocks). Walked with a while loop by
+    the callers: dynamic trip counts, which the interpreter cannot run as range()."""
+    sj = pid % split_j
+    rest = pid // split_j
+    sn = rest % split_n
+    cb = rest // split_n
+    nb_start = sn * per_n
+    jb_start = sj * per_j
+    n_count = tl.minimum(per_n, num_nblocks - nb_start)
+    j_count = tl.minimum(per_j, num_jblocks - jb_start)
+    return cb, sn * split_j + sj, nb_start, jb_start, j_count, n_count * j_count
+
+
+@triton.jit
 def round_half_even(v):
     """torch.round for fp32: |v| < 2^23 is rounded by adding and removing 2^23 (the add rounds
     half-to-even at unit precision); larger magnitudes, inf and NaN are already integral/passed."""

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import clamp_nan, pow_nonneg, sum_nj, tile_offsets, to_out
+from ._common import clamp_nan, pow_nonneg, split_tile_range, sum_nj, tile_offsets, to_out
 
 GAMMA = -0.1
 ZETA = 1.1
@@ -73,16 +73,8 @@ def _adaround_backward_kernel(
         quant_min, quant_max, zeta_minus_gamma, gamma,
         OUT_KIND: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, USE_INT64: tl.constexpr):
-    pid = tl.program_id(0)
-    sj = pid % split_j
-    rest = pid // split_j
-    sn = rest % split_n
-    cb = rest // split_n
-    nb_start = sn * per_n
-    jb_start = sj * per_j
-    n_count = tl.minimum(per_n, num_nblocks - nb_start)
-    j_count = tl.minimum(per_j, num_jblocks - jb_start)
-    num_tiles = n_count * j_count
+    cb, split, nb_start, jb_start, j_count, num_tiles = split_tile_range(
+        tl.program_id(0), split_n, per_n, split_j, per_j, num_nblocks, num_jblocks)
 
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -105,7 +97,7 @@ def _adaround_backward_kernel(
         tl.store(dalpha_ptr + offs, to_out(dalpha, OUT_KIND), mask=mask)
         acc += tl.where(mask, dy * (clamp_nan(v, quant_min, quant_max) - zp), 0.0)
         t += 1
-    part = c * (split_n * split_j) + (sn * split_j + sj)
+    part = c * (split_n * split_j) + split
     tl.store(dscale_part_ptr + part, sum_nj(acc), mask=cmask)
 
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import (clamp_nan, dequant_to_out, round_half_even, sum_nj, tile_offsets, to_out)
+from ._common import (clamp_nan, dequant_to_out, round_half_even, split_tile_range, sum_nj, tile_offsets, to_out)
 from .rng import offset_arg, seed_arg, uniform_at
 
 
@@ -77,18 +77,8 @@ def _lsq_backward_kernel(
         quant_min, quant_max, grad_factor, p, seed_bits, offset_bits,
         QDROP: tl.constexpr, OUT_KIND: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, USE_INT64: tl.constexpr):
-    pid = tl.program_id(0)
-    sj = pid % split_j
-    rest = pid // split_j
-    sn = rest % split_n
-    cb = rest // split_n
-    # This program's rectangle of (n-block, j-block) tiles, walked with a while loop (dynamic
-    # trip counts; the interpreter cannot run range() over runtime bounds).
-    nb_start = sn * per_n
-    jb_start = sj * per_j
-    n_count = tl.minimum(per_n, num_nblocks - nb_start)
-    j_count = tl.minimum(per_j, num_jblocks - jb_start)
-    num_tiles = n_count * j_count
+    cb, split, nb_start, jb_start, j_count, num_tiles = split_tile_range(
+        tl.program_id(0), split_n, per_n, split_j, per_j, num_nblocks, num_jblocks)
 
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -130,7 +120,7 @@ def _lsq_backward_kernel(
         t += 1
 
     num_splits = split_n * split_j
-    part = c * num_splits + (sn * split_j + sj)
+    part = c * num_splits + split
     tl.store(dscale_part_ptr + part, sum_nj(acc_scale), mask=cmask)
     tl.store(dzp_part_ptr + part, sum_nj(acc_zp), mask=cmask)
 
