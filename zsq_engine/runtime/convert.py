@@ -60,7 +60,9 @@ def _groups(nodes: List[Node], by_name: Dict[str, Node]) -> Dict[str, dict]:
     for nd in nodes:
         if nd.kind != "add" or nd.inputs[0] == nd.inputs[1]:
             continue
-        cands = [i for i in nd.inputs if i in tail_of and by_name[i].users == [nd.name]]
+        # one residual add per kernel: a group that already took an add cannot take another
+        cands = [i for i in nd.inputs if i in tail_of and by_name[i].users == [nd.name]
+                 and groups[tail_of[i]]["add"] is None]
         if not cands:
             continue
         tail = max(cands, key=index.__getitem__)  # the later one: its residual is ready by then
