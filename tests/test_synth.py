@@ -48,6 +48,27 @@ def test_bn_loss_drops(method, iters):
     assert end * 2 <= start, f"{method}: BN loss {start:.4g} -> {end:.4g}"
 
 
+def test_hast_bn_loss_drops_with_imagenet_hardness_weights():
+    """With ImageNet's hardness weights (beta, gamma) = (0.1, 0.5) the BN term dominates and the
+    BN loss falls far below even the Gaussian start (gamma < 1 also exercises p_y -> 1)."""
+    r = synthesize("fmnist_resnet", "hast", num=16, batch_size=16, iters=60, seed=1, preset="fast",
+                   beta=0.1, gamma=0.5)
+    start, end = r.meta["bn_loss_start"][0], r.meta["bn_loss_end"][0]
+    assert torch.isfinite(r.images).all()
+    assert end * 5 <= start, f"BN loss {start:.4g} -> {end:.4g}"
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_hast_hardness_loss_formula_and_confident_samples(gamma):
+    ce = torch.tensor([0.0, 1e-9, 0.3, 2.0, 7.0], dtype=torch.float64, requires_grad=True)
+    loss = hast.hardness_loss(ce, gamma)
+    p_y = torch.exp(-ce.detach()[2:])
+    expected = ((1 - p_y) ** gamma * ce.detach()[2:]).sum() / 5  # the first two contribute ~0
+    assert torch.allclose(loss.detach(), expected, rtol=1e-6, atol=1e-12)
+    loss.backward()
+    assert torch.isfinite(ce.grad).all(), ce.grad
+
+
 def test_hast_bn_term_keeps_statistics():
     """HAST starts from Gaussian noise, whose per-batch BN statistics are already close (the hardness
     term first pulls them away), so its BN term is judged against the same run without it."""

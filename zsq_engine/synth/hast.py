@@ -8,9 +8,12 @@ Fashion-MNIST), (0.1, 0.5) for ImageNet; random-resized-crop (0.4-1) + flip on e
 iteration for large images only (their CIFAR path uses the images as they are), so
 ``augment=None`` means "on for images larger than 64 pixels".
 
-With (10, 2) the hardness term dominates the first iterations, so the BN loss of a short run
-rises above that of the Gaussian start (which is already close to the running statistics of a
-small model) before it comes down; the BN term still matters: it ends far below a run without it.
+With (10, 2) the hardness term dominates, so on a small model the BN loss ends ABOVE that of
+the Gaussian start (which is already close to the model's running statistics): on the
+Fashion-MNIST ResNet, batch 16, 0.124 at the start, 7.28 after 200 iterations, 6.87 after the
+full 1000, against 29.3 for the same 200 iterations without the BN term. With ImageNet's (0.1, 0.5)
+the BN term dominates and the same run ends at 0.00094. The BN term does its job in both cases;
+the hardness weight decides how far from the statistics the hard samples are pushed.
 """
 from __future__ import annotations
 
@@ -37,6 +40,16 @@ def _is_small(input_shape: Sequence[int]) -> bool:
 def hardness_weights(input_shape: Sequence[int]) -> Tuple[float, float]:
     """(beta, gamma): (10, 2) for small images (side <= 64: CIFAR, Fashion-MNIST), else (0.1, 0.5)."""
     return (10.0, 2.0) if _is_small(input_shape) else (0.1, 0.5)
+
+
+def hardness_loss(ce: torch.Tensor, gamma: float) -> torch.Tensor:
+    """HAST's difficulty-weighted cross-entropy mean((1 - p_y)^gamma * CE) from per-sample CE.
+
+    1 - p_y is computed as -expm1(-CE) (exact for confident samples, where 1 - exp(-CE) cancels)
+    and kept above the smallest normal float: at p_y == 1 the derivative of (1 - p_y)^gamma is
+    infinite for gamma < 1 (ImageNet's 0.5), and inf * 0 would turn the whole batch into NaN."""
+    hardness = (-torch.expm1(-ce)).clamp_min(torch.finfo(ce.dtype).tiny)
+    return (hardness.pow(gamma) * ce).mean()
 
 
 def random_resized_crop_flip(x: torch.Tensor, scale: Sequence[float] = (0.4, 1.0),
@@ -95,8 +108,7 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
             logits = teacher(inp)
             bn = ops.bn_stat_loss(*rec.loss_inputs(), variant="hast")
             ce = F.cross_entropy(logits, labels, reduction="none")
-            p_y = torch.exp(-ce)
-            loss = s["bn_weight"] * bn + beta * ((1 - p_y).pow(gamma) * ce).mean()
+            loss = s["bn_weight"] * bn + beta * hardness_loss(ce, gamma)
             loss.backward()
             opt.step()
             sched.step(loss.detach())
