@@ -7,14 +7,11 @@
 // (a shift close to the mean keeps the sum of squares free of cancellation even for
 // 1000 + 1e-2 * randn; double makes it exact to ~1e-16 relative anyway).
 #include "cpu/bn_stats.h"
+#include "cpu/threading.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace zsq {
 namespace cpu {
@@ -25,15 +22,6 @@ namespace {
 #else
 #define ZSQ_BN_MULTIVERSION
 #endif
-
-inline int resolve_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
 
 // Sum and sum of squares of x - shift over one row.
 ZSQ_BN_MULTIVERSION

@@ -18,6 +18,7 @@
 #endif
 
 #include "cpu/fake_quant.h"
+#include "cpu/threading.h"
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -201,18 +202,9 @@ constexpr int64_t kParallelMinElements = int64_t{1} << 16;
 // Each extra thread should get at least this much work.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 14;
 
-inline int max_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
-
 // Threads for `work` elements of elementwise work (1 for small tensors).
 inline int plan_threads(int64_t work, int num_threads) {
-  const int limit = max_threads(num_threads);
+  const int limit = resolve_threads(num_threads);
   if (limit <= 1 || work < kParallelMinElements) return 1;
   const int64_t by_work = work / kMinElementsPerThread;
   return static_cast<int>(imax(1, imin(limit, by_work)));

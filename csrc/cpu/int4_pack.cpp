@@ -5,12 +5,9 @@
 // the baseline ISA. The range check is an OR-reduction fused into the packing loop instead of a
 // separate pass over the input.
 #include "cpu/int4_pack.h"
+#include "cpu/threading.h"
 
 #include <algorithm>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace zsq {
 namespace cpu {
@@ -21,15 +18,6 @@ constexpr int64_t kParallelMinBytes = int64_t{1} << 18;
 // Work unit for the flat (even k) path: large enough to amortise scheduling, small enough to
 // balance a few cores.
 constexpr int64_t kBlockBytes = int64_t{1} << 15;
-
-inline int resolve_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
 
 // kBias maps the valid input range onto [0, 15]: 8 for signed ([-8, 7] as two's-complement
 // bytes), 0 for unsigned. A value is in range iff (byte + kBias) mod 256 has no high bits set.

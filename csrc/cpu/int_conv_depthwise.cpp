@@ -11,12 +11,9 @@
 #include <cstdint>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu/int_gemm.h"
 #include "cpu/int_gemm_kernels.h"
+#include "cpu/threading.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ZSQ_DW_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -71,12 +68,7 @@ void int_depthwise_conv2d_nhwc(const uint8_t* x, ActKind act, const ConvShape& s
   te.n_total = c;
   te.out = out;
 
-#ifdef _OPENMP
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  const int threads = 1;
-  (void)num_threads;
-#endif
+  const int threads = resolve_threads(num_threads);
   // At least ~16K multiply-adds per thread, else the fork costs more than it saves.
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, m * c * taps / 16384)));
   const bool is_signed = act == ActKind::kInt8;

@@ -17,13 +17,10 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu/cpu_features.h"
 #include "cpu/int_gemm.h"
 #include "cpu/int_gemm_kernels.h"
+#include "cpu/threading.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ZSQ_INT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -116,12 +113,7 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const int64_t nb = panel_blocks(n_g), panel_stride = kg * kPanelCols * kPanelK;
   const int64_t group_stride = nb * panel_stride;
   const bool need_rowsum = te.ep->weight_zero_point != nullptr;
-#ifdef _OPENMP
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  const int threads = 1;
-  (void)num_threads;
-#endif
+  const int threads = resolve_threads(num_threads);
 
   // Row tiles: at most ~128 KB of gathered activations, balanced, a multiple of kMaxRows.
   constexpr int64_t kTileBytes = 128 * 1024, kMaxTileRows = 96;

@@ -184,7 +184,7 @@ void scale_search(ElemType type, const void* x, const ChannelLayout& layout_in, 
   if (row_len == 0 || channels == 0 || num_candidates <= 0) return;
 
   const int64_t work = layout.numel() * static_cast<int64_t>(num_candidates);
-  const int max_threads = detail::max_threads(num_threads);
+  const int max_threads = resolve_threads(num_threads);
 
   Rows rows{type, x, layout.inner, row_len};
   std::vector<float> transposed;
