@@ -32,7 +32,7 @@ from zsq_engine.ops.epilogue import Epilogue
 from . import _common as cm
 from . import epilogue as epi
 from .epilogue import epilogue_store
-from .int_gemm import _config, _m_bucket
+from .int_gemm import _config, _m_bucket, grouped_tile
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -49,6 +49,17 @@ else:  # pragma: no cover - GPU only
         _config(64, 64, 32, 4, 4),
     ]
     DW_BLOCKS = (64, 64, 4)
+
+
+@triton.jit
+def output_pixel_origin(rm, OH, OW, stride_h, stride_w, pad_h, pad_w):
+    """For flattened output pixels ``rm`` (image-major, then row, then column): the input row and
+    column of the kernel's top-left tap (may be negative: padding) and the image index."""
+    img = rm // (OH * OW)
+    pix = rm - img * (OH * OW)
+    oh = pix // OW
+    ow = pix - oh * OW
+    return oh * stride_h - pad_h, ow * stride_w - pad_w, img
 
 
 @triton.jit
@@ -90,25 +101,13 @@ def _conv_gemm_kernel(
         A_UINT8: tl.constexpr, USE_WHILE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     M = B * OH * OW
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(O, BLOCK_N)
-    group_size = GROUP_M * num_pid_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm_ok = rm < M
     rn_ok = rn < O
-    img = rm // (OH * OW)
-    pix = rm - img * (OH * OW)
-    oh = pix // OW
-    ow = pix - oh * OW
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
+    ih0, iw0, img = output_pixel_origin(rm, OH, OW, stride_h, stride_w, pad_h, pad_w)
     x_img = x_ptr + img.to(tl.int64) * sxb
     w_rows = w_ptr + rn.to(tl.int64) * swo
 
@@ -157,12 +156,7 @@ def _depthwise_kernel(
     rc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rm_ok = rm < M
     c_ok = rc < C
-    img = rm // (OH * OW)
-    pix = rm - img * (OH * OW)
-    oh = pix // OW
-    ow = pix - oh * OW
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
+    ih0, iw0, img = output_pixel_origin(rm, OH, OW, stride_h, stride_w, pad_h, pad_w)
     x_img = x_ptr + img.to(tl.int64) * sxb
     w_ch = w_ptr + rc * swo
     if INLINE_WZP:

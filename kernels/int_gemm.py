@@ -82,6 +82,19 @@ _KEY = ["M_BUCKET", "N", "K", "A_KIND", "B_PACKED", "SPLIT"]
 
 
 @triton.jit
+def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(row block, column block) of program ``pid`` in grouped order: GROUP_M consecutive
+    programs walk down GROUP_M row blocks of one column block, so that weight column block is
+    read from L2 instead of DRAM by all of them (the output-tile swizzle of GEMM libraries)."""
+    group_size = GROUP_M * num_pid_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+    return pid_m, pid_n
+
+
+@triton.jit
 def _unpack_rows(x, SIGNED: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
     """uint8 [ROWS, COLS/2] packed nibbles -> int8 [ROWS, COLS] (low nibble first)."""
     if SIGNED:
@@ -136,16 +149,8 @@ def _int_gemm_kernel(
         RES_KIND: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
         A_KIND: tl.constexpr, B_PACKED: tl.constexpr, SPLIT: tl.constexpr, USE_WHILE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped ordering: GROUP_M row-blocks share each weight column-block while it is in L2.
-    group_size = GROUP_M * num_pid_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
