@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from test_compat_refs import (GenieActivationQuantizer, LSQFakeQuantize, MysteryQuantizer, UniformAffineQuantizer,
-                              lp_loss_ref, round_ste_ref)
+from test_compat_refs import (GenieActivationQuantizer, LSQFakeQuantize, MysteryQuantizer, OpCounter,
+                              UniformAffineQuantizer, lp_loss_ref, round_ste_ref)
 from zsq_engine import compat
 from zsq_engine.quant import QuantSpec, UniformQuantizer
 
@@ -96,6 +96,33 @@ def test_restore_context_manager_and_idempotence():
     assert all("forward" not in m.__dict__ for m in model)
     compat.accelerate(model)
     assert compat.restore(model) == 2 and compat.restore(model) == 0
+
+
+def test_save_load_and_deepcopy_keep_the_fused_forward(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(UniformAffineQuantizer(4, leaf_param=True), MysteryQuantizer())
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)  # initialises the lazy quantizer
+    compat.accelerate(model)
+    torch.save(model, tmp_path / "model.pt")  # whole-model pickling, as research scripts do
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for other in (loaded, copy.deepcopy(model)):
+        assert other[0].forward.module is other[0]  # bound to the copy, not to the original
+        counter = OpCounter(monkeypatch)
+        assert torch.equal(other(x), expected)
+        assert counter.calls["fake_quant"] == 1
+        assert compat.restore(other) == 1
+
+
+def test_unsupported_inputs_run_the_original_forward(monkeypatch):
+    q = UniformAffineQuantizer(4, leaf_param=True)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    q(x)
+    ref = copy.deepcopy(q)
+    compat.accelerate(q)
+    counter = OpCounter(monkeypatch)
+    assert torch.equal(q(x), ref(x))  # float64: no fused kernel, the class's own forward
+    assert sum(counter.calls.values()) == 0
 
 
 def test_bad_arguments_are_named():

@@ -417,7 +417,8 @@ class OpCounter:
             monkeypatch.setattr(ops, name, spy)
 
 
-BACKENDS = [("cpu", "cpu"), ("cpu", "reference")] + ([("cuda", None)] if torch.cuda.is_available() else [])
+BACKENDS = [("cpu", "cpu"), ("cpu", "reference"),
+            pytest.param(("cuda", None), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: f"{b[0]}-{b[1] or 'auto'}")

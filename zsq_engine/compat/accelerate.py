@@ -2,14 +2,12 @@
 
 Each recognised quantizer (see :mod:`.detect`) keeps its class, attributes, Parameter objects,
 buffers, ``state_dict`` keys and lazy-initialisation logic: only its ``forward`` is replaced, on
-the instance, by a bound method that runs the fused version and falls back to the class's own
-forward for anything the fused ops do not take. ``restore()`` (or leaving the ``with`` block)
+the instance, by a :class:`FusedForward` that runs the fused version and falls back to the
+class's own forward for anything the fused ops do not take. ``restore()`` (or leaving the ``with`` block)
 deletes those instance forwards again.
 """
 from __future__ import annotations
 
-import functools
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
@@ -28,22 +26,42 @@ FORWARDS: Dict[str, Callable] = {
     "torch_ao_fake_quantize": torch_ao.fake_quantize_forward,
     "torch_ao_learnable": torch_ao.learnable_fake_quantize_forward,
 }
-_MARK = "_zsq_compat_style"
 
 
 def _class_forward(module, *args, **kwargs):
     return type(module).forward(module, *args, **kwargs)
 
 
+class FusedForward:
+    """The instance ``forward`` that :func:`accelerate` installs: the style's fused forward.
+
+    A plain object (not a bound ``functools.partial``) so that ``torch.save(model)``, pickling
+    and ``copy.deepcopy`` keep working: the module reference goes through pickle's memo, and a
+    deep copy's forward is bound to the copy.
+    """
+
+    __slots__ = ("module", "style")
+
+    def __init__(self, module: nn.Module, style: str):
+        self.module, self.style = module, style
+
+    def __call__(self, *args, **kwargs):
+        return FORWARDS[self.style](self.module, *args, original=_class_forward, **kwargs)
+
+    def __getstate__(self):
+        return {"module": self.module, "style": self.style}
+
+    def __setstate__(self, state):
+        self.module, self.style = state["module"], state["style"]
+
+
 def _patched_style(module: nn.Module):
     fwd = module.__dict__.get("forward")
-    return getattr(getattr(fwd, "__func__", None), _MARK, None)
+    return fwd.style if isinstance(fwd, FusedForward) else None
 
 
 def _patch(module: nn.Module, style: str) -> None:
-    impl = functools.partial(FORWARDS[style], original=_class_forward)
-    setattr(impl, _MARK, style)
-    module.forward = types.MethodType(impl, module)
+    module.forward = FusedForward(module, style)
 
 
 def _unpatch(module: nn.Module) -> bool:
