@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.epilogue import Epilogue
+from .cpu_launch import cpu_kernels_selected, make_launch
 from .qparams import ActQParams, integer_weight
 from .quantize import nhwc_to_nchw, quantize
 
@@ -84,6 +85,7 @@ class _IntLayer(nn.Module):
         self.register_buffer("_w_float", None, persistent=False)
         self._ready = False
         self._epilogue: Optional[Epilogue] = None
+        self._launch = None  # pre-packed direct call of the C++ CPU kernel (see cpu_launch.py)
 
     # ------------------------------------------------------------------ storage
     def _store(self, codes: torch.Tensor, zp: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
@@ -125,6 +127,12 @@ class _IntLayer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._ready = False
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() replace the buffers: the epilogue and the pre-packed launch still point
+        # at the old ones, so derive them again on the next forward
+        self._ready = False
+        return super()._apply(fn, *args, **kwargs)
+
     # ------------------------------------------------------------------ preparation
     @torch.no_grad()
     def prepare(self) -> "_IntLayer":
@@ -152,8 +160,21 @@ class _IntLayer(nn.Module):
             self._col_sum = unpacked.reshape(unpacked.shape[0], -1).sum(1, dtype=torch.int32)
             self._w_float = None
         self._epilogue = self._make_epilogue()
+        self._launch = None if self.input_q is None else self._make_launch()
         self._ready = True
         return self
+
+    def _make_launch(self):
+        return None
+
+    def _launched(self, x: torch.Tensor, residual: Optional[torch.Tensor], op: str):
+        """The output of the pre-packed CPU launch, or None when the public op must run
+        (not a CPU tensor, no C++ kernels, or another backend forced)."""
+        if self._launch is None or x.device.type != "cpu" or not cpu_kernels_selected(op):
+            return None
+        if (residual is None) != (self.residual is None):
+            self._epilogue_with(residual)  # raises the clear error
+        return self._launch(x, residual)
 
     def _float_layout(self, w: torch.Tensor) -> torch.Tensor:
         return w
@@ -226,6 +247,12 @@ class IntConv2d(_IntLayer):
     def _float_layout(self, w):
         return w.permute(0, 3, 1, 2)  # OHWI -> OIHW for F.conv2d
 
+    def _make_launch(self):
+        if self._w_run.device.type != "cpu":
+            return None
+        return make_launch("conv", self._w_run, self._epilogue, stride=self.stride, padding=self.padding,
+                           dilation=self.dilation, groups=self.groups, pad_value=self.input_q.zero_point)
+
     @classmethod
     @torch.no_grad()
     def from_quant(cls, layer: nn.Module, name: str, *, output_q: Optional[ActQParams], activation: str = "none",
@@ -268,6 +295,9 @@ class IntConv2d(_IntLayer):
             return quantize(v.permute(0, 2, 3, 1), self.output_q).contiguous()
         if residual is not None and residual.dtype.is_floating_point:
             residual = residual.permute(0, 2, 3, 1).contiguous()
+        y = self._launched(x, residual, "qconv2d_nhwc")
+        if y is not None:
+            return nhwc_to_nchw(y) if self.output_q is None else y
         y = ops.qconv2d_nhwc(x, self._w_run, self.stride, self.padding, self.dilation, self.groups,
                              self._epilogue_with(residual), pad_value=self.input_q.zero_point)
         return nhwc_to_nchw(y) if self.output_q is None else y
@@ -283,6 +313,12 @@ class IntLinear(_IntLayer):
 
     def _weight_shape(self):
         return (self.out_features, self.in_features)
+
+    def _make_launch(self):
+        if self._w_run.device.type != "cpu":
+            return None
+        return make_launch("linear", self._w_run, self._epilogue, w_packed=self.config["packed"],
+                           k=self.in_features)
 
     @classmethod
     @torch.no_grad()
@@ -312,6 +348,9 @@ class IntLinear(_IntLayer):
         if self.input_q is None:
             v = self._float_epilogue(F.linear(x, self._w_float, self.bias), residual)
             return v if self.output_q is None else quantize(v, self.output_q)
+        y = self._launched(x, residual, "qgemm")
+        if y is not None:
+            return y
         if self.config["packed"]:
             return ops.qgemm(x, self._w_run, self._epilogue_with(residual), w_packed=True, k=self.in_features)
         return ops.qgemm(x, self._w_run, self._epilogue_with(residual))
