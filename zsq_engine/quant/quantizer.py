@@ -112,7 +112,26 @@ def _ops():
     return ops
 
 
-class UniformQuantizer(nn.Module):
+class SpecRange:
+    """``bits`` / ``quant_min`` / ``quant_max`` of a quantizer module, read from its ``self.spec``
+    (a :class:`QuantSpec`), so every quantizer class answers them the same way."""
+
+    spec: QuantSpec
+
+    @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    @property
+    def quant_min(self) -> int:
+        return self.spec.quant_min
+
+    @property
+    def quant_max(self) -> int:
+        return self.spec.quant_max
+
+
+class UniformQuantizer(SpecRange, nn.Module):
     """Fake-quantizer module: ``forward(x) = x_hat`` with the grid of ``spec``.
 
     State:
@@ -164,18 +183,6 @@ class UniformQuantizer(nn.Module):
             self.set_learnable(True)
 
     # ----------------------------------------------------------------------- properties
-    @property
-    def bits(self) -> int:
-        return self.spec.bits
-
-    @property
-    def quant_min(self) -> int:
-        return self.spec.quant_min
-
-    @property
-    def quant_max(self) -> int:
-        return self.spec.quant_max
-
     # ----------------------------------------------------------------------- state
     def set_learnable(self, learnable: bool = True) -> "UniformQuantizer":
         """Turn scale (and, if asymmetric, zero_point) into ``nn.Parameter``s or back into buffers.

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..quant.quantizer import SCALE_EPS, UniformQuantizer
+from ..quant.quantizer import SCALE_EPS, SpecRange, UniformQuantizer
 
 __all__ = ["AdaRoundWeightQuantizer", "LSQActQuantizer", "bake_weight", "bake_act", "GENIE_SEARCH_CANDIDATES"]
 
@@ -38,7 +38,7 @@ GENIE_SEARCH_CANDIDATES = 100
 SEARCH_P = 2.4
 
 
-class AdaRoundWeightQuantizer(nn.Module):
+class AdaRoundWeightQuantizer(SpecRange, nn.Module):
     """AdaRound (BRECQ) / learned-step AdaRound (Genie-M) weight fake-quantizer.
 
     Args:
@@ -80,14 +80,6 @@ class AdaRoundWeightQuantizer(nn.Module):
         self.hard = False
         self.enabled = True
 
-    @property
-    def quant_min(self) -> int:
-        return self.spec.quant_min
-
-    @property
-    def quant_max(self) -> int:
-        return self.spec.quant_max
-
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The fake-quantized weight; the ``weight`` argument only matters when disabled."""
         if not self.enabled:
@@ -119,7 +111,7 @@ def _channel_shape(ndim: int, axis: Optional[int]):
     return shape
 
 
-class LSQActQuantizer(nn.Module):
+class LSQActQuantizer(SpecRange, nn.Module):
     """Per-tensor activation quantizer with a learned scale and optional QDrop.
 
     Args:
@@ -152,14 +144,6 @@ class LSQActQuantizer(nn.Module):
         self.dropping = False
         self.enabled = template.enabled
         self._step = 0
-
-    @property
-    def quant_min(self) -> int:
-        return self.spec.quant_min
-
-    @property
-    def quant_max(self) -> int:
-        return self.spec.quant_max
 
     def step(self) -> None:
         """Advance the QDrop seed: the next forward draws a fresh mask (host-side int, no sync)."""
