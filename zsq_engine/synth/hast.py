@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .hooks import BNInputRecorder
-from .loop import BatchResult, DeferredPlateau, IterationBar, measure_bn_loss
+from .loop import BatchResult, measure_bn_loss, optimise_pixels
 
 __all__ = ["DEFAULTS", "hardness_weights", "random_resized_crop_flip", "synthesize_batch"]
 
@@ -96,23 +95,14 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     aug_rng = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
     start = measure_bn_loss(teacher, x.detach(), "hast")
-    opt = torch.optim.Adam([x], lr=s["lr"])
-    sched = DeferredPlateau(opt, device, min_lr=s["min_lr"], patience=s["patience"])
-    bar = IterationBar(s["iters"], desc, show_progress)
-    with BNInputRecorder(teacher) as rec:
-        for it in bar:
-            opt.zero_grad(set_to_none=True)
-            inp = random_resized_crop_flip(x, s["crop_scale"], s["crop_ratio"], aug_rng) \
-                if augment and it % 2 == 1 else x
-            rec.clear()
-            logits = teacher(inp)
-            bn = ops.bn_stat_loss(*rec.loss_inputs(), variant="hast")
-            ce = F.cross_entropy(logits, labels, reduction="none")
-            loss = s["bn_weight"] * bn + beta * hardness_loss(ce, gamma)
-            loss.backward()
-            opt.step()
-            sched.step(loss.detach())
-            bar.report(it, loss)
-    bar.close()
-    images = x.detach()
+
+    def loss_of(it: int, rec) -> torch.Tensor:
+        inp = random_resized_crop_flip(x, s["crop_scale"], s["crop_ratio"], aug_rng) \
+            if augment and it % 2 == 1 else x
+        logits = teacher(inp)
+        bn = ops.bn_stat_loss(*rec.loss_inputs(), variant="hast")
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return s["bn_weight"] * bn + beta * hardness_loss(ce, gamma)
+
+    images = optimise_pixels(teacher, x, loss_of, s, device, desc, show_progress)
     return BatchResult(images.float().cpu(), labels.cpu(), start, measure_bn_loss(teacher, images, "hast"))

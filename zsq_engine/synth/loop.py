@@ -3,7 +3,7 @@ the clean BN-loss measurement and the per-batch result record."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -97,3 +97,25 @@ def measure_bn_loss(teacher: nn.Module, images: torch.Tensor, variant: str) -> f
     with BNInputRecorder(teacher) as rec:
         teacher(images)
         return float(ops.bn_stat_loss(*rec.loss_inputs(), variant=variant))
+
+
+def optimise_pixels(teacher: nn.Module, x: torch.Tensor, loss_of: Callable[[int, BNInputRecorder], torch.Tensor],
+                    settings: dict, device: torch.device, desc: str, show_progress: bool) -> torch.Tensor:
+    """The pixel-optimisation loop of ZeroQ and HAST: Adam on the images ``x`` (a leaf that
+    requires grad) with ``settings`` lr / min_lr / patience / iters and the deferred plateau
+    schedule; ``loss_of(iteration, recorder)`` runs the teacher (the recorder is cleared before
+    each call and holds the BN inputs afterwards) and returns the loss. Returns ``x`` detached."""
+    opt = torch.optim.Adam([x], lr=settings["lr"])
+    sched = DeferredPlateau(opt, device, min_lr=settings["min_lr"], patience=settings["patience"])
+    bar = IterationBar(settings["iters"], desc, show_progress)
+    with BNInputRecorder(teacher) as rec:
+        for it in bar:
+            opt.zero_grad(set_to_none=True)
+            rec.clear()
+            loss = loss_of(it, rec)
+            loss.backward()
+            opt.step()
+            sched.step(loss.detach())
+            bar.report(it, loss)
+    bar.close()
+    return x.detach()

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .hooks import BNInputRecorder
-from .loop import BatchResult, DeferredPlateau, IterationBar, input_stat_loss, measure_bn_loss
+from .loop import BatchResult, input_stat_loss, measure_bn_loss, optimise_pixels
 
 __all__ = ["DEFAULTS", "synthesize_batch"]
 
@@ -27,19 +26,10 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
     s = {**DEFAULTS, **settings}
     x = torch.randn(batch_size, *input_shape, device=device).requires_grad_(True)
     start = measure_bn_loss(teacher, x.detach(), "zeroq")
-    opt = torch.optim.Adam([x], lr=s["lr"])
-    sched = DeferredPlateau(opt, device, min_lr=s["min_lr"], patience=s["patience"])
-    bar = IterationBar(s["iters"], desc, show_progress)
-    with BNInputRecorder(teacher) as rec:
-        for it in bar:
-            opt.zero_grad(set_to_none=True)
-            rec.clear()
-            teacher(x)
-            loss = ops.bn_stat_loss(*rec.loss_inputs(), variant="zeroq") + input_stat_loss(x)
-            loss.backward()
-            opt.step()
-            sched.step(loss.detach())
-            bar.report(it, loss)
-    bar.close()
-    images = x.detach()
+
+    def loss_of(it: int, rec) -> torch.Tensor:
+        teacher(x)
+        return ops.bn_stat_loss(*rec.loss_inputs(), variant="zeroq") + input_stat_loss(x)
+
+    images = optimise_pixels(teacher, x, loss_of, s, device, desc, show_progress)
     return BatchResult(images.float().cpu(), None, start, measure_bn_loss(teacher, images, "zeroq"))
