@@ -3,6 +3,7 @@
     python -m benchmarks.compat --device cpu            # CPU rows (C++ extension)
     python -m benchmarks.compat --device cuda           # GPU rows (Triton kernels)
     python -m benchmarks.compat --device cpu --quick    # tiny shapes, a smoke run (nothing written)
+    python -m benchmarks.compat --device cpu --only block   # only the reconstruction-step rows
 
 Two groups of rows, appended to benchmarks/results/compat.jsonl:
 
@@ -95,6 +96,13 @@ def _genie_weight(w):
     return q
 
 
+def _genie_activation(a):
+    q = refs.GenieActivationQuantizer(BITS)
+    q(a.detach())  # lazy init
+    q.train_mode = True  # QDrop on, as during reconstruction
+    return q
+
+
 def quantizer_cases(device, quick: bool):
     act_shape = (4, 16, 8, 8) if quick else (64, 256, 28, 28)
     w_shape = (32, 16, 3, 3) if quick else (512, 256, 3, 3)
@@ -108,6 +116,7 @@ def quantizer_cases(device, quick: bool):
         ("qdrop LSQ+ act", "act", a, lambda: _calibrated_lsq(refs.LSQPlusFakeQuantize, a)),
         ("qdrop LSQ weight per-channel", "weight", w, lambda: _calibrated_lsq(refs.LSQFakeQuantize, w, ch_axis=0)),
         ("genie weight soft", "none", w, lambda: _genie_weight(w)),
+        ("genie activation QDrop", "act", a, lambda: _genie_activation(a)),
         ("torch.ao FakeQuantize act", "act", a, lambda: _ao_fake_quantize(a)),
         ("torch.ao _LearnableFakeQuantize act", "act", a, lambda: _ao_learnable(a)),
     ]
@@ -221,11 +230,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, smoke run; writes nothing")
     parser.add_argument("--no-write", action="store_true", help="print only, do not append result rows")
+    parser.add_argument("--only", choices=("quantizers", "block"),
+                        help="run one group of rows: the per-quantizer fwd+bwd rows or the block step (default both)")
     args = parser.parse_args(argv)
     harness.set_cpu_threads_from_env()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.manual_seed(0)
-    rows = run_quantizers(device, args.quick) + run_block(device, args.quick)
+    rows = [] if args.only == "block" else run_quantizers(device, args.quick)
+    rows += [] if args.only == "quantizers" else run_block(device, args.quick)
     print(harness.markdown_table(rows, ["benchmark", "case", "impl", "median_ms", "speedup_vs_original"]), flush=True)
     if not (args.no_write or args.quick):
         print("rows appended to", harness.write_rows("compat", rows))

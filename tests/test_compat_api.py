@@ -6,9 +6,10 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
 
-from test_compat_refs import (GenieActivationQuantizer, LSQFakeQuantize, MysteryQuantizer, OpCounter,
-                              UniformAffineQuantizer, lp_loss_ref, round_ste_ref)
+from test_compat_refs import (AdaRoundQuantizer, GenieActivationQuantizer, GenieWeightQuantizer, LSQFakeQuantize,
+                              MysteryQuantizer, OpCounter, UniformAffineQuantizer, lp_loss_ref, round_ste_ref)
 from zsq_engine import compat
 from zsq_engine.quant import QuantSpec, UniformQuantizer
 
@@ -32,7 +33,7 @@ def _mixed_model():
     lsq.fake_quant_enabled = 1
     lsq.scale.data.fill_(0.05)
     return nn.Sequential(QuantConvLayer(), MysteryQuantizer(), GenieActivationQuantizer(4), lsq,
-                         UniformQuantizer(QuantSpec(bits=4)))
+                         UniformQuantizer(QuantSpec(bits=4)), FusedMovingAvgObsFakeQuantize())
 
 
 def test_mixed_model_report_and_numerics():
@@ -42,15 +43,15 @@ def test_mixed_model_report_and_numerics():
     params_before = {n: p for n, p in acc.named_parameters()}
     report = compat.accelerate(acc)
     assert report.accelerated == [("0.weight_quantizer", "brecq_uniform"), ("0.act_quantizer", "brecq_uniform"),
-                                  ("3", "qdrop_lsq")]
+                                  ("2", "genie_activation"), ("3", "qdrop_lsq")]
     skipped = {name: (cls, reason) for name, cls, reason in report.skipped}
-    assert set(skipped) == {"1", "2", "4"}  # the layer "0" holds quantizers: not reported
+    assert set(skipped) == {"1", "4", "5"}  # the layer "0" holds quantizers: not reported
     assert skipped["1"][0] == "MysteryQuantizer" and "unknown" in skipped["1"][1]
-    assert skipped["2"][0] == "GenieActivationQuantizer"
     assert "already" in skipped["4"][1]
-    assert "forward" not in acc[1].__dict__ and "forward" not in acc[2].__dict__
+    assert skipped["5"][0] == "FusedMovingAvgObsFakeQuantize" and "own forward" in skipped["5"][1]
+    assert all("forward" not in acc[i].__dict__ for i in (1, 4, 5))
     text = str(report)
-    assert "3 quantizer(s) accelerated, 3 left alone" in text and "MysteryQuantizer" in text
+    assert "4 quantizer(s) accelerated, 3 left alone" in text and "MysteryQuantizer" in text
     x = torch.randn(2, 3, 8, 8)
     acc[4].set_qparams(torch.tensor([0.05]), torch.tensor([0.0]))
     ref[4].set_qparams(torch.tensor([0.05]), torch.tensor([0.0]))
@@ -67,6 +68,37 @@ def test_mixed_model_report_and_numerics():
     assert all(params_after[n] is p for n, p in params_before.items())
     assert list(acc.state_dict()) == list(ref.state_dict())
     assert isinstance(acc[0].weight_quantizer, UniformAffineQuantizer)
+
+
+def _recognised_but_unsupported(kind):
+    weight = torch.randn(4, 3)
+    if kind == "adaround_zeta":
+        uaq = UniformAffineQuantizer(4, channel_wise=True)
+        uaq(weight)
+        module = AdaRoundQuantizer(uaq, weight)
+        module.zeta = 1.2
+    elif kind == "genie_zeta":
+        module = GenieWeightQuantizer(weight)
+        module.sigmoid.zeta = 1.2
+    elif kind == "qdrop_adaround":
+        module = LSQFakeQuantize(bit=4)
+        module.adaround = True  # QDrop's AdaRoundFakeQuantize carries this flag
+    else:
+        module = LSQFakeQuantize(bit=4)
+        del module.use_grad_scaling
+    return module
+
+
+@pytest.mark.parametrize("kind,reason", [("adaround_zeta", "zeta=1.2"), ("genie_zeta", "zeta=1.2"),
+                                         ("qdrop_adaround", "AdaRoundFakeQuantize"),
+                                         ("qdrop_no_grad_scaling", "use_grad_scaling")])
+def test_recognised_but_unsupported_quantizers_are_listed_with_the_reason(kind, reason):
+    module = _recognised_but_unsupported(kind)
+    report = compat.accelerate(nn.Sequential(module))
+    assert report.accelerated == []
+    assert [(name, cls) for name, cls, _ in report.skipped] == [("0", type(module).__name__)]
+    assert reason in report.skipped[0][2]
+    assert "forward" not in module.__dict__
 
 
 def test_optimizer_built_before_accelerate_still_updates():

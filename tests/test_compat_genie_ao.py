@@ -55,13 +55,31 @@ def test_genie_weight_soft_within_kernel_rounding(backend):
                                            "step:bit_logit": (1e-6, 1e-6), "step:scale": (1e-6, 1e-6)})
 
 
-def test_genie_activation_is_reported_and_left_alone():
-    q = GenieActivationQuantizer(4)
-    report = compat.accelerate(q)
-    assert report.accelerated == []
-    assert len(report.skipped) == 1 and report.skipped[0][1] == "GenieActivationQuantizer"
-    assert "clamp" in report.skipped[0][2]
-    assert "forward" not in q.__dict__
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("qdrop", [False, True])
+def test_genie_activation_is_bit_exact(backend, signed, qdrop, monkeypatch):
+    from zsq_engine.compat import genie
+
+    ref = GenieActivationQuantizer(4)
+    acc = copy.deepcopy(ref)
+    report = compat.accelerate(acc)
+    assert report.accelerated == [("", "genie_activation")]
+    rounds = []
+    monkeypatch.setattr(genie, "round_ste", lambda v: rounds.append(1) or compat.round_ste(v))
+
+    def make(step):
+        x = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(step)) * 2
+        return (x if signed else x.relu()).to(backend)
+
+    for q in (ref, acc):
+        q(make(-1))  # lazy scale initialisation (the original forward)
+        q.train_mode = qdrop
+    rec_acc = run_steps(acc, make)
+    assert len(rounds) == 3  # the accelerated path ran on every step
+    # outputs, QDrop masks (torch.rand_like), dx, d scale and the Adam step: all bit-equal
+    compare_records(rec_acc, run_steps(ref, make))
+    assert bool(acc.signed) == signed
+    assert_same_state(acc, ref)
 
 
 # ------------------------------------------------------------------ torch.ao

@@ -312,7 +312,7 @@ class GenieActivationQuantizer(nn.Module):
 
     def forward(self, x):
         if not self.initialized:
-            self.signed = bool(x.min() < 0)
+            self.signed = x.min() < 0  # a bool tensor, as in Genie
             bound = x.detach().abs().max() if self.signed else x.detach().max()
             levels = 2 ** (self.n_bits - 1) - 1 if self.signed else 2 ** self.n_bits - 1
             self.scale = nn.Parameter((bound / levels).reshape(1, 1, 1, 1))

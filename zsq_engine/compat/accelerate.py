@@ -23,6 +23,7 @@ FORWARDS: Dict[str, Callable] = {
     "qdrop_lsq_plus": qdrop.lsq_plus_forward,
     "qdrop_fixed": qdrop.fixed_forward,
     "genie_weight": genie.weight_forward,
+    "genie_activation": genie.activation_forward,
     "torch_ao_fake_quantize": torch_ao.fake_quantize_forward,
     "torch_ao_learnable": torch_ao.learnable_fake_quantize_forward,
 }

@@ -65,8 +65,7 @@ def detect(module: nn.Module) -> Tuple[Optional[str], Optional[str]]:
         reason = _sigmoid_reason(getattr(sig, "gamma", GAMMA), getattr(sig, "zeta", ZETA))
         return (None, reason) if reason else ("genie_weight", None)
     if _has(module, "genie_activation"):
-        return None, ("Genie activation quantizer: its straight-through gradient uses clamp-before-round "
-                      "(mask on x/s in [Qn, Qp]), which no fused op computes; left on its own forward")
+        return "genie_activation", None
     if _has(module, "brecq_adaround"):
         reason = _sigmoid_reason(getattr(module, "gamma", GAMMA), getattr(module, "zeta", ZETA))
         return (None, reason) if reason else ("brecq_adaround", None)

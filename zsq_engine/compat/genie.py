@@ -1,4 +1,4 @@
-"""Accelerated forward of the Genie-style weight quantizer.
+"""Accelerated forwards of the Genie-style weight and activation quantizers.
 
 ``WeightQuantizer``: attributes ``n_bits``, ``x_floor`` (frozen ``floor(W / s0)``), ``bit_logit``
 (rounding logits, Parameter), ``scale`` (learned, Parameter ``[C, 1, ...]``), ``zero_point``,
@@ -10,10 +10,16 @@ giving the logits and the scale their gradients. Hard rounding (``train_mode`` F
 bit-exact; the soft forward / gradients may differ from torch's in the last bit (kernel sigmoid,
 product and reduction order; see docs/compat.md).
 
-Genie's activation quantizer (lazy scalar scale, ``round_ste(clamp(x / s, Qn, Qp)) * s`` with
-QDrop from ``torch.rand_like``) is detected but left alone: its straight-through gradient passes
-where ``x / s`` lies in ``[Qn, Qp]`` *before* rounding, a mask none of the fused ops computes, and
-the rest (a division and a product) is no faster fused. See :mod:`.detect`.
+``ActivationQuantizer``: attributes ``n_bits``, ``scale`` (a Parameter created lazily on the
+first call, with ``initialized`` and ``signed``), ``train_mode`` (QDrop while True); forward
+``round_ste(clamp(x / s, Qn, Qp)) * s``, then with QDrop ``where(rand_like(x) < 0.5, v_hat, x)``.
+Its straight-through gradient passes where ``x / s`` lies in ``[Qn, Qp]`` *before* rounding, a
+mask none of the fused fake-quant ops computes, so here the division, the clamp (and its mask),
+the product and the QDrop draw stay torch ops (bit-exact, same random masks) and only
+``round_ste``'s three passes (round, subtract, add, all kept for autograd) become one rounding
+pass with an identity backward (:func:`.functions.round_ste`, exact for the finite values a
+clamp leaves). A modest saving: most of this quantizer's time is the division and product that
+autograd differentiates for the learned scale.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import torch
 
 from .. import ops
 from ._common import fusable_input, integral, needs_grad, zero_point_layout
+from .functions import round_ste
 
 
 def weight_forward(self, *args, original, **kwargs):
@@ -43,3 +50,17 @@ def weight_forward(self, *args, original, **kwargs):
         zp = zp.expand_as(flat_scale)
     return ops.adaround_fake_quant(x_floor, logits, flat_scale, zp, 0, 2 ** int(self.n_bits) - 1, axis,
                                    hard=not self.train_mode)
+
+
+def activation_forward(self, x, *, original):
+    if not self.initialized or not fusable_input(x) or not isinstance(self.scale, torch.Tensor):
+        # the lazy scale initialisation (and anything unusual) stays the original's
+        return original(self, x)
+    n_bits = int(self.n_bits)
+    signed = bool(self.signed)  # the original reads it the same way (a host read if it is a tensor)
+    q_neg = -(2 ** (n_bits - 1)) if signed else 0
+    q_pos = 2 ** (n_bits - 1) - 1 if signed else 2 ** n_bits - 1
+    v_hat = round_ste(torch.clamp(x / self.scale, q_neg, q_pos)) * self.scale
+    if self.train_mode:
+        return torch.where(torch.rand_like(x) < 0.5, v_hat, x)
+    return v_hat
