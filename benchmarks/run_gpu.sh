@@ -8,3 +8,7 @@ MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
 "$PY" -m zsq_engine.cli info
 "$PY" -m pytest -q -x tests -k "not slow" -p no:cacheprovider
 "$PY" -m benchmarks.fake_quant --device cuda
+"$PY" -m benchmarks.bn_stats --device cuda
+"$PY" -m benchmarks.synth --device cuda
+"$PY" -m benchmarks.recon --device cuda
+"$PY" -m benchmarks.int_gemm --device cuda
