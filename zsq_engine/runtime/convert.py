@@ -10,7 +10,8 @@ How (see ``docs/runtime.md`` for the full story):
 3. Demands: the fake-quant model quantizes each layer's INPUT with that layer's own quantizer, so
    a value is needed as integer codes of every consumer's grid, and in float where the fake-quant
    model uses it unquantized (residual operands, average pooling, the model output, float-input
-   layers). Max-pooling, zero padding and flatten commute with quantization and pass demands on.
+   layers). Max-pooling, zero padding and flatten commute with quantization and pass demands on
+   (a max-pool whose float result is needed anyway pools once in float and quantizes after).
 4. Emission: a fused kernel writes its value ONCE. If all consumers share one grid, the epilogue
    requantizes straight to it (int8 / uint8 NHWC). Otherwise (a float consumer, or two different
    grids) it writes fp32 and a quantize step produces each grid's codes from that value.
@@ -148,6 +149,8 @@ def _lower(nodes: List[Node]) -> IntModel:
             need(by_name[g["head"]].inputs[0], FLOAT if q is None else q)
             if g["residual"] is not None:
                 need(g["residual"], FLOAT)
+        elif u.kind == "maxpool" and FLOAT in demands[u.name]:
+            need(u.inputs[0], FLOAT)  # pooled in float once, then quantized: 4x fewer values to quantize
         elif u.kind in _TRANSPARENT:
             for rep in demands[u.name]:
                 need(u.inputs[0], rep)
@@ -199,6 +202,9 @@ def _lower(nodes: List[Node]) -> IntModel:
                             "out": slot(u.name, FLOAT if out_q is None else out_q)})
             if out_q is None:
                 quantize_steps(u.name, want)
+        elif u.kind == "maxpool" and FLOAT in want:
+            program.append({"op": "maxpool", "in": slot(u.inputs[0], FLOAT), "out": slot(u.name, FLOAT), **u.attrs})
+            quantize_steps(u.name, want)
         elif u.kind in _TRANSPARENT:
             for rep in want:
                 step = {"op": u.kind, "in": slot(u.inputs[0], rep), "out": slot(u.name, rep), **u.attrs}
