@@ -6,9 +6,9 @@
 
 Recognised (by attributes, no project is imported): BRECQ ``UniformAffineQuantizer`` and
 ``AdaRoundQuantizer``, QDrop ``LSQFakeQuantize`` / ``LSQPlusFakeQuantize`` /
-``FixedFakeQuantize``, Genie ``WeightQuantizer``, ``torch.ao.quantization.FakeQuantize`` and
-``_LearnableFakeQuantize``. ``round_ste`` and ``lp_loss`` replace the research helpers of the
-same name. See docs/compat.md.
+``FixedFakeQuantize``, Genie ``WeightQuantizer`` and ``ActivationQuantizer``,
+``torch.ao.quantization.FakeQuantize`` and ``_LearnableFakeQuantize``. ``round_ste`` and
+``lp_loss`` replace the research helpers of the same name. See docs/compat.md.
 """
 from .accelerate import AccelerationReport, accelerate, restore
 from .detect import detect
