@@ -81,17 +81,13 @@ def _uaq(x, **kw):
 
 
 def _adaround(w):
-    uaq = _uaq(w, channel_wise=True)
-    q = refs.AdaRoundQuantizer(uaq, w.cpu() if w.device.type != "cpu" else w).to(w.device)
-    q.delta, q.zero_point = uaq.delta, uaq.zero_point
-    q.alpha = nn.Parameter(q.alpha.detach().to(w.device))
+    q = refs.AdaRoundQuantizer(_uaq(w, channel_wise=True), w)  # every tensor on w's device
     q.soft_targets = True
     return q
 
 
 def _genie_weight(w):
-    q = refs.GenieWeightQuantizer(w.cpu()).to(w.device)
-    q.x_floor, q.zero_point = q.x_floor.to(w.device), q.zero_point.to(w.device)
+    q = refs.GenieWeightQuantizer(w)  # every tensor on w's device
     q.train_mode = True
     return q
 

@@ -50,6 +50,8 @@ def _adaround_pair(device, soft):
     uaq(weight)
     ref = AdaRoundQuantizer(uaq, weight)
     ref.soft_targets = soft
+    # plain tensor attributes, not buffers: Module.to() leaves them where they are
+    ref.delta, ref.zero_point = ref.delta.to(device), ref.zero_point.to(device)
     ref, acc, report = _pair(ref, device)
     acc.delta, acc.zero_point = ref.delta, ref.zero_point  # shared tensors, as in BRECQ
     return weight.to(device), ref, acc, report

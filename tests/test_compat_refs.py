@@ -63,9 +63,9 @@ class UniformAffineQuantizer(nn.Module):
             flat = x.reshape(x.shape[0], -1)
             if self.scale_method == "mse":
                 # per channel, clip ratios 1.0 .. 0.21 scored by Lp(2.4); zero points may leave the range
-                best = torch.full((x.shape[0],), float("inf"))
-                delta = torch.zeros(x.shape[0])
-                zp = torch.zeros(x.shape[0])
+                best = torch.full((x.shape[0],), float("inf"), device=x.device)
+                delta = torch.zeros(x.shape[0], device=x.device)
+                zp = torch.zeros(x.shape[0], device=x.device)
                 for i in range(80):
                     hi, lo = flat.max(1).values * (1 - 0.01 * i), flat.min(1).values * (1 - 0.01 * i)
                     d = (hi - lo) / (self.n_levels - 1)
