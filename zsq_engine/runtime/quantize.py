@@ -8,6 +8,8 @@ described in ``docs/runtime.md`` (residual junctions, pooled features).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .qparams import ActQParams
@@ -15,10 +17,16 @@ from .qparams import ActQParams
 __all__ = ["quantize", "dequantize", "nchw_to_nhwc", "nhwc_to_nchw"]
 
 
+@functools.lru_cache(maxsize=4096)
+def _fp32_reciprocal(scale: float) -> float:
+    # 1/s rounded to fp32 once on the host: a python float multiplies an fp32 tensor in fp32, so
+    # the product is the fake-quant op's, and no tensor is created per call (CUDA-graph safe)
+    return float(torch.reciprocal(torch.tensor(scale, dtype=torch.float32)))
+
+
 def quantize(x: torch.Tensor, q: ActQParams) -> torch.Tensor:
     """``clamp(round(x * (1/s)) + z, qmin, qmax)`` as ``q.dtype``; the shape and layout of ``x`` are kept."""
-    inv = torch.reciprocal(torch.tensor(q.scale, dtype=torch.float32, device=x.device))
-    codes = torch.round(x.float() * inv).add_(q.zero_point).clamp_(q.qmin, q.qmax)
+    codes = x.float().mul(_fp32_reciprocal(q.scale)).round_().add_(q.zero_point).clamp_(q.qmin, q.qmax)
     return codes.to(q.dtype)
 
 

@@ -1,0 +1,111 @@
+"""``zsq bench``: end-to-end latency / throughput of one network as FP32, FP16 / BF16 (GPU), the
+zsq integer model and PyTorch's own x86 int8 model (CPU), at several batch sizes."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from . import common
+from .convert import add_source_args, source_models
+
+_EPILOG = """contenders (zsq_engine.runtime.latency):
+  fp32, fp16, bf16   the float model in channels_last (fp16 / bf16 on CUDA only)
+  zsq int            the integer model (from --int-model, or converted here from the fake-quant model)
+  torch.ao int8      torch.ao FX prepare/convert with the x86 qconfig mapping, calibrated on the same
+                     images (CPU only; --no-torch-ao skips it)
+timing: median of --repeats calls after --warmup (CPU wall clock, CUDA events); each input is
+prepared (dtype, layout) outside the timed call; the integer model is fed fp32 NCHW images.
+--cuda-graph N captures every CUDA contender at batch sizes <= N in a CUDA graph.
+Writes <out>/bench.json (rows + settings) and <out>/bench.png (throughput per batch size).
+examples:
+  zsq bench --model fmnist_resnet --wbits 4 --abits 4 --batch-sizes 1 16 64
+  zsq bench --model resnet18 --input-size 112 --batch-sizes 1 16
+  zsq bench --int-model int.pt --device cuda --batch-sizes 1 64 256 --cuda-graph 16"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency / throughput: FP32, FP16/BF16, integer model, torch.ao int8",
+        description="Time one network end to end in every form side by side at several batch sizes; print a "
+                    "table, write JSON and a PNG plot.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(p)
+    p.add_argument("--int-model", default=None,
+                   help="integer model file from `zsq convert` (default: convert the fake-quant model here)")
+    p.add_argument("--batch-sizes", type=common.positive_int, nargs="+", default=[1, 16, 64],
+                   help="batch sizes (default 1 16 64)")
+    p.add_argument("--input-size", type=common.positive_int, default=None,
+                   help="spatial input size H = W (default: the model's own, e.g. 224; smaller runs faster)")
+    p.add_argument("--warmup", type=common.positive_int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--repeats", type=common.positive_int, default=10, help="timed calls, median taken (default 10)")
+    p.add_argument("--threads", type=common.positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--no-torch-ao", action="store_true", help="skip PyTorch's x86 int8 model")
+    p.add_argument("--cuda-graph", type=int, default=0, metavar="N",
+                   help="on CUDA, replay a captured CUDA graph at batch sizes <= N (default 0: off)")
+    p.add_argument("--out", default="runs/bench", help="output folder for bench.json and bench.png (default runs/bench)")
+    common.add_device_args(p)
+    common.add_data_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from zsq_engine.evaluation import format_table
+    from zsq_engine.models import get_model, get_model_info
+    from zsq_engine.runtime import convert
+    from zsq_engine.runtime.io import load_with_meta
+    from zsq_engine.runtime.latency import (device_name, make_contenders, measure, plot_throughput,
+                                            torch_ao_x86_int8)
+
+    device = common.resolve_device(args.device)
+    if args.cuda_graph < 0:
+        raise ValueError(f"--cuda-graph must be >= 0, got {args.cuda_graph}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    want_ao = not args.no_torch_ao and device.type == "cpu"
+    if args.int_model:
+        int_model, meta = load_with_meta(args.int_model)
+        name = meta.get("model")
+        if name is None:
+            raise ValueError(f"{args.int_model} does not record its model name; it cannot be benchmarked "
+                             "against its float model")
+        fp_model = get_model(name, pretrained=name == "fmnist_resnet").eval()
+        calib = None
+        if want_ao:
+            args.model, args.checkpoint = name, None
+            from .convert import _calibration
+
+            calib = _calibration(name, args.calib_images, args)
+    else:
+        name, fp_model, qmodel, meta, calib = source_models(args, need_calib=want_ao)
+        int_model = convert(qmodel)
+    info = get_model_info(name)
+    shape = tuple(info.input_shape)
+    if args.input_size:
+        shape = (shape[0], args.input_size, args.input_size)
+    ao = torch_ao_x86_int8(fp_model, calib) if want_ao else None
+    contenders = make_contenders(fp_model, int_model, device, ao_model=ao)
+    rows = measure(contenders, shape, args.batch_sizes, device, warmup=args.warmup, repeats=args.repeats,
+                   cuda_graph_max_batch=args.cuda_graph, seed=args.seed, show_progress=not args.no_progress)
+    dev_name = device_name(device)
+    title = f"{name} {shape[1]}x{shape[2]} on {dev_name}"
+    body = [(r["impl"], r["precision"], r["batch"], f"{r['ms']:.3f}", f"{r['images_per_s']:.1f}",
+             "" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x",
+             "" if r["speedup_vs_torch_ao"] is None else f"{r['speedup_vs_torch_ao']:.2f}x",
+             "yes" if r["cuda_graph"] else "") for r in rows]
+    table = format_table(("impl", "precision", "batch", "ms", "images/s", "vs fp32", "vs torch.ao", "graph"), body)
+    print(title)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": name, "input_shape": list(shape), "device": dev_name, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "warmup": args.warmup, "repeats": args.repeats,
+                "cuda_graph_max_batch": args.cuda_graph, "int_model": {k: v for k, v in meta.items()
+                                                                      if k in ("source", "wbits", "abits", "method")}}
+    (out / "bench.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    plot_throughput(rows, out / "bench.png", title)
+    print(f"written {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0

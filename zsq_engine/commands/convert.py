@@ -1,0 +1,151 @@
+"""``zsq convert``: a fake-quant model -> an integer model file (real int8 / packed int4 weights).
+
+Also the place ``zsq bench`` gets its models from (:func:`source_models`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import common
+
+_EPILOG = """where the fake-quant model comes from:
+  --checkpoint Q.pt   a model saved by `zsq quantize` or `zsq qat` (Genie / BRECQ / QDrop / GDFQ /
+                      ZAQ / HAST); its model name and bits are read from the file
+  --model NAME        naive post-training quantization here at --wbits / --abits: per-channel
+                      weights (Lp scale search), per-tensor activation ranges from --calib-images
+                      images: real Fashion-MNIST training images for fmnist_resnet, an ImageFolder
+                      (--calib-dir) for the ImageNet models, else random images (fine for latency,
+                      meaningless for accuracy; a warning says so)
+the file (zsq_engine.runtime.save / load, torch.load(weights_only=True)) holds the integer
+weights, scales, zero points, the program and the format version; it loads without the float
+model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set.
+examples:
+  zsq convert --model fmnist_resnet --wbits 4 --abits 4 --out int.pt --check
+  zsq quantize --data real --out q.pt && zsq convert --checkpoint q.pt --out int.pt --check"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="convert a fake-quant model into an integer model file",
+        description="Lower a fake-quant model (from `zsq quantize`, `zsq qat` or naive PTQ done here) to an "
+                    "integer model: int8 / packed int4 weights, BN folded, requantization, residual adds and "
+                    "ReLU fused into the integer kernels; save it, and optionally check it against the "
+                    "fake-quant model.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(p)
+    p.add_argument("--out", required=True, help="output file for the integer model (.pt)")
+    p.add_argument("--check", action="store_true",
+                   help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet only): "
+                        "top-1 agreement, both accuracies, largest logit difference")
+    p.add_argument("--check-limit", type=common.positive_int, default=None,
+                   help="--check on the first N test images only (default: all 10000)")
+    common.add_device_args(p)
+    common.add_data_args(p)
+    p.set_defaults(run=run)
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The arguments naming the fake-quant model (shared with ``zsq bench``)."""
+    p.add_argument("--checkpoint", default=None, help="fake-quant model file from `zsq quantize` / `zsq qat`")
+    p.add_argument("--model", default=None,
+                   help="registered model name for naive PTQ here (default fmnist_resnet when no --checkpoint)")
+    p.add_argument("--weights", default=None,
+                   help="float state-dict file for --model (default: fmnist_resnet's committed weights; random "
+                        "initialisation for the other models)")
+    p.add_argument("--wbits", type=int, default=8, help="naive PTQ weight bits of the inner layers, 2..8 (default 8)")
+    p.add_argument("--abits", type=int, default=8, help="naive PTQ activation bits of the inner layers, 2..8 (default 8)")
+    p.add_argument("--first-last-bits", type=int, default=8, help="naive PTQ bits of the first / last layer (default 8)")
+    p.add_argument("--calib-images", type=common.positive_int, default=256,
+                   help="images calibrating the naive PTQ activation ranges (default 256)")
+    p.add_argument("--calib-dir", default=None, help="ImageFolder of calibration images for the ImageNet models")
+
+
+def _calibration(name: str, num: int, args) -> list:
+    """Calibration batches of float images for ``name``; random ones (with a warning) when no
+    real images are available."""
+    from zsq_engine.models import get_model_info
+
+    from .data_sources import fmnist_calibration, imagefolder_batches
+
+    if name == "fmnist_resnet":
+        return [x for x, _ in fmnist_calibration(num, args.data_dir, args.seed)]
+    if args.calib_dir:
+        return [x for x, _ in imagefolder_batches(args.calib_dir, name, 64, num)]
+    print(f"warning: no --calib-dir for {name}: calibrating on {num} random images, so the quantized model is "
+          "fine for latency and meaningless for accuracy", file=sys.stderr)
+    g = torch.Generator().manual_seed(args.seed)
+    shape = get_model_info(name).input_shape
+    return [torch.randn(min(64, num - i), *shape, generator=g) for i in range(0, num, 64)]
+
+
+def source_models(args, need_calib: bool = False):
+    """``(name, fp_model, fake_quant_model, meta, calib_batches)`` from ``--checkpoint`` or
+    ``--model`` + naive PTQ. ``calib_batches`` (float image tensors) is filled when naive PTQ
+    ran or ``need_calib`` (torch.ao needs them). Raises ValueError / FileNotFoundError."""
+    from zsq_engine.models import get_model
+    from zsq_engine.quant import check_bits, naive_ptq
+    from zsq_engine.recon import load_quantized
+
+    calib = None
+    if args.checkpoint:
+        if args.model is not None or args.weights is not None:
+            raise ValueError("--checkpoint already names its model: drop --model / --weights")
+        qmodel, meta = load_quantized(args.checkpoint)
+        name = meta["model"]
+        fp_model = get_model(name, pretrained=name == "fmnist_resnet")
+        meta = {"source": str(args.checkpoint), "model": name, "wbits": meta.get("wbits"),
+                "abits": meta.get("abits"), "method": meta.get("method"),
+                "fake_quant_accuracy": meta.get("accuracy")}
+        if need_calib:
+            calib = _calibration(name, args.calib_images, args)
+    else:
+        name = args.model or "fmnist_resnet"
+        check_bits(args.wbits, "--wbits")
+        check_bits(args.abits, "--abits")
+        check_bits(args.first_last_bits, "--first-last-bits")
+        pretrained = args.weights is not None or name == "fmnist_resnet"
+        fp_model = get_model(name, pretrained=pretrained, weights_path=args.weights)
+        calib = _calibration(name, args.calib_images, args)
+        qmodel = naive_ptq(fp_model, calib, args.wbits, args.abits, first_last_bits=args.first_last_bits,
+                           progress=False)
+        meta = {"source": "naive PTQ", "model": name, "wbits": args.wbits, "abits": args.abits,
+                "first_last_bits": args.first_last_bits, "calib_images": args.calib_images,
+                "weights": args.weights or ("committed" if name == "fmnist_resnet" else "random")}
+    return name, fp_model.eval(), qmodel.eval(), meta, calib
+
+
+def run(args: argparse.Namespace) -> int:
+    from zsq_engine.runtime import convert, save
+    from zsq_engine.runtime.agreement import agreement
+
+    device = common.resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    name, _, qmodel, meta, _ = source_models(args)
+    t0 = time.perf_counter()
+    int_model = convert(qmodel)
+    seconds = time.perf_counter() - t0
+    packed = sum(m.config["packed"] for m in int_model.layers.values())
+    print(f"zsq convert: {name} ({meta['source']}, W{meta['wbits']}A{meta['abits']}) -> {len(int_model.layers)} integer "
+          f"layers ({packed} with packed int4 weights), {len(int_model.program)} program steps in {seconds:.1f} s")
+    if args.check:
+        if name != "fmnist_resnet":
+            raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. --model fmnist_resnet (got {name})")
+        from .data_sources import fmnist_batches
+
+        test = fmnist_batches("test", args.batch_size, args.data_dir)
+        if args.check_limit:
+            test = [b for b in test][: -(-args.check_limit // args.batch_size)]
+        r = agreement(qmodel.to(device), int_model.to(device), test, device, show_progress=not args.no_progress)
+        int_model.cpu()
+        meta["check"] = r
+        print(f"check on {r['images']} test images: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
+              f"{r['fq_accuracy']:.2f} % / integer {r['int_accuracy']:.2f} % ({r['accuracy_delta']:+.2f}), "
+              f"largest logit difference {r['max_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.2g})")
+    save(int_model, Path(args.out), meta=meta)
+    print(f"integer model written to {args.out} (load with zsq_engine.runtime.load)")
+    return 0
