@@ -165,6 +165,16 @@ class _QDropBase(nn.Module):
         shape[self.ch_axis] = x.shape[self.ch_axis]
         return shape
 
+    def _grad_factor(self, x):
+        """LSQ: 1/sqrt(numel * qmax), numel per channel when per-channel (as QDrop); 1 when off."""
+        if not self.use_grad_scaling:
+            return 1.0
+        numel = x.numel() / x.shape[self.ch_axis] if self.ch_axis != -1 else x.numel()
+        return 1.0 / (numel * self.quant_max) ** 0.5
+
+    def _fake_quant(self, x, s, z):
+        return (torch.clamp(round_ste_ref(x / s) + z, self.quant_min, self.quant_max) - z) * s
+
 
 class LSQFakeQuantize(_QDropBase):
     def __init__(self, bit=4, symmetric=False, ch_axis=-1, use_grad_scaling=True):
@@ -188,15 +198,13 @@ class LSQFakeQuantize(_QDropBase):
             self.scale.data.clamp_(min=self.eps.item())
         if self.fake_quant_enabled != 1:
             return x
+        g = self._grad_factor(x)
         if self.ch_axis != -1:
-            g = 1.0 / (x.numel() / x.shape[self.ch_axis] * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
             s = grad_scale_ref(self.scale, g).reshape(self._shape(x))
             z = self.zero_point.data.int().reshape(self._shape(x))
         else:
-            g = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
             s, z = grad_scale_ref(self.scale, g), self.zero_point.item()
-        x_q = (torch.clamp(round_ste_ref(x / s) + z, self.quant_min, self.quant_max) - z) * s
-        return self._drop(x_q, x)
+        return self._drop(self._fake_quant(x, s, z), x)
 
 
 class LSQPlusFakeQuantize(_QDropBase):
@@ -222,17 +230,12 @@ class LSQPlusFakeQuantize(_QDropBase):
             self.zero_point.data.clamp_(self.quant_min, self.quant_max)
         if self.fake_quant_enabled != 1:
             return x
-        per_channel = self.ch_axis != -1
-        if self.use_grad_scaling:
-            g = 1.0 / ((x.numel() / x.shape[self.ch_axis] if per_channel else x.numel()) * self.quant_max) ** 0.5
-        else:
-            g = 1.0
+        g = self._grad_factor(x)
         z = round_ste_ref(self.zero_point)
         s, z = grad_scale_ref(self.scale, g), grad_scale_ref(z, g)
-        if per_channel:
+        if self.ch_axis != -1:
             s, z = s.reshape(self._shape(x)), z.reshape(self._shape(x))
-        x_q = (torch.clamp(round_ste_ref(x / s) + z, self.quant_min, self.quant_max) - z) * s
-        return self._drop(x_q, x)
+        return self._drop(self._fake_quant(x, s, z), x)
 
 
 class FixedFakeQuantize(_QDropBase):
@@ -257,8 +260,7 @@ class FixedFakeQuantize(_QDropBase):
             z = self.zero_point.data.int().reshape(self._shape(x))
         else:
             s, z = self.scale.item(), self.zero_point.item()
-        x_q = (torch.clamp(round_ste_ref(x / s) + z, self.quant_min, self.quant_max) - z) * s
-        return self._drop(x_q, x)
+        return self._drop(self._fake_quant(x, s, z), x)
 
 
 # ------------------------------------------------------------------ Genie
