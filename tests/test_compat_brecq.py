@@ -80,6 +80,7 @@ def test_adaround_soft_matches_within_kernel_rounding(backend):
     compare_records(rec_acc, rec_ref, tol={"y": (y_tol, 0.0), "dx": (0.0, 0.0),
                                           "alpha": (8 * EPS32 * grad_scale, 8 * EPS32),
                                           "step:alpha": (1e-6, 1e-6)})
+    assert list(acc.state_dict()) == list(ref.state_dict())  # alpha's values were compared above
 
 
 def test_adaround_nearest_mode_runs_the_original(backend, monkeypatch):

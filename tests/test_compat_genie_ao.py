@@ -53,6 +53,7 @@ def test_genie_weight_soft_within_kernel_rounding(backend):
                                            "bit_logit": (8 * EPS32 * logit_big, 8 * EPS32),
                                            "scale": _reduction_tol(rec_ref, "scale", 8 * 9),
                                            "step:bit_logit": (1e-6, 1e-6), "step:scale": (1e-6, 1e-6)})
+    assert list(acc.state_dict()) == list(ref.state_dict())  # the parameters' values were compared above
 
 
 @pytest.mark.parametrize("signed", [False, True])
