@@ -5,6 +5,8 @@
 2. Genie-D synthesis of calibration images from the model's BN statistics (fast preset);
 3. zero-shot Genie-M block reconstruction on those synthetic images (fast preset);
 4. the real-data upper bound: QDrop reconstruction on real training images (fast preset);
+5. the Genie model of the first configuration converted to a real integer model
+   (``zsq_engine.runtime``): its accuracy next to the fake-quant one, its latency next to FP32;
 
 then an accuracy table on the 10k test images, written as markdown + JSON, and a PNG (a grid of
 synthetic samples beside the accuracy bars).
@@ -39,6 +41,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iters", type=common.positive_int, default=None,
                    help="reconstruction iterations per unit (default: the fast preset's)")
     p.add_argument("--preset", default="fast", choices=("fast", "paper"), help="reconstruction preset (default fast)")
+    p.add_argument("--no-integer", action="store_true",
+                   help="skip converting the Genie model to an integer model (accuracy + latency rows)")
     p.add_argument("--out", default="runs/demo", help="output folder for report.md, results.json, demo.png "
                                                       "(default runs/demo)")
     common.add_device_args(p)
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Genie-D synthesis: {tuple(synth_images.shape)} in {synth_seconds:.1f} s", flush=True)
 
     recon_iters = args.iters or PRESETS[args.preset]["iters"]
+    genie_models = {}
     for wbits, abits in configs:
         for method, data, label, images in (("genie", "synthetic", "Genie (zero-shot)", synth_images),
                                             ("qdrop", "real", "QDrop (real data)", real_images)):
@@ -145,12 +150,25 @@ def run(args: argparse.Namespace) -> int:
                                   num=images.shape[0], seed=args.seed, device=device, show_progress=show)
             acc = evaluate_accuracy(r.model, test, device, desc=label, show_progress=show)
             add(label, f"{images.shape[0]} {data}", f"W{wbits}A{abits}", acc, time.perf_counter() - t0)
+            if method == "genie":
+                genie_models[(wbits, abits)] = r.model
+
+    integer = None
+    if not args.no_integer:
+        (wbits, abits), genie = next(iter(genie_models.items()))
+        t0 = time.perf_counter()
+        integer = integer_model_summary(model, genie, test, device, show)
+        add("Genie integer model", f"{synth_images.shape[0]} synthetic", f"W{wbits}A{abits}", integer["accuracy"],
+            time.perf_counter() - t0)
+        print("  " + integer["line"], flush=True)
 
     body = [(r["method"], r["data"], r["bits"], f"{r['accuracy']:.2f}", "" if r["bits"] == "FP32" else
              f"{r['delta']:+.2f}", f"{r['seconds']:.1f}") for r in rows]
     table = format_table(("method", "calibration data", "bits", "top-1 %", "vs FP", "time s"), body)
     elapsed = time.perf_counter() - t_all
     print(table)
+    if integer is not None:
+        print(integer["line"])
     print(f"total {elapsed:.1f} s (synthesis {synth_seconds:.1f} s)")
 
     out = Path(args.out)
@@ -161,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             "synth_images": int(synth_images.shape[0]), "synth_iters": synth.meta["settings"]["iters"],
             "recon_preset": args.preset, "recon_iters": recon_iters, "synth_seconds": round(synth_seconds, 1),
             "seconds": round(elapsed, 2)}
-    _write_atomic(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    results = {"meta": meta, "rows": rows}
+    if integer is not None:
+        results["integer_model"] = {k: v for k, v in integer.items() if k != "line"}
+    _write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     _write_atomic(out / "report.md", "\n".join([
         "# zsq demo: zero-shot quantization of the Fashion-MNIST ResNet", "",
         f"- naive PTQ: per-channel asymmetric weights (Lp scale search), per-tensor activations with min/max "
@@ -173,7 +194,28 @@ def run(args: argparse.Namespace) -> int:
         f"(upper bound).", "",
         "First and last layer 8-bit; the first layer's input stays float.", "",
         table, "",
+        *([f"Genie integer model (real int8 / packed int4 kernels, zsq_engine.runtime): {integer['line']}", ""]
+          if integer is not None else []),
         "![synthetic samples and accuracy](demo.png)", "",
         "Run: " + ", ".join(f"{k}={v}" for k, v in meta.items()), ""]))
     print(f"report written to {out / 'report.md'} (figure {out / 'demo.png'})")
     return 0
+
+
+def integer_model_summary(fp_model, fake_quant, test, device, show: bool) -> dict:
+    """Convert ``fake_quant`` to an integer model; its test accuracy, and the median latency of
+    FP32 and of the integer model at batch 1 and 64 on ``device`` (a few seconds on 2 CPU cores)."""
+    from zsq_engine.evaluation import evaluate_accuracy
+    from zsq_engine.runtime import convert
+    from zsq_engine.runtime.latency import device_name, make_contenders, measure
+
+    int_model = convert(fake_quant).to(device)
+    acc = evaluate_accuracy(int_model, test, device, desc="integer model", show_progress=show)
+    contenders = make_contenders(fp_model, int_model, device, precisions=("fp32",))
+    rows = measure(contenders, (1, 28, 28), (1, 64), device, warmup=3, repeats=10, show_progress=False)
+    ms = {(r["impl"], r["batch"]): r["ms"] for r in rows}
+    parts = [f"batch {b}: FP32 {ms[('fp32', b)]:.2f} ms, integer {ms[('zsq int', b)]:.2f} ms "
+             f"({ms[('fp32', b)] / ms[('zsq int', b)]:.2f}x)" for b in (1, 64)]
+    line = f"top-1 {acc:.2f} %; latency on {device_name(device)}: " + "; ".join(parts)
+    return {"accuracy": acc, "latency_ms": {f"{impl} batch {b}": v for (impl, b), v in ms.items()},
+            "device": device_name(device), "line": line}
