@@ -7,6 +7,8 @@ sends only the quantize / clamp / straight-through part to the fused op with ``s
 ``t * 1 == t`` exactly, so the fused part reproduces ``clamp(round(t) + zp, qmin, qmax) - zp``
 bit for bit, and autograd differentiates the division and the product exactly as it does in the
 original, so the gradients of ``x`` and of a learnable ``delta`` are the original's bits too.
+For a learnable one-element step, :func:`divide_by_step` keeps the division but gives it a
+backward that reaches the same bits in two full-size passes fewer.
 """
 from __future__ import annotations
 
@@ -63,6 +65,41 @@ def integral(zero_point) -> bool:
 
 def needs_grad(t) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled()
+
+
+class _DivideByStep(torch.autograd.Function):
+    """``x / step`` for a one-element learnable ``step``, with autograd's own gradient bits.
+
+    autograd's division backward recomputes ``x / step`` for the step's gradient and negates the
+    full-size incoming gradient: ``sum(-g * ((x / step) / step))``. Here the quotient saved by
+    the forward (bit-equal to ``x / step``, and already kept alive by the fused op that consumes
+    it) is reused and the one-element sum is negated instead (negation is exact and rounding is
+    symmetric, so ``sum(-v) == -sum(v)`` bit for bit): two full-size passes fewer per backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step):
+        quotient = x / step
+        ctx.save_for_backward(quotient, step)
+        return quotient
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        quotient, step = ctx.saved_tensors
+        grad_x = grad / step if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            grad_step = (-(grad * (quotient / step)).sum()).reshape(step.shape)
+        return grad_x, grad_step
+
+
+def divide_by_step(x: torch.Tensor, step) -> torch.Tensor:
+    """``x / step`` as the research code writes it; cheaper backward for a learnable scalar step."""
+    if (needs_grad(step) and step.numel() == 1 and step.dim() <= x.dim()
+            and torch.result_type(x, step) == x.dtype):
+        return _DivideByStep.apply(x, step)
+    return x / step
 
 
 def unit_scale(zero_point):

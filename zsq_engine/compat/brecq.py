@@ -3,9 +3,10 @@
 ``UniformAffineQuantizer``: attributes ``n_bits``, ``sym``, ``channel_wise``, ``delta``,
 ``zero_point``, ``n_levels``, ``inited`` (``delta`` an ``nn.Parameter`` when ``leaf_param``);
 forward ``(clamp(round_ste(x / delta) + zp, 0, n_levels - 1) - zp) * delta`` after a lazy
-initialisation on the first call. Accelerated: ``x / delta`` and ``* delta`` stay torch ops
-(bit-exact, and autograd gives a learnable ``delta`` its gradient exactly as before), the
-round / clamp / straight-through part is one fused ``ops.fake_quant`` pass with scale 1.
+initialisation on the first call. Accelerated: ``x / delta`` and ``* delta`` stay torch
+divisions and products (bit-exact; a learnable scalar ``delta`` gets the original's gradient bits
+from a cheaper backward, see ``_common.divide_by_step``), the round / clamp / straight-through
+part is one fused ``ops.fake_quant`` pass with scale 1.
 
 ``AdaRoundQuantizer`` (``round_mode='learned_hard_sigmoid'``): attributes ``alpha``,
 ``soft_targets``, ``delta``, ``zero_point``, ``n_levels``, ``gamma``, ``zeta``; forward
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ._common import fusable_input, integral, needs_grad, unit_scale, zero_point_layout
+from ._common import divide_by_step, fusable_input, integral, needs_grad, unit_scale, zero_point_layout
 
 
 def uniform_affine_forward(self, x, *, original):
@@ -34,7 +35,7 @@ def uniform_affine_forward(self, x, *, original):
     layout = zero_point_layout(zero_point, x)
     if layout is None or needs_grad(zero_point) or not integral(zero_point):
         return original(self, x)
-    t = x / self.delta
+    t = divide_by_step(x, self.delta)
     if t.shape != x.shape:  # delta broadcasting beyond x: leave such layouts to the original
         return original(self, x)
     zp, axis = layout

@@ -8,9 +8,11 @@ Only ``+-inf`` differs: the original gives NaN (``inf - inf``), this returns ``+
 
 ``lp_loss(pred, tgt, p=2.0, reduction='none')``: ``|pred - tgt|^p`` summed over dim 1 then
 averaged (``'none'``, the research code's name for it) or averaged over everything (any other
-value). For ``p == 2`` the ``abs`` pass is dropped: ``|d|^2 == d * d`` bit for bit and the
-gradient ``2 g d`` equals the original's ``g * 2|d| * sign(d)`` exactly. Other ``p`` use the
-original expression.
+value). For ``p == 2``: ``d * d`` (``|d|^2`` bit for bit) in one pass, and a backward that is a
+single product ``d * (2 * (g / count))``; the original's chain (mean and sum backward, then
+``pow``'s backward, which copies ``|d|``, doubles it and multiplies, then ``abs``'s sign product)
+rounds the same real number once, so the gradient is bit-equal (multiplying by 2 or by a sign
+is exact). Other ``p`` use the original expression.
 """
 from __future__ import annotations
 
@@ -25,6 +27,24 @@ class _RoundSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad
+
+
+class _SquaredError(torch.autograd.Function):
+    """``mean(sum_dim1(d * d))`` (``per_row``) or ``mean(d * d)``, with a one-pass backward."""
+
+    @staticmethod
+    def forward(ctx, diff, per_row):
+        err = diff * diff
+        loss = err.sum(1).mean() if per_row else err.mean()
+        ctx.count = err.numel() // err.shape[1] if per_row else err.numel()
+        ctx.save_for_backward(diff)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        return diff * (2 * (grad / ctx.count)), None
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -46,11 +66,11 @@ def lp_loss(pred: torch.Tensor, tgt: torch.Tensor, p: float = 2.0, reduction: st
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"p must be a number, got {type(p).__name__}")
+    if reduction == "none" and pred.dim() < 2:
+        raise ValueError(f"reduction='none' sums over dim 1: pred must have >= 2 dimensions, got shape "
+                         f"{tuple(pred.shape)}")
     diff = pred - tgt
-    err = diff.square() if p == 2 else diff.abs().pow(p)
-    if reduction == "none":
-        if err.dim() < 2:
-            raise ValueError(f"reduction='none' sums over dim 1: pred must have >= 2 dimensions, got shape "
-                             f"{tuple(pred.shape)}")
-        return err.sum(1).mean()
-    return err.mean()
+    if p == 2 and diff.numel() > 0:
+        return _SquaredError.apply(diff, reduction == "none")
+    err = diff.abs().pow(p)
+    return err.sum(1).mean() if reduction == "none" else err.mean()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ._common import fusable_input, integral, needs_grad, zero_point_layout
+from ._common import divide_by_step, fusable_input, integral, needs_grad, zero_point_layout
 from .functions import round_ste
 
 
@@ -60,7 +60,7 @@ def activation_forward(self, x, *, original):
     signed = bool(self.signed)  # the original reads it the same way (a host read if it is a tensor)
     q_neg = -(2 ** (n_bits - 1)) if signed else 0
     q_pos = 2 ** (n_bits - 1) - 1 if signed else 2 ** n_bits - 1
-    v_hat = round_ste(torch.clamp(x / self.scale, q_neg, q_pos)) * self.scale
+    v_hat = round_ste(torch.clamp(divide_by_step(x, self.scale), q_neg, q_pos)) * self.scale
     if self.train_mode:
         return torch.where(torch.rand_like(x) < 0.5, v_hat, x)
     return v_hat

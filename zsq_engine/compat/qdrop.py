@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ._common import fusable_input, unit_scale, zero_point_layout
+from ._common import divide_by_step, fusable_input, unit_scale, zero_point_layout
 
 
 def _grad_scale(t, factor):
@@ -84,7 +84,7 @@ def lsq_forward(self, x, *, original):
     else:
         scale = _grad_scale(self.scale, factor)
         zero_point = self.zero_point.data.reshape(1)
-    x_q = _fused_affine(x / scale, zero_point, self.quant_min, self.quant_max) * scale
+    x_q = _fused_affine(divide_by_step(x, scale), zero_point, self.quant_min, self.quant_max) * scale
     return _qdrop(self, x_q, x)
 
 
@@ -102,7 +102,7 @@ def lsq_plus_forward(self, x, *, original):
         shape = _channel_shape(x, self.ch_axis)
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     carrier = zero_point - zero_point.detach()  # zeros that carry the zero-point gradient
-    t = x / scale + carrier
+    t = divide_by_step(x, scale) + carrier
     x_q = (_fused_affine(t, zero_point.detach(), self.quant_min, self.quant_max) - carrier) * scale
     return _qdrop(self, x_q, x)
 
