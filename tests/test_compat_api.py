@@ -211,3 +211,24 @@ def test_import_stays_light():
             "bad = [m for m in ('triton', 'zsq_engine._C', 'zsq_engine.kernels') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("step_shape", [(), (1,), (1, 1, 1, 1)])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_divide_by_step_has_autograds_bits(step_shape, x_grad):
+    from zsq_engine.compat._common import divide_by_step
+
+    torch.manual_seed(2)
+    x = torch.randn(4, 8, 7, 7) * 3
+    g = torch.randn_like(x)
+    grads = []
+    for divide in (divide_by_step, torch.div):
+        xi = x.clone().requires_grad_(x_grad)
+        step = torch.full(step_shape, 0.173, requires_grad=True)
+        out = divide(xi, step)
+        assert out.shape == x.shape
+        out.backward(g)
+        grads.append((out.detach(), xi.grad, step.grad))
+    (oa, xa, sa), (ob, xb, sb) = grads
+    assert torch.equal(oa, ob) and torch.equal(sa, sb)
+    assert (xa is None and xb is None) if not x_grad else torch.equal(xa, xb)
