@@ -13,3 +13,4 @@ MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
 "$PY" -m benchmarks.recon --device cuda
 "$PY" -m benchmarks.int_gemm --device cuda
 "$PY" -m benchmarks.compat --device cuda
+"$PY" -m benchmarks.runtime --device cuda
