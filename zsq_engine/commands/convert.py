@@ -119,12 +119,30 @@ def source_models(args, need_calib: bool = False):
     return name, fp_model.eval(), qmodel.eval(), meta, calib
 
 
+def _no_check(name: str) -> None:
+    raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. --model fmnist_resnet (got {name})")
+
+
+def _first(batches, limit: int) -> list:
+    """The first ``limit`` images of ``(x, y)`` batches, exactly."""
+    out, seen = [], 0
+    for x, y in batches:
+        if seen >= limit:
+            break
+        take = min(limit - seen, y.shape[0])
+        out.append((x[:take], y[:take]))
+        seen += take
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.runtime import convert, save
     from zsq_engine.runtime.agreement import agreement
 
     device = common.resolve_device(args.device)
     torch.manual_seed(args.seed)
+    if args.check and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
+        _no_check(args.model)  # before spending time on the quantization
     name, _, qmodel, meta, _ = source_models(args)
     t0 = time.perf_counter()
     int_model = convert(qmodel)
@@ -134,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
           f"layers ({packed} with packed int4 weights), {len(int_model.program)} program steps in {seconds:.1f} s")
     if args.check:
         if name != "fmnist_resnet":
-            raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. --model fmnist_resnet (got {name})")
+            _no_check(name)
         from .data_sources import fmnist_batches
 
         test = fmnist_batches("test", args.batch_size, args.data_dir)
         if args.check_limit:
-            test = [b for b in test][: -(-args.check_limit // args.batch_size)]
+            test = _first(test, args.check_limit)
         r = agreement(qmodel.to(device), int_model.to(device), test, device, show_progress=not args.no_progress)
         int_model.cpu()
         meta["check"] = r
