@@ -66,10 +66,10 @@ def lp_loss(pred: torch.Tensor, tgt: torch.Tensor, p: float = 2.0, reduction: st
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"p must be a number, got {type(p).__name__}")
-    if reduction == "none" and pred.dim() < 2:
-        raise ValueError(f"reduction='none' sums over dim 1: pred must have >= 2 dimensions, got shape "
-                         f"{tuple(pred.shape)}")
     diff = pred - tgt
+    if reduction == "none" and diff.dim() < 2:
+        raise ValueError(f"reduction='none' sums over dim 1: pred - tgt must have >= 2 dimensions, got shape "
+                         f"{tuple(diff.shape)}")
     if p == 2 and diff.numel() > 0:
         return _SquaredError.apply(diff, reduction == "none")
     err = diff.abs().pow(p)
