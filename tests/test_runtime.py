@@ -1,8 +1,8 @@
 """Integer runtime: conversion, every supported layer, residual grids, int4 storage, save/load.
 
 The oracle is the fake-quant model the integer model came from (see tests/runtime_helpers.py).
-Small models and inputs keep this file fast; the full Fashion-MNIST agreement is measured by
-benchmarks/runtime_accuracy.py and recorded in docs/runtime.md.
+Small models and inputs keep this file fast; real-data agreement is in test_runtime_accuracy.py,
+the full Fashion-MNIST numbers come from `zsq convert --check` and are recorded in docs/runtime.md.
 """
 import os
 
