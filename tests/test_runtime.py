@@ -147,6 +147,17 @@ def test_reference_architectures(name, shape, bits):
     compare(q, im, torch.randn(1, *shape), max_flip_fraction=2e-3)
 
 
+def test_resnet50_bottlenecks_w4a4():
+    """Bottleneck blocks (1x1 -> 3x3 -> 1x1 + projection shortcut) at W4A4 (minmax weights: fast)."""
+    model = healthy(get_model("resnet50", num_classes=10), (3, 32, 32), batches=1)
+    q = ptq(model, (3, 32, 32), 4, 4, weight_method="minmax")
+    im = convert(q)
+    cfg = {m.config["name"]: m.config for m in im.layers.values()}
+    assert cfg["layer1.0.conv3"]["residual"] == "float" and cfg["layer1.0.conv3"]["activation"] == "relu"
+    assert cfg["layer4.2.conv2"]["packed"] and cfg["fc"]["output"] is None
+    compare(q, im, torch.randn(1, 3, 32, 32), max_flip_fraction=2e-3)
+
+
 def test_fmnist_resnet_w4a4_fusions():
     model = get_model("fmnist_resnet", pretrained=True)
     q = ptq(model, (1, 28, 28), 4, 4)
