@@ -639,12 +639,13 @@ at::ScalarType int_out_dtype(zsq::cpu::OutKind k) {
   return at::kInt;
 }
 
-// A CPU tensor of `dtype` with 1 or `per` elements (or exactly `per` when !allow_one), as a
-// contiguous 1-D tensor kept alive by the caller.
+// A tensor on `device` of `dtype` with 1 or `per` elements (or exactly `per` when !allow_one),
+// as a contiguous 1-D tensor kept alive by the caller.
 at::Tensor check_epilogue_vector(const char* fn, const char* name, const at::Tensor& t,
-                                 at::ScalarType dtype, int64_t per, bool allow_one) {
-  TORCH_CHECK(t.device().is_cpu(), fn, ": epilogue ", name, " must be a CPU tensor, got ",
-              t.device());
+                                 at::ScalarType dtype, int64_t per, bool allow_one,
+                                 const at::Device& device) {
+  TORCH_CHECK(t.device() == device, fn, ": epilogue ", name, " must be on ", device,
+              " (the operands' device), got ", t.device());
   TORCH_CHECK(t.scalar_type() == dtype, fn, ": epilogue ", name, " must be ", dtype, ", got ",
               t.scalar_type());
   TORCH_CHECK(t.numel() == per || (allow_one && t.numel() == 1), fn, ": epilogue ", name,
@@ -659,8 +660,10 @@ struct IntEpilogueArgs {
 };
 
 // The epilogue of an [m, n] output (zsq_engine/ops/epilogue.py); out_kind: 0 int32, 1 fp32,
-// 2 fp16, 3 bf16, 4 int8, 5 uint8 (requantised); activation: 0 none, 1 relu, 2 relu6.
-IntEpilogueArgs make_int_epilogue(const char* fn, int64_t m, int64_t n, int64_t out_kind,
+// 2 fp16, 3 bf16, 4 int8, 5 uint8 (requantised); activation: 0 none, 1 relu, 2 relu6. Every
+// tensor must be on `device` (the operands' device); the pointers are into r.keep.
+IntEpilogueArgs make_int_epilogue(const char* fn, const at::Device& device, int64_t m, int64_t n,
+                                  int64_t out_kind,
                                   int64_t act_zero_point,
                                   const std::optional<at::Tensor>& weight_zero_point,
                                   const std::optional<at::Tensor>& weight_scale,
@@ -682,7 +685,7 @@ IntEpilogueArgs make_int_epilogue(const char* fn, int64_t m, int64_t n, int64_t 
   ep.out = static_cast<OutKind>(out_kind);
   ep.act_zero_point = static_cast<int32_t>(act_zero_point);
   if (weight_zero_point.has_value()) {
-    r.keep.push_back(check_epilogue_vector(fn, "weight_zero_point", *weight_zero_point, at::kInt, n, true));
+    r.keep.push_back(check_epilogue_vector(fn, "weight_zero_point", *weight_zero_point, at::kInt, n, true, device));
     ep.weight_zero_point = r.keep.back().const_data_ptr<int32_t>();
     ep.wzp_per_channel = r.keep.back().numel() == n && n != 1;
   }
@@ -695,19 +698,20 @@ IntEpilogueArgs make_int_epilogue(const char* fn, int64_t m, int64_t n, int64_t 
   }
   TORCH_CHECK(weight_scale.has_value() && act_scale.has_value(), fn, ": out_kind=", out_kind,
               " needs weight_scale and act_scale");
-  r.keep.push_back(check_epilogue_vector(fn, "weight_scale", *weight_scale, at::kFloat, n, true));
+  r.keep.push_back(check_epilogue_vector(fn, "weight_scale", *weight_scale, at::kFloat, n, true, device));
   ep.weight_scale = r.keep.back().const_data_ptr<float>();
   ep.wscale_per_channel = r.keep.back().numel() == n && n != 1;
-  r.keep.push_back(check_epilogue_vector(fn, "act_scale", *act_scale, at::kFloat, m, true));
+  r.keep.push_back(check_epilogue_vector(fn, "act_scale", *act_scale, at::kFloat, m, true, device));
   ep.act_scale = r.keep.back().const_data_ptr<float>();
   ep.ascale_per_row = r.keep.back().numel() == m && m != 1;
   if (bias.has_value()) {
-    r.keep.push_back(check_epilogue_vector(fn, "bias", *bias, at::kFloat, n, false));
+    r.keep.push_back(check_epilogue_vector(fn, "bias", *bias, at::kFloat, n, false, device));
     ep.bias = r.keep.back().const_data_ptr<float>();
   }
   if (residual.has_value()) {
     const at::Tensor& res = *residual;
-    TORCH_CHECK(res.device().is_cpu(), fn, ": epilogue residual must be a CPU tensor");
+    TORCH_CHECK(res.device() == device, fn, ": epilogue residual must be on ", device,
+                " (the operands' device), got ", res.device());
     TORCH_CHECK(res.numel() == m * n, fn, ": epilogue residual must have ", m, " x ", n,
                 " elements (the output's shape), got shape ", res.sizes());
     switch (res.scalar_type()) {
@@ -813,7 +817,8 @@ at::Tensor int_gemm_cpu(const at::Tensor& a, int64_t act_kind, int64_t k, const 
   const auto isa_v = check_int_isa(fn, isa);
   const at::Tensor ac = (a.stride(1) == 1 && a.stride(0) >= cols) ? a : a.contiguous();
   const int64_t m = a.size(0);
-  IntEpilogueArgs e = make_int_epilogue(fn, m, n, out_kind, act_zero_point, weight_zero_point,
+  IntEpilogueArgs e = make_int_epilogue(fn, at::Device(at::kCPU), m, n, out_kind, act_zero_point,
+                                        weight_zero_point,
                                         weight_scale, act_scale, bias, residual, residual_scale,
                                         residual_zero_point, activation, out_scale, out_zero_point,
                                         quant_min, quant_max);
@@ -826,12 +831,14 @@ at::Tensor int_gemm_cpu(const at::Tensor& a, int64_t act_kind, int64_t k, const 
   return out;
 }
 
+// x on a device of type `device_type` (CPU or CUDA)
 zsq::cpu::ConvShape check_conv_shape(const char* fn, const at::Tensor& x, int64_t o, int64_t kh,
                                      int64_t kw, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                                      int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups,
-                                     int64_t pad_value) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, fn, ": x must be a 4-D NHWC CPU tensor, got ",
-              x.device(), " with shape ", x.sizes());
+                                     int64_t pad_value, c10::DeviceType device_type = at::kCPU) {
+  TORCH_CHECK(x.device().type() == device_type && x.dim() == 4, fn, ": x must be a 4-D NHWC ",
+              device_type == at::kCPU ? "CPU" : "CUDA", " tensor, got ", x.device(), " with shape ",
+              x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kChar || x.scalar_type() == at::kByte, fn,
               ": x must be int8 or uint8, got ", x.scalar_type());
   TORCH_CHECK(kh >= 1 && kw >= 1 && stride_h >= 1 && stride_w >= 1 && dil_h >= 1 && dil_w >= 1 &&
@@ -870,7 +877,8 @@ at::Tensor int_conv2d_nhwc_cpu(const at::Tensor& x, const at::Tensor& panels, co
   check_panels(fn, panels, colsum, groups, o / groups, kh * kw * (s.c / groups));
   const auto isa_v = check_int_isa(fn, isa);
   const int64_t m = s.batch * s.oh * s.ow;
-  IntEpilogueArgs e = make_int_epilogue(fn, m, o, out_kind, act_zero_point, weight_zero_point,
+  IntEpilogueArgs e = make_int_epilogue(fn, at::Device(at::kCPU), m, o, out_kind, act_zero_point,
+                                        weight_zero_point,
                                         weight_scale, act_scale, bias, residual, residual_scale,
                                         residual_zero_point, activation, out_scale, out_zero_point,
                                         quant_min, quant_max);
@@ -905,7 +913,8 @@ at::Tensor int_depthwise_conv2d_nhwc_cpu(
                                                  stride_w, pad_h, pad_w, dil_h, dil_w, x.size(3),
                                                  pad_value);
   const int64_t m = s.batch * s.oh * s.ow;
-  IntEpilogueArgs e = make_int_epilogue(fn, m, s.c, out_kind, act_zero_point, weight_zero_point,
+  IntEpilogueArgs e = make_int_epilogue(fn, at::Device(at::kCPU), m, s.c, out_kind, act_zero_point,
+                                        weight_zero_point,
                                         weight_scale, act_scale, bias, residual, residual_scale,
                                         residual_zero_point, activation, out_scale, out_zero_point,
                                         quant_min, quant_max);
@@ -927,6 +936,108 @@ std::vector<std::string> int_isas_cpu() {
   if (zsq::cpu::int_isa_supported(zsq::cpu::IntIsa::kAvx512Vnni)) names.push_back("avx512_vnni");
   return names;
 }
+
+#ifdef ZSQ_WITH_CUDA
+// ---------------------------------------------------------------------------------------------
+// CUDA depthwise int8 conv (csrc/cuda/depthwise_dp4a.cu)
+
+// Re-lays a depthwise weight for the dp4a kernel: int8 [C, kh, kw, 1] (any shape [C, taps...]),
+// or packed int4 uint8 [C, (taps + 1) / 2] with w_int4.
+std::tuple<at::Tensor, at::Tensor> int_depthwise_weight_relayout_cuda(const at::Tensor& w,
+                                                                      int64_t taps, bool w_int4) {
+  constexpr const char* fn = "int_depthwise_weight_relayout_cuda";
+  TORCH_CHECK(w.is_cuda(), fn, ": w must be a CUDA tensor, got device ", w.device());
+  TORCH_CHECK(w.dim() >= 2 && w.size(0) >= 1, fn, ": w must be [C, ...] with C >= 1, got shape ",
+              w.sizes());
+  TORCH_CHECK(taps >= 1, fn, ": taps (kh * kw) must be >= 1, got ", taps);
+  const int64_t c = w.size(0);
+  const int64_t per_channel = w.numel() / c;
+  if (w_int4) {
+    TORCH_CHECK(w.scalar_type() == at::kByte, fn,
+                ": a packed int4 w must be uint8 (two values per byte), got ", w.scalar_type());
+    TORCH_CHECK(per_channel == (taps + 1) / 2, fn, ": w has ", per_channel,
+                " packed bytes per channel, which does not hold taps=", taps, " int4 values");
+  } else {
+    TORCH_CHECK(w.scalar_type() == at::kChar, fn, ": w must be int8 [C, kh, kw, 1], got ",
+                w.scalar_type(), w.scalar_type() == at::kByte ? " (a packed int4 weight needs w_int4=True)" : "");
+    TORCH_CHECK(per_channel == taps, fn, ": w has ", per_channel, " values per channel, expected taps=",
+                taps);
+  }
+  const c10::cuda::CUDAGuard device_guard(w.device());
+  const at::Tensor wc = w.contiguous();
+  at::Tensor words = at::empty({(taps + 3) / 4, c}, wc.options().dtype(at::kInt));
+  at::Tensor wsum = at::empty({c}, wc.options().dtype(at::kInt));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index()).stream();
+  check_launch(fn, zsq_depthwise_weight_relayout_cuda_launch(
+                       static_cast<const uint8_t*>(wc.const_data_ptr()), c, taps, w_int4 ? 1 : 0,
+                       words.mutable_data_ptr<int32_t>(), wsum.mutable_data_ptr<int32_t>(), stream));
+  return {words, wsum};
+}
+
+at::Tensor int_depthwise_conv2d_nhwc_cuda(
+    const at::Tensor& x, const at::Tensor& words, const at::Tensor& wsum, int64_t kh, int64_t kw,
+    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w,
+    int64_t pad_value, int64_t out_kind, int64_t act_zero_point,
+    const std::optional<at::Tensor>& weight_zero_point,
+    const std::optional<at::Tensor>& weight_scale, const std::optional<at::Tensor>& act_scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+    double residual_scale, int64_t residual_zero_point, int64_t activation, double out_scale,
+    int64_t out_zero_point, int64_t quant_min, int64_t quant_max) {
+  constexpr const char* fn = "int_depthwise_conv2d_nhwc_cuda";
+  TORCH_CHECK(x.dim() == 4, fn, ": x must be NHWC [B, H, W, C], got shape ", x.sizes());
+  const int64_t c = x.size(3);
+  const zsq::cpu::ConvShape s = check_conv_shape(fn, x, c, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                                                 dil_h, dil_w, c, pad_value, at::kCUDA);
+  const int64_t taps = kh * kw;
+  TORCH_CHECK(words.device() == x.device() && words.scalar_type() == at::kInt && words.is_contiguous() &&
+                  words.dim() == 2 && words.size(0) == (taps + 3) / 4 && words.size(1) == c,
+              fn, ": words must be the contiguous int32 [", (taps + 3) / 4, ", ", c, "] tensor on ",
+              x.device(), " returned by int_depthwise_weight_relayout_cuda, got ", words.scalar_type(),
+              " ", words.sizes(), " on ", words.device());
+  TORCH_CHECK(wsum.device() == x.device() && wsum.scalar_type() == at::kInt && wsum.is_contiguous() &&
+                  wsum.numel() == c,
+              fn, ": wsum must be the contiguous int32 [", c, "] tensor returned by "
+              "int_depthwise_weight_relayout_cuda");
+  const int64_t m = s.batch * s.oh * s.ow;
+  IntEpilogueArgs e = make_int_epilogue(fn, x.device(), m, c, out_kind, act_zero_point,
+                                        weight_zero_point, weight_scale, act_scale, bias, residual,
+                                        residual_scale, residual_zero_point, activation, out_scale,
+                                        out_zero_point, quant_min, quant_max);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty({s.batch, s.oh, s.ow, c}, x.options().dtype(int_out_dtype(e.ep.out)));
+  if (m == 0 || c == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  ZsqConvGeometry g{s.batch, s.h, s.w, s.c, s.kh, s.kw, s.stride_h, s.stride_w,
+                    s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.oh, s.ow};
+  const zsq::cpu::IntEpilogue& ep = e.ep;
+  ZsqIntEpilogueCuda ce{};
+  ce.act_zero_point = ep.act_zero_point;
+  ce.weight_zero_point = ep.weight_zero_point;
+  ce.wzp_per_channel = ep.wzp_per_channel ? 1 : 0;
+  ce.weight_scale = ep.weight_scale;
+  ce.wscale_per_channel = ep.wscale_per_channel ? 1 : 0;
+  ce.act_scale = ep.act_scale;
+  ce.ascale_per_row = ep.ascale_per_row ? 1 : 0;
+  ce.bias = ep.bias;
+  ce.residual = ep.residual;
+  ce.residual_kind = static_cast<int>(ep.residual_kind);  // same codes as ZSQ_INT_OUT_*
+  ce.residual_scale = ep.residual_scale;
+  ce.residual_zero_point = ep.residual_zero_point;
+  ce.activation = ep.activation;
+  ce.out_kind = static_cast<int>(ep.out);
+  ce.out_scale = ep.out_scale;
+  ce.out_zero_point = ep.out_zero_point;
+  ce.quant_min = ep.quant_min;
+  ce.quant_max = ep.quant_max;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  check_launch(fn, zsq_depthwise_conv2d_dp4a_cuda_launch(
+                       static_cast<const uint8_t*>(xc.const_data_ptr()),
+                       x.scalar_type() == at::kChar ? 1 : 0, &g, static_cast<int32_t>(pad_value),
+                       words.const_data_ptr<int32_t>(), wsum.const_data_ptr<int32_t>(), &ce,
+                       out.mutable_data_ptr(), stream));
+  return out;
+}
+#endif  // ZSQ_WITH_CUDA
 
 // ---------------------------------------------------------------------------------------------
 // Introspection
@@ -1090,6 +1201,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("dil_w"), pybind11::arg("pad_value"), ZSQ_INT_EPILOGUE_ARGS,
         "Depthwise conv (groups == C == O): x int8/uint8 NHWC [B, H, W, C], w int8 [C, kh, kw, 1].\n"
         "Returns NHWC [B, OH, OW, C].");
+#ifdef ZSQ_WITH_CUDA
+  m.def("int_depthwise_weight_relayout_cuda", &int_depthwise_weight_relayout_cuda,
+        pybind11::arg("w"), pybind11::arg("taps"), pybind11::arg("w_int4"),
+        "Re-lay a depthwise weight for int_depthwise_conv2d_nhwc_cuda, once per weight.\n"
+        "w: CUDA int8 [C, kh, kw, 1], or with w_int4 packed signed int4 uint8 [C, (taps + 1) // 2].\n"
+        "Returns (words int32 [(taps + 3) // 4, C]: 4 taps of a channel per word; wsum int32 [C]).");
+  m.def("int_depthwise_conv2d_nhwc_cuda", &int_depthwise_conv2d_nhwc_cuda, pybind11::arg("x"),
+        pybind11::arg("words"), pybind11::arg("wsum"), pybind11::arg("kh"), pybind11::arg("kw"),
+        pybind11::arg("stride_h"), pybind11::arg("stride_w"), pybind11::arg("pad_h"),
+        pybind11::arg("pad_w"), pybind11::arg("dil_h"), pybind11::arg("dil_w"),
+        pybind11::arg("pad_value"), ZSQ_INT_EPILOGUE_ARGS,
+        "Depthwise int8 conv with dp4a (groups == C == O): x CUDA int8/uint8 NHWC [B, H, W, C];\n"
+        "words / wsum from int_depthwise_weight_relayout_cuda; epilogue tensors on x's device.\n"
+        "Returns NHWC [B, OH, OW, C].");
+#endif
 #undef ZSQ_INT_EPILOGUE_ARGS
   m.def("int_isas_cpu", &int_isas_cpu,
         "Names of the integer micro-kernel ISAs this CPU can run: 'scalar', 'avx2', 'avx512_vnni'.");

@@ -33,6 +33,70 @@ cudaError_t zsq_pack_int4_cuda_launch(const uint8_t* src, uint8_t* dst, int64_t 
 cudaError_t zsq_unpack_int4_cuda_launch(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t k,
                                         int is_signed, cudaStream_t stream);
 
+/* ------------------------------------------------------------------ integer conv (int8) */
+
+/* Output / residual storage codes of the integer epilogue (the CPU kernels' OutKind). */
+enum {
+  ZSQ_INT_OUT_INT32 = 0,
+  ZSQ_INT_OUT_FLOAT32 = 1,
+  ZSQ_INT_OUT_FLOAT16 = 2,
+  ZSQ_INT_OUT_BFLOAT16 = 3,
+  ZSQ_INT_OUT_INT8 = 4,
+  ZSQ_INT_OUT_UINT8 = 5
+};
+enum { ZSQ_INT_ACT_NONE = 0, ZSQ_INT_ACT_RELU = 1, ZSQ_INT_ACT_RELU6 = 2 };
+
+/* The fused epilogue of zsq_engine/ops/epilogue.py for an [M, N] output (M rows = output
+ * pixels, N = channels); device pointers, null when the option is off. out_kind INT32 keeps the
+ * zero-point-corrected accumulator and ignores everything after weight_zero_point. */
+typedef struct ZsqIntEpilogueCuda {
+  int32_t act_zero_point;
+  const int32_t* weight_zero_point; /* [N] or [1]; null: 0 */
+  int wzp_per_channel;
+  const float* weight_scale; /* [N] or [1] */
+  int wscale_per_channel;
+  const float* act_scale; /* [M] or [1] */
+  int ascale_per_row;
+  const float* bias;    /* [N] */
+  const void* residual; /* [M, N], stored as residual_kind (FLOAT32/16/BFLOAT16/INT8/UINT8) */
+  int residual_kind;
+  float residual_scale;
+  int32_t residual_zero_point;
+  int activation; /* ZSQ_INT_ACT_* */
+  int out_kind;   /* ZSQ_INT_OUT_* */
+  float out_scale;
+  int32_t out_zero_point;
+  int32_t quant_min;
+  int32_t quant_max;
+} ZsqIntEpilogueCuda;
+
+/* NHWC conv geometry: input [batch, h, w, c], kernel kh x kw, output [batch, oh, ow, c]. */
+typedef struct ZsqConvGeometry {
+  int64_t batch, h, w, c;
+  int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t oh, ow;
+} ZsqConvGeometry;
+
+/* Re-lays a depthwise weight for the dp4a conv: `w` is int8 [channels, taps] (taps = kh * kw,
+ * row-major), or with `w_int4` packed signed int4 [channels, (taps + 1) / 2] (the layout above).
+ * Writes words int32 [(taps + 3) / 4, channels] (word g of channel c holds taps 4g..4g+3 as
+ * int8 bytes, low byte first, zero past the last tap) and wsum int32 [channels] = sum of the
+ * channel's taps. */
+cudaError_t zsq_depthwise_weight_relayout_cuda_launch(const uint8_t* w, int64_t channels,
+                                                      int64_t taps, int w_int4, int32_t* words,
+                                                      int32_t* wsum, cudaStream_t stream);
+
+/* Depthwise conv (groups == C == output channels) in NHWC: x int8 (`x_signed`) or uint8
+ * [batch, h, w, c] contiguous; out-of-image taps read pad_value (in x's type); words / wsum from
+ * zsq_depthwise_weight_relayout_cuda_launch. out [batch, oh, ow, c] of the epilogue's out_kind
+ * = epilogue(sum_taps (x - za)(w - zw)). Exact int32 accumulation with __dp4a (sm_61+). */
+cudaError_t zsq_depthwise_conv2d_dp4a_cuda_launch(const uint8_t* x, int x_signed,
+                                                  const ZsqConvGeometry* geometry,
+                                                  int32_t pad_value, const int32_t* words,
+                                                  const int32_t* wsum,
+                                                  const ZsqIntEpilogueCuda* epilogue, void* out,
+                                                  cudaStream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -63,7 +63,29 @@ def pack_weight(w: torch.Tensor, *, groups: int = 1, w_packed: bool = False, k: 
     return PackedWeight(panels, colsum, w2.shape[0], int(k), groups)
 
 
+# id(weight) -> (weakref to it, its version, {key: packed form})
 _cache: dict = {}
+
+
+def cached_for_tensor(w: torch.Tensor, key: tuple, make: Callable[[], object]):
+    """``make()`` (a packed form of ``w``), reused while ``w`` is alive and unchanged: same
+    object, version counter, data pointer, shape, strides, dtype and device (see the module
+    doc). ``key`` names the packed form, so one weight can hold several (the cuda backend uses
+    this too)."""
+    try:
+        version = w._version
+    except RuntimeError:  # inference tensors track no version: nothing proves them unchanged
+        return make()
+    key = key + (tuple(w.shape), tuple(w.stride()), w.dtype, w.device, w.data_ptr())
+    ident = id(w)
+    entry = _cache.get(ident)
+    if entry is None or entry[0]() is not w or entry[1] != version:
+        entry = (weakref.ref(w, lambda _r, i=ident: _cache.pop(i, None)), version, {})
+        _cache[ident] = entry
+    packs = entry[2]
+    if key not in packs:
+        packs[key] = make()
+    return packs[key]
 
 
 def cached_pack(w: torch.Tensor, *, groups: int = 1, w_packed: bool = False, k: Optional[int] = None,
@@ -71,26 +93,14 @@ def cached_pack(w: torch.Tensor, *, groups: int = 1, w_packed: bool = False, k: 
     """:func:`pack_weight` of ``w`` (of ``w.t()`` when ``transposed``), reused while ``w`` is
     unchanged (see the module doc)."""
     src = w.t() if transposed else w
-    try:
-        version = w._version
-    except RuntimeError:  # inference tensors track no version: nothing proves them unchanged
-        return pack_weight(src, groups=groups, w_packed=w_packed, k=k)
-    key = (groups, bool(w_packed), k, transposed, tuple(w.shape), tuple(w.stride()), w.dtype, w.data_ptr())
-    ident = id(w)
-    entry = _cache.get(ident)
-    if entry is not None:
-        ref, ver, ekey, packed = entry
-        if ref() is w and ver == version and ekey == key:
-            return packed
-    packed = pack_weight(src, groups=groups, w_packed=w_packed, k=k)
-    _cache[ident] = (weakref.ref(w, lambda _r, i=ident: _cache.pop(i, None)), version, key, packed)
-    return packed
+    return cached_for_tensor(w, ("cpu_panels", groups, bool(w_packed), k, transposed),
+                             lambda: pack_weight(src, groups=groups, w_packed=w_packed, k=k))
 
 
-def _f32_vector(v) -> torch.Tensor:
+def _f32_vector(v, device=None) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v.detach().to(torch.float32).reshape(-1).contiguous()
-    return torch.tensor([float(v)], dtype=torch.float32)
+    return torch.tensor([float(v)], dtype=torch.float32, device=device)
 
 
 def _f32_scalar(name: str, v) -> float:
@@ -100,8 +110,9 @@ def _f32_scalar(name: str, v) -> float:
     return float(t[0])
 
 
-def epilogue_args(ep: Optional[Epilogue]) -> tuple:
-    """The 14 epilogue arguments of the ``_C.int_*_cpu`` functions (see csrc/binding.cpp)."""
+def epilogue_args(ep: Optional[Epilogue], device: Optional[torch.device] = None) -> tuple:
+    """The 14 epilogue arguments of the ``_C.int_*`` functions (see csrc/binding.cpp); scales
+    given as python numbers become tensors on ``device`` (the CPU by default)."""
     if ep is None:
         return (0, 0, None, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
     ep.validate()
@@ -109,7 +120,7 @@ def epilogue_args(ep: Optional[Epilogue]) -> tuple:
     if ep.has_weight_zero_point():
         zw = ep.weight_zero_point
         wzp = (zw.detach().to(torch.int32).reshape(-1).contiguous() if isinstance(zw, torch.Tensor)
-               else torch.tensor([zw], dtype=torch.int32))
+               else torch.tensor([zw], dtype=torch.int32, device=device))
     if ep.integer_output:
         return (0, ep.act_zero_point, wzp, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
     bias = None if ep.bias is None else ep.bias.detach().to(torch.float32).reshape(-1).contiguous()
@@ -120,8 +131,8 @@ def epilogue_args(ep: Optional[Epilogue]) -> tuple:
     if ep.out_dtype in QUANT_OUT_DTYPES:
         out_scale = _f32_scalar("out_scale", ep.out_scale)
         qmin, qmax = ep.quant_range()
-    return (_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale),
-            _f32_vector(ep.act_scale), bias, ep.residual, res_scale, ep.residual_zero_point,
+    return (_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale, device),
+            _f32_vector(ep.act_scale, device), bias, ep.residual, res_scale, ep.residual_zero_point,
             _ACTIVATION[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
 
 

@@ -13,3 +13,7 @@ if _C is not None and hasattr(_C, "pack_int4_cuda"):
     @register("unpack_int4", "cuda", cuda_preference=("cuda",))
     def _unpack_int4(packed, k, signed):
         return _C.unpack_int4_cuda(packed, k, signed)
+
+
+# Integer conv kernels (depthwise dp4a): registered by their own module.
+from . import cuda_int  # noqa: E402,F401
