@@ -47,7 +47,9 @@ def add_parser(subparsers) -> None:
                    help="on CUDA, replay a captured CUDA graph at batch sizes <= N (default 0: off)")
     p.add_argument("--out", default="runs/bench", help="output folder for bench.json and bench.png (default runs/bench)")
     common.add_device_args(p)
-    common.add_data_args(p)
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the Fashion-MNIST idx(.gz) files for calibration (default: $ZSQ_FMNIST_DIR, "
+                        "then the Debian package dataset-fashion-mnist)")
     p.set_defaults(run=run)
 
 
