@@ -8,6 +8,12 @@ call by :mod:`.dispatch`: Triton for CUDA tensors, the C++ extension for CPU ten
 pure-PyTorch reference otherwise. The reference primitives live in :mod:`.reference` and every
 kernel is tested against them.
 
+Eager calls do not go through the custom-op machinery: the public names at the bottom of this
+file run an ``autograd.Function`` over the same implementation and backward formula (see
+:func:`_with_eager_path`; about 40 us less host time per call and direction), and switch to the
+custom op while torch.compile traces. tests/test_ops_library.py checks the two paths agree bit
+for bit.
+
 Primitive names (registered with :func:`.dispatch.register`):
 ``fq_forward``, ``fq_backward``, ``lsq_backward``, ``qdrop_fq_forward``, ``qdrop_fq_backward``,
 ``qdrop_lsq_backward``, ``adaround_forward``, ``adaround_backward``, ``adaround_reg_forward``,
@@ -54,13 +60,66 @@ def _reduce_like(grad: Tensor, like: Tensor) -> Tensor:
     return grad.to(like.dtype).reshape(like.shape)
 
 
+# Every op's plain implementation by its custom op: the eager path below calls these directly.
+_IMPL = {}
+
+
+def _custom_op(name: str, impl):
+    """Register ``impl`` as the custom op ``zsq::name`` (schema from its annotations)."""
+    op = torch.library.custom_op(f"zsq::{name}", mutates_args=())(impl)
+    _IMPL[op] = impl
+    return op
+
+
+def _call(ctx, op):
+    """What a backward formula calls for ``op``: the plain implementation on the eager path (no
+    dispatcher round trip), the custom op itself while torch.compile traces the backward."""
+    return _IMPL[op] if getattr(ctx, "eager", False) else op
+
+
+def _with_eager_path(op, setup, backward):
+    """The public callable of a differentiable custom op.
+
+    Under torch.compile it is the custom op (traced without a graph break, its registered
+    autograd formula in the graph). In eager mode it is an ``autograd.Function`` running the
+    same implementation, ``setup`` and ``backward`` directly: the custom-op machinery (schema
+    parsing, dispatcher, its own autograd wrapper) costs tens of microseconds per call, more
+    than the kernel itself on small tensors and enough to make a GPU training step host-bound.
+    Both paths run the same primitives, so their results are identical."""
+    impl = _IMPL[op]
+
+    class EagerPath(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = impl(*inputs)
+            ctx.eager = True
+            setup(ctx, inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    EagerPath.__name__ = EagerPath.__qualname__ = impl.__name__.strip("_").replace("_impl", "_eager")
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return EagerPath.apply(*args)
+
+    op.register_autograd(backward, setup_context=setup)
+    return call
+
+
 # ---------------------------------------------------------------- fake_quant (straight-through)
 
-@torch.library.custom_op("zsq::fake_quant", mutates_args=())
-def _fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+def _fake_quant_impl(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                 axis: Optional[int]) -> Tensor:
     fn = dispatch("fq_forward", x.device)
     return fn(x.contiguous(), _param(scale), _zp(zero_point, quant_min, quant_max, False), quant_min, quant_max, axis)
+
+
+_fake_quant = _custom_op("fake_quant", _fake_quant_impl)
 
 
 @_fake_quant.register_fake
@@ -68,12 +127,14 @@ def _(x, scale, zero_point, quant_min, quant_max, axis):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("zsq::fake_quant_backward", mutates_args=())
-def _fake_quant_backward(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+def _fake_quant_backward_impl(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                          quant_max: int, axis: Optional[int]) -> Tensor:
     fn = dispatch("fq_backward", x.device)
     return fn(dy.contiguous(), x.contiguous(), _param(scale), _zp(zero_point, quant_min, quant_max, False),
               quant_min, quant_max, axis)
+
+
+_fake_quant_backward = _custom_op("fake_quant_backward", _fake_quant_backward_impl)
 
 
 @_fake_quant_backward.register_fake
@@ -89,19 +150,21 @@ def _fq_setup(ctx, inputs, output):
 
 def _fq_backward(ctx, dy):
     x, scale, zero_point = ctx.saved_tensors
-    return _fake_quant_backward(dy, x, scale, zero_point, *ctx.args), None, None, None, None, None
+    return _call(ctx, _fake_quant_backward)(dy, x, scale, zero_point, *ctx.args), None, None, None, None, None
 
 
-_fake_quant.register_autograd(_fq_backward, setup_context=_fq_setup)
+_fake_quant_public = _with_eager_path(_fake_quant, _fq_setup, _fq_backward)
 
 
 # ---------------------------------------------------------------- lsq_fake_quant (learnable)
 
-@torch.library.custom_op("zsq::lsq_fake_quant", mutates_args=())
-def _lsq_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+def _lsq_fake_quant_impl(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                     axis: Optional[int], grad_factor: float) -> Tensor:
     fn = dispatch("fq_forward", x.device)
     return fn(x.contiguous(), _param(scale), _zp(zero_point, quant_min, quant_max, True), quant_min, quant_max, axis)
+
+
+_lsq_fake_quant = _custom_op("lsq_fake_quant", _lsq_fake_quant_impl)
 
 
 @_lsq_fake_quant.register_fake
@@ -109,14 +172,16 @@ def _(x, scale, zero_point, quant_min, quant_max, axis, grad_factor):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("zsq::lsq_fake_quant_backward", mutates_args=())
-def _lsq_fake_quant_backward(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+def _lsq_fake_quant_backward_impl(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                              quant_max: int, axis: Optional[int], grad_factor: float
                              ) -> Tuple[Tensor, Tensor, Tensor]:
     fn = dispatch("lsq_backward", x.device)
     dx, dscale, dzp = fn(dy.contiguous(), x.contiguous(), _param(scale), _zp(zero_point, quant_min, quant_max, True),
                          quant_min, quant_max, axis, grad_factor)
     return dx, _reduce_like(dscale, scale), _reduce_like(dzp, zero_point)
+
+
+_lsq_fake_quant_backward = _custom_op("lsq_fake_quant_backward", _lsq_fake_quant_backward_impl)
 
 
 @_lsq_fake_quant_backward.register_fake
@@ -137,18 +202,17 @@ def _lsq_backward(ctx, dy):
     if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         # frozen quantization parameters: the cheaper straight-through kernel is enough
         zp = _ref_fq.rounded_zero_point(zero_point, qmin, qmax, clamp=True)
-        return _fake_quant_backward(dy, x, scale, zp, qmin, qmax, axis), None, None, None, None, None, None
-    dx, dscale, dzp = _lsq_fake_quant_backward(dy, x, scale, zero_point, qmin, qmax, axis, gf)
+        return _call(ctx, _fake_quant_backward)(dy, x, scale, zp, qmin, qmax, axis), None, None, None, None, None, None
+    dx, dscale, dzp = _call(ctx, _lsq_fake_quant_backward)(dy, x, scale, zero_point, qmin, qmax, axis, gf)
     return dx, dscale, dzp if ctx.needs_input_grad[2] else None, None, None, None, None
 
 
-_lsq_fake_quant.register_autograd(_lsq_backward, setup_context=_lsq_setup)
+_lsq_fake_quant_public = _with_eager_path(_lsq_fake_quant, _lsq_setup, _lsq_backward)
 
 
 # ---------------------------------------------------------------- QDrop fused into fake-quant
 
-@torch.library.custom_op("zsq::qdrop_fake_quant", mutates_args=())
-def _qdrop_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+def _qdrop_fake_quant_impl(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                       axis: Optional[int], p: float, seed: int, offset: int, learnable: bool,
                       grad_factor: float) -> Tensor:
     fn = dispatch("qdrop_fq_forward", x.device)
@@ -156,13 +220,15 @@ def _qdrop_fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: i
               axis, p, seed, offset)
 
 
+_qdrop_fake_quant = _custom_op("qdrop_fake_quant", _qdrop_fake_quant_impl)
+
+
 @_qdrop_fake_quant.register_fake
 def _(x, scale, zero_point, quant_min, quant_max, axis, p, seed, offset, learnable, grad_factor):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("zsq::qdrop_fake_quant_backward", mutates_args=())
-def _qdrop_fake_quant_backward(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+def _qdrop_fake_quant_backward_impl(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                                quant_max: int, axis: Optional[int], p: float, seed: int, offset: int,
                                learnable: bool) -> Tensor:
     fn = dispatch("qdrop_fq_backward", x.device)
@@ -170,19 +236,24 @@ def _qdrop_fake_quant_backward(dy: Tensor, x: Tensor, scale: Tensor, zero_point:
               quant_min, quant_max, axis, p, seed, offset)
 
 
+_qdrop_fake_quant_backward = _custom_op("qdrop_fake_quant_backward", _qdrop_fake_quant_backward_impl)
+
+
 @_qdrop_fake_quant_backward.register_fake
 def _(dy, x, scale, zero_point, quant_min, quant_max, axis, p, seed, offset, learnable):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("zsq::qdrop_lsq_fake_quant_backward", mutates_args=())
-def _qdrop_lsq_backward_op(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+def _qdrop_lsq_backward_op_impl(dy: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                            quant_max: int, axis: Optional[int], grad_factor: float, p: float, seed: int,
                            offset: int) -> Tuple[Tensor, Tensor, Tensor]:
     fn = dispatch("qdrop_lsq_backward", x.device)
     dx, dscale, dzp = fn(dy.contiguous(), x.contiguous(), _param(scale), _zp(zero_point, quant_min, quant_max, True),
                          quant_min, quant_max, axis, grad_factor, p, seed, offset)
     return dx, _reduce_like(dscale, scale), _reduce_like(dzp, zero_point)
+
+
+_qdrop_lsq_backward_op = _custom_op("qdrop_lsq_fake_quant_backward", _qdrop_lsq_backward_op_impl)
 
 
 @_qdrop_lsq_backward_op.register_fake
@@ -202,23 +273,25 @@ def _qdrop_backward(ctx, dy):
     qmin, qmax, axis, p, seed, offset, learnable, gf = ctx.args
     none8 = (None,) * 8
     if not learnable or not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-        dx = _qdrop_fake_quant_backward(dy, x, scale, zero_point, qmin, qmax, axis, p, seed, offset, learnable)
+        dx = _call(ctx, _qdrop_fake_quant_backward)(dy, x, scale, zero_point, qmin, qmax, axis, p, seed, offset, learnable)
         return (dx, None, None) + none8
-    dx, dscale, dzp = _qdrop_lsq_backward_op(dy, x, scale, zero_point, qmin, qmax, axis, gf, p, seed, offset)
+    dx, dscale, dzp = _call(ctx, _qdrop_lsq_backward_op)(dy, x, scale, zero_point, qmin, qmax, axis, gf, p, seed, offset)
     return (dx, dscale, dzp if ctx.needs_input_grad[2] else None) + none8
 
 
-_qdrop_fake_quant.register_autograd(_qdrop_backward, setup_context=_qdrop_setup)
+_qdrop_fake_quant_public = _with_eager_path(_qdrop_fake_quant, _qdrop_setup, _qdrop_backward)
 
 
 # ---------------------------------------------------------------- AdaRound
 
-@torch.library.custom_op("zsq::adaround_fake_quant", mutates_args=())
-def _adaround(w_floor: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+def _adaround_impl(w_floor: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
               axis: Optional[int], hard: bool) -> Tensor:
     fn = dispatch("adaround_forward", w_floor.device)
     return fn(w_floor.contiguous(), alpha.contiguous(), _param(scale), _param(zero_point), quant_min, quant_max,
               axis, hard)
+
+
+_adaround = _custom_op("adaround_fake_quant", _adaround_impl)
 
 
 @_adaround.register_fake
@@ -226,13 +299,15 @@ def _(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis, hard):
     return torch.empty_like(w_floor, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("zsq::adaround_fake_quant_backward", mutates_args=())
-def _adaround_backward_op(dy: Tensor, w_floor: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor,
+def _adaround_backward_op_impl(dy: Tensor, w_floor: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor,
                           quant_min: int, quant_max: int, axis: Optional[int]) -> Tuple[Tensor, Tensor]:
     fn = dispatch("adaround_backward", w_floor.device)
     dalpha, dscale = fn(dy.contiguous(), w_floor.contiguous(), alpha.contiguous(), _param(scale), _param(zero_point),
                         quant_min, quant_max, axis)
     return dalpha.to(alpha.dtype), _reduce_like(dscale, scale)
+
+
+_adaround_backward_op = _custom_op("adaround_fake_quant_backward", _adaround_backward_op_impl)
 
 
 @_adaround_backward_op.register_fake
@@ -258,16 +333,18 @@ def _adaround_backward(ctx, dy):
             view[axis] = -1
         dscale = (dy.float() * w_hard.float() / scale.float().reshape(view)).sum(dims)
         return (None, None, _reduce_like(dscale, scale), None) + (None,) * 4
-    dalpha, dscale = _adaround_backward_op(dy, w_floor, alpha, scale, zero_point, qmin, qmax, axis)
+    dalpha, dscale = _call(ctx, _adaround_backward_op)(dy, w_floor, alpha, scale, zero_point, qmin, qmax, axis)
     return (None, dalpha, dscale) + none5
 
 
-_adaround.register_autograd(_adaround_backward, setup_context=_adaround_setup)
+_adaround_public = _with_eager_path(_adaround, _adaround_setup, _adaround_backward)
 
 
-@torch.library.custom_op("zsq::adaround_regularizer", mutates_args=())
-def _adaround_reg(alpha: Tensor, beta: float) -> Tensor:
+def _adaround_reg_impl(alpha: Tensor, beta: float) -> Tensor:
     return dispatch("adaround_reg_forward", alpha.device)(alpha.contiguous(), beta)
+
+
+_adaround_reg = _custom_op("adaround_regularizer", _adaround_reg_impl)
 
 
 @_adaround_reg.register_fake
@@ -275,10 +352,12 @@ def _(alpha, beta):
     return alpha.new_empty((), dtype=torch.float32)
 
 
-@torch.library.custom_op("zsq::adaround_regularizer_backward", mutates_args=())
-def _adaround_reg_backward_op(grad_out: Tensor, alpha: Tensor, beta: float) -> Tensor:
+def _adaround_reg_backward_op_impl(grad_out: Tensor, alpha: Tensor, beta: float) -> Tensor:
     fn = dispatch("adaround_reg_backward", alpha.device)
     return fn(grad_out.float().contiguous(), alpha.contiguous(), beta).to(alpha.dtype)
+
+
+_adaround_reg_backward_op = _custom_op("adaround_regularizer_backward", _adaround_reg_backward_op_impl)
 
 
 @_adaround_reg_backward_op.register_fake
@@ -293,20 +372,22 @@ def _reg_setup(ctx, inputs, output):
 
 def _reg_backward(ctx, grad_out):
     (alpha,) = ctx.saved_tensors
-    return _adaround_reg_backward_op(grad_out, alpha, ctx.beta), None
+    return _call(ctx, _adaround_reg_backward_op)(grad_out, alpha, ctx.beta), None
 
 
-_adaround_reg.register_autograd(_reg_backward, setup_context=_reg_setup)
+_adaround_reg_public = _with_eager_path(_adaround_reg, _reg_setup, _reg_backward)
 
 
 # ---------------------------------------------------------------- scale search (no gradient)
 
-@torch.library.custom_op("zsq::scale_search", mutates_args=())
-def _scale_search(x: Tensor, quant_min: int, quant_max: int, axis: Optional[int], num_candidates: int, p: float,
+def _scale_search_impl(x: Tensor, quant_min: int, quant_max: int, axis: Optional[int], num_candidates: int, p: float,
                   symmetric: bool) -> Tuple[Tensor, Tensor]:
     fn = dispatch("scale_search", x.device)
     scale, zp = fn(x.detach().contiguous(), quant_min, quant_max, axis, num_candidates, p, symmetric)
     return scale.float().contiguous(), zp.float().contiguous()
+
+
+_scale_search = _custom_op("scale_search", _scale_search_impl)
 
 
 @_scale_search.register_fake
@@ -315,9 +396,9 @@ def _(x, quant_min, quant_max, axis, num_candidates, p, symmetric):
     return x.new_empty((channels,), dtype=torch.float32), x.new_empty((channels,), dtype=torch.float32)
 
 
-fake_quant = _fake_quant
-lsq_fake_quant = _lsq_fake_quant
-qdrop_fake_quant = _qdrop_fake_quant
-adaround_fake_quant = _adaround
-adaround_regularizer = _adaround_reg
+fake_quant = _fake_quant_public
+lsq_fake_quant = _lsq_fake_quant_public
+qdrop_fake_quant = _qdrop_fake_quant_public
+adaround_fake_quant = _adaround_public
+adaround_regularizer = _adaround_reg_public
 scale_search = _scale_search
