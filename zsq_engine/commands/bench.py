@@ -16,8 +16,10 @@ _EPILOG = """contenders (zsq_engine.runtime.latency):
   zsq int            the integer model (from --int-model, or converted here from the fake-quant model)
   torch.ao int8      torch.ao FX prepare/convert with the x86 qconfig mapping, calibrated on the same
                      images (CPU only; --no-torch-ao skips it)
-timing: median of --repeats calls after --warmup (CPU wall clock, CUDA events); each input is
-prepared (dtype, layout) outside the timed call; the integer model is fed fp32 NCHW images.
+timing: per batch size the contenders run round-robin (one call each per round, so a change in
+machine load hits all alike), median of --repeats rounds after --warmup calls (CPU wall clock,
+CUDA events); all get the same images, prepared (dtype, layout) outside the timed call; the
+integer model is fed fp32 NCHW images.
 --cuda-graph N captures every CUDA contender at batch sizes <= N in a CUDA graph.
 Writes <out>/bench.json (rows + settings) and <out>/bench.png (throughput per batch size).
 examples:

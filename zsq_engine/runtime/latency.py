@@ -11,9 +11,9 @@ Used by ``zsq bench``, ``zsq demo`` and ``benchmarks/runtime.py``. The forms ("c
   ``prepare_fx`` / ``convert_fx`` with the ``x86`` qconfig mapping, calibrated on the same
   images), CPU only.
 
-Each contender's input is prepared once, outside the timed call. Timing: CPU median wall time
-of ``repeats`` calls after ``warmup``; CUDA median of CUDA-event timings (``benchmarks/``
-passes its own harness timer instead). With ``cuda_graph_max_batch`` every CUDA contender at
+Each contender's input is prepared once, outside the timed call, from the same images. Timing:
+the contenders of one batch size round-robin, one call each per round, median of ``repeats``
+rounds (CPU wall clock; CUDA events); ``benchmarks/`` passes its own harness timer instead. With ``cuda_graph_max_batch`` every CUDA contender at
 batch sizes up to it is captured in a CUDA graph and replayed (one launch per forward).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 
 from ..evaluation import progress
 
-__all__ = ["Contender", "torch_ao_x86_int8", "make_contenders", "time_call", "measure", "plot_throughput",
+__all__ = ["Contender", "torch_ao_x86_int8", "make_contenders", "measure", "plot_throughput",
            "device_name"]
 
 
@@ -144,31 +144,6 @@ def _int_precision(im) -> str:
     return f"W{w.most_common(1)[0][0]}A{a.most_common(1)[0][0]}"
 
 
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median seconds per call (CPU wall clock; CUDA events, synchronised)."""
-    if device.type == "cuda":
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize(device)
-        samples = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(samples)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def _graphed(fn: Callable, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Capture ``fn(x)`` in a CUDA graph; the returned thunk replays it on the same input."""
     stream = torch.cuda.Stream(device=x.device)
@@ -183,23 +158,60 @@ def _graphed(fn: Callable, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     return graph.replay
 
 
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _interleaved(thunks: Sequence[Callable], device: torch.device, warmup: int, repeats: int) -> List[float]:
+    """Median seconds per call of each thunk, timed round-robin (one call of each per round), so a
+    change in machine load affects every contender alike and the ratios stay meaningful on a
+    shared machine."""
+    for fn in thunks:
+        for _ in range(warmup):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    samples: List[List[float]] = [[] for _ in thunks]
+    for _ in range(repeats):
+        for i, fn in enumerate(thunks):
+            samples[i].append(_time_once(fn, device))
+    return [statistics.median(s) for s in samples]
+
+
 def measure(contenders: Sequence[Contender], input_shape: Sequence[int], batch_sizes: Sequence[int], device, *,
             warmup: int = 3, repeats: int = 10, cuda_graph_max_batch: int = 0, seed: int = 0,
             timer: Optional[Callable] = None, show_progress: bool = True, extra: Optional[dict] = None) -> List[dict]:
     """One row per (contender, batch size): ``impl, precision, batch, ms, images_per_s,
-    cuda_graph, speedup_vs_fp32, speedup_vs_torch_ao`` (+ ``extra``). ``timer(thunk, device)`` ->
-    seconds replaces :func:`time_call` (the benchmarks pass their harness timer)."""
+    cuda_graph, speedup_vs_fp32, speedup_vs_torch_ao`` (+ ``extra``). Every contender gets the
+    same images. Without ``timer`` the contenders of one batch size are timed round-robin
+    (median of ``repeats`` rounds after ``warmup`` calls each); ``timer(thunk, device) ->
+    seconds`` times each contender on its own instead (the benchmarks pass their harness timer)."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     rows: List[dict] = []
-    cases = [(b, c) for b in batch_sizes for c in contenders]
-    for b, c in progress(cases, total=len(cases), desc="latency", enabled=show_progress):
-        x = c.prepare(torch.randn(b, *input_shape, generator=g))
+    for b in progress(list(batch_sizes), total=len(batch_sizes), desc="latency", enabled=show_progress):
+        images = torch.randn(b, *input_shape, generator=g)
         graph = device.type == "cuda" and b <= cuda_graph_max_batch
-        thunk = _graphed(c.fn, x) if graph else (lambda c=c, x=x: c.fn(x))
-        seconds = timer(thunk, device) if timer is not None else time_call(thunk, device, warmup, repeats)
-        rows.append({"impl": c.name, "precision": c.precision, "batch": b, "ms": seconds * 1e3,
-                     "images_per_s": b / seconds, "cuda_graph": graph, **(extra or {})})
+        thunks = []
+        for c in contenders:
+            x = c.prepare(images)
+            thunks.append(_graphed(c.fn, x) if graph else (lambda c=c, x=x: c.fn(x)))
+        if timer is not None:
+            seconds = [timer(t, device) for t in thunks]
+        else:
+            seconds = _interleaved(thunks, device, warmup, repeats)
+        for c, sec in zip(contenders, seconds):
+            rows.append({"impl": c.name, "precision": c.precision, "batch": b, "ms": sec * 1e3,
+                         "images_per_s": b / sec, "cuda_graph": graph, **(extra or {})})
     for b in batch_sizes:
         same = [r for r in rows if r["batch"] == b]
         base = {r["impl"]: r["ms"] for r in same}
