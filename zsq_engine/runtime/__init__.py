@@ -6,9 +6,11 @@
     save(int_model, "int.pt"); int_model = load("int.pt")
 
 Modules: :mod:`.graph` (trace into supported operations), :mod:`.convert` (fusion and lowering),
-:mod:`.modules` (``IntConv2d`` / ``IntLinear``), :mod:`.model` (``IntModel``: the program and its
-execution, CUDA-graph capture), :mod:`.qparams` (grids and integer weights read from the
-fake-quant layers), :mod:`.quantize`, :mod:`.io` (files). Details: ``docs/runtime.md``.
+:mod:`.modules` (``IntConv2d`` / ``IntLinear``), :mod:`.cpu_launch` (their pre-packed C++ CPU
+calls), :mod:`.model` (``IntModel``: the program and its execution, CUDA-graph capture),
+:mod:`.qparams` (grids and integer weights read from the fake-quant layers), :mod:`.quantize`,
+:mod:`.io` (files), :mod:`.agreement` (integer vs fake-quant on labelled data), :mod:`.latency`
+(FP32 / FP16 / BF16 / integer / torch.ao timing for ``zsq bench``). Details: ``docs/runtime.md``.
 """
 from .convert import convert
 from .graph import SUPPORTED, UnsupportedLayerError
