@@ -7,22 +7,15 @@ runtime_helpers.compare). The full 10,000-image numbers are measured with
 `zsq convert --check` and recorded in docs/runtime.md. Also: the pre-packed CPU launch gives
 exactly what the public op gives, and it is bypassed when another backend is forced.
 """
-from pathlib import Path
-
 import pytest
 import torch
 
-from runtime_helpers import compare
-from zsq_engine.data import fashion_mnist as fm
+from runtime_helpers import compare, needs_fmnist
 from zsq_engine.models import get_model
 from zsq_engine.ops import use_backend
 from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime import IntConv2d, convert
 from zsq_engine.runtime.agreement import agreement
-
-HAVE_FMNIST = all((Path(fm.FMNIST_SYSTEM_DIR) / f"{p}-{k}-ubyte.gz").is_file()
-                  for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
 
 N_TEST = 1000
 
