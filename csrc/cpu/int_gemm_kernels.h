@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/int_gemm.h"
 
@@ -64,6 +65,27 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
 // dst[i] = src[i] ^ flip (flip 0x80 turns int8 into the u8 domain a + 128), and sum_i p[i].
 void copy_flip_bytes(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst);
 int32_t byte_sum(const uint8_t* p, int64_t n);
+
+// copy_flip_bytes for the short runs of the conv gather, inline: a call through the
+// multi-versioned function costs more than flipping a few dozen bytes 8 at a time.
+inline void copy_flip(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst) {
+  if (flip == 0) {
+    std::memcpy(dst, src, static_cast<size_t>(n));
+    return;
+  }
+  if (n >= 256) {
+    copy_flip_bytes(src, n, flip, dst);
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    std::memcpy(&v, src + i, 8);
+    v ^= 0x8080808080808080ull;
+    std::memcpy(dst + i, &v, 8);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80);
+}
 
 // off of the activation domain (int8 / int4 activations are shifted by 128).
 inline int32_t act_offset(ActKind act) {
