@@ -34,7 +34,7 @@ from .generators import GDFQGenerator, ZAQGenerator
 from .losses import kd_kl
 from .methods import METHOD_CLASSES
 from .sources import GeneratorSource, PoolSource
-from .student import act_quantizers, build_student, split_student_params
+from .student import act_quantizers, build_student, rescale_quant_lrs, student_param_groups
 
 __all__ = ["QATTrainer", "QATResult", "train_qat", "distillation_gap"]
 
@@ -131,16 +131,14 @@ class QATTrainer:
             images, labels = pool
             self.pool = (images.float().to(self.device), None if labels is None else labels.to(self.device))
 
-        weights, quant = split_student_params(self.student)
         self._factor = _lr_factor(self.cfg)
-        groups = [{"params": weights, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay},
-                  {"params": quant, "lr": self.cfg.lr_quant, "weight_decay": 0.0}]
+        groups = student_param_groups(self.student, self.cfg.lr, self.cfg.lr_quant, self.cfg.weight_decay)
         if self.cfg.optimizer == "sgd":
             self.student_opt = torch.optim.SGD(groups, momentum=self.cfg.momentum,
                                                nesterov=self.cfg.nesterov and self.cfg.momentum > 0)
         else:
             self.student_opt = torch.optim.Adam(groups)
-        self.student_sched = torch.optim.lr_scheduler.LambdaLR(self.student_opt, [self._factor, self._factor])
+        self.student_sched = torch.optim.lr_scheduler.LambdaLR(self.student_opt, [self._factor] * len(groups))
         self.generator_opt = self.generator_sched = None
         if self.generator is not None:
             self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.gen_lr,
@@ -272,23 +270,40 @@ class QATTrainer:
         t0 = time.perf_counter()
         if self.method_name == "hast" and self.pool is None:
             self._synthesise_pool()
-        if self.generator is not None and self.cfg.gen_warmup_iters > 0:
-            bar = progress(range(self.cfg.gen_warmup_iters), total=self.cfg.gen_warmup_iters,
-                           desc=f"{self.method_name} generator warm-up", enabled=self.show_progress)
-            total = torch.zeros((), device=self.device)
-            for it in bar:
-                total += self.generator_step()
-                if (it + 1) % self.cfg.log_every == 0 and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(gen_loss=f"{float(total) / (it + 1):.4g}", refresh=False)
-        src = self.source()
-        with torch.no_grad():
-            batches = [src.draw(self.cfg.batch_size)[0] for _ in range(self.cfg.calib_batches)]
-        calibrate_activations(self.student, batches, progress=False, method=self.cfg.act_calibration)
+        # GDFQ's warm-up needs only the teacher and should shape the calibration data; ZAQ's
+        # generator plays against the student, which must be calibrated before it can run.
+        if self.method.generator_needs_student:
+            self._calibrate()
+            self._warm_up_generator()
+        else:
+            self._warm_up_generator()
+            self._calibrate()
         self.prepared = True
         self.prepare_seconds += time.perf_counter() - t0
         if on_prepared is not None:
             on_prepared(self)
         self.save()
+
+    def _warm_up_generator(self) -> None:
+        if self.generator is None or self.cfg.gen_warmup_iters == 0:
+            return
+        bar = progress(range(self.cfg.gen_warmup_iters), total=self.cfg.gen_warmup_iters,
+                       desc=f"{self.method_name} generator warm-up", enabled=self.show_progress)
+        total = torch.zeros((), device=self.device)
+        for it in bar:
+            total += self.generator_step()
+            if (it + 1) % self.cfg.log_every == 0 and hasattr(bar, "set_postfix"):
+                bar.set_postfix(gen_loss=f"{float(total) / (it + 1):.4g}", refresh=False)
+        if hasattr(bar, "close"):
+            bar.close()
+
+    def _calibrate(self) -> None:
+        src = self.source()
+        with torch.no_grad():
+            batches = [src.draw(self.cfg.batch_size)[0] for _ in range(self.cfg.calib_batches)]
+        calibrate_activations(self.student, batches, progress=False, method=self.cfg.act_calibration)
+        # scale lrs are relative to the calibrated ranges (student.student_param_groups)
+        rescale_quant_lrs(self.student_opt, self.cfg.lr_quant, self.student_sched)
 
     def train_epoch(self) -> dict:
         """One epoch of ``iters_per_epoch`` student steps (+ generator steps); returns its log row."""

@@ -34,6 +34,7 @@ class QATMethod:
     name = ""
     uses_generator = True
     conditional = False
+    generator_needs_student = False  # the generator objective runs the student (adversarial)
 
     def __init__(self, cfg: QATConfig, teacher: nn.Module, student: nn.Module,
                  feature_layers: Optional[List[str]] = None) -> None:
@@ -86,6 +87,7 @@ class ZAQMethod(QATMethod):
     the student minimises D, the generator maximises ``D + beta * mean|teacher last stage|``."""
 
     name = "zaq"
+    generator_needs_student = True
 
     def __init__(self, cfg, teacher, student, feature_layers=None) -> None:
         super().__init__(cfg, teacher, student, feature_layers)
