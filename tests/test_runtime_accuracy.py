@@ -104,6 +104,9 @@ def test_cpu_launch_equals_public_op_and_yields_to_forced_backends():
     for m in launched:
         m._launch = None  # now the public op with the cpu backend: the same kernel, the same numbers
     assert torch.equal(im(x), fast)
+    with use_backend("reference"):
+        im_ref = convert(q)  # converted while another backend is forced: the launch is still built
+    assert sum(m._launch is not None for m in im_ref.layers.values()) == len(launched)
 
 
 def test_moving_the_model_re_derives_the_launch():

@@ -54,8 +54,12 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
     """A function ``launch(x, residual=None) -> out`` running one conv (``kind='conv'``: ``x``
     NHWC codes, ``w`` int8 OHWI) or linear (``kind='linear'``: ``x`` [M, K] codes, ``w`` int8
     [N, K] or packed int4 with ``w_packed``) with the weight packed now; None when the C++
-    kernels are not built. ``residual`` is the NHWC / [M, N] tensor the epilogue adds."""
-    if w.device.type != "cpu" or not cpu_kernels_selected("qconv2d_nhwc" if kind == "conv" else "qgemm"):
+    kernels are not built. ``residual`` is the NHWC / [M, N] tensor the epilogue adds. Callers
+    check :func:`cpu_kernels_selected` before each call."""
+    op = "qconv2d_nhwc" if kind == "conv" else "qgemm"
+    # built whenever the C++ kernels exist (whether they are used is decided per call, so a model
+    # converted inside use_backend("reference") still gets them afterwards)
+    if w.device.type != "cpu" or "cpu" not in _dispatch.implementations(op) or not _dispatch.backend_status("cpu")[0]:
         return None
     cpu_int = _cpu_int()
     C = cpu_int._C
