@@ -10,6 +10,8 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from ..synth.hooks import ModuleRecorder
+
 __all__ = ["FeatureTaps", "stage_names", "block_names"]
 
 
@@ -33,7 +35,7 @@ def block_names(model: nn.Module) -> List[str]:
     return [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
 
 
-class FeatureTaps:
+class FeatureTaps(ModuleRecorder):
     """``with FeatureTaps(model, names) as taps: model(x); feats = taps.features()``.
 
     ``features()`` returns the outputs of the named modules from the last forward, in the order
@@ -48,33 +50,13 @@ class FeatureTaps:
         missing = [n for n in names if n not in modules]
         if missing:
             raise ValueError(f"feature layers {missing} are not submodules of {type(model).__name__}")
-        self._modules = [modules[n] for n in names]
+        super().__init__(modules[n] for n in names)
         self.names = names
-        self._outputs: List[torch.Tensor] = [None] * len(names)  # type: ignore[list-item]
-        self._handles: list = []
-
-    def _hook(self, index: int):
-        def hook(_module, _args, out):
-            self._outputs[index] = out
-        return hook
-
-    def __enter__(self) -> "FeatureTaps":
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self._modules)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.clear()
-
-    def clear(self) -> None:
-        self._outputs = [None] * len(self.names)  # type: ignore[list-item]
 
     def features(self) -> List[torch.Tensor]:
-        missing = [n for n, o in zip(self.names, self._outputs) if o is None]
+        missing = [self.names[i] for i in self._missing()]
         if missing:
             raise RuntimeError(f"feature layers {missing} produced no output in the last forward")
-        out = list(self._outputs)
+        out = list(self._values)
         self.clear()  # the next forward must fill them again; drop graph references now
         return out

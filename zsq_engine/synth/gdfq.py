@@ -18,40 +18,44 @@ from .. import ops
 from .hooks import BNInputRecorder, frozen_teacher
 from .loop import BatchResult, IterationBar, measure_bn_loss
 
-__all__ = ["DEFAULTS", "GDFQGenerator", "train_generator", "sample", "synthesize_batch"]
+__all__ = ["DEFAULTS", "UpsamplingGenerator", "GDFQGenerator", "train_generator", "sample", "synthesize_batch"]
 
 DEFAULTS = {"iters": 4000, "latent_dim": 100, "lr": 1e-3, "betas": [0.5, 0.999], "bns_weight": 0.1,
             "train_batch_size": 64}
 
 
-class GDFQGenerator(nn.Module):
-    """(z [N, latent_dim], y [N] int64) -> images [N, C, H, W] in normalised input space.
+class UpsamplingGenerator(nn.Module):
+    """The DCGAN-style trunk of the GDFQ and ZAQ generators: ``decode(h [N, latent_dim])`` ->
+    images [N, C, H, W] in normalised input space.
 
-    label embedding * z -> Linear -> 128 x ceil(H/4) x ceil(W/4) -> BN -> up x2 -> conv3x3 128->128
-    -> BN(eps 0.8) -> LeakyReLU(0.2) -> up x2 -> conv3x3 128->64 -> BN(eps 0.8) -> LeakyReLU(0.2)
-    -> conv3x3 64->C -> tanh -> BN(C, affine=False). The eps of 0.8 is a quirk of the original
-    code (the positional argument of BatchNorm2d is eps, not momentum), kept for fidelity.
+    Linear -> 128 x ceil(H/4) x ceil(W/4) -> BN -> up x2 -> conv3x3 128->128 -> BN(hidden_eps)
+    -> LeakyReLU(0.2) -> up x2 -> conv3x3 128->64 -> BN(hidden_eps) -> LeakyReLU(0.2) ->
+    conv3x3 64->C -> tanh -> BN(C, affine=False) (matches the teacher's input statistics per
+    channel); resized to H x W when H or W is not a multiple of 4. With ``num_classes`` a label
+    embedding ``embed`` is created first (before ``fc``, so the parameter order and the random
+    initialisation are those of the original generators).
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int = 100) -> None:
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden_eps: float,
+                 num_classes: Optional[int] = None) -> None:
         super().__init__()
         c, h, w = input_shape
-        self.num_classes = num_classes
         self.latent_dim = latent_dim
         self.out_hw = (h, w)
         self.init_hw = (math.ceil(h / 4), math.ceil(w / 4))
-        self.embed = nn.Embedding(num_classes, latent_dim)
+        if num_classes is not None:
+            self.embed = nn.Embedding(num_classes, latent_dim)
         self.fc = nn.Linear(latent_dim, 128 * self.init_hw[0] * self.init_hw[1])
         self.bn0 = nn.BatchNorm2d(128)
         self.conv1 = nn.Conv2d(128, 128, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(128, eps=0.8)
+        self.bn1 = nn.BatchNorm2d(128, eps=hidden_eps)
         self.conv2 = nn.Conv2d(128, 64, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(64, eps=0.8)
+        self.bn2 = nn.BatchNorm2d(64, eps=hidden_eps)
         self.conv3 = nn.Conv2d(64, c, 3, padding=1)
         self.bn_out = nn.BatchNorm2d(c, affine=False)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = self.fc(self.embed(labels) * z).view(z.shape[0], 128, *self.init_hw)
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.fc(h).view(h.shape[0], 128, *self.init_hw)
         x = F.interpolate(self.bn0(x), scale_factor=2, mode="nearest")
         x = F.leaky_relu(self.bn1(self.conv1(x)), 0.2)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -60,6 +64,22 @@ class GDFQGenerator(nn.Module):
         if tuple(x.shape[-2:]) != self.out_hw:
             x = F.interpolate(x, size=self.out_hw, mode="bilinear", align_corners=False)
         return self.bn_out(x)
+
+
+class GDFQGenerator(UpsamplingGenerator):
+    """(z [N, latent_dim], y [N] int64) -> images [N, C, H, W] in normalised input space.
+
+    label embedding * z -> the :class:`UpsamplingGenerator` trunk with BN eps 0.8 in the two
+    hidden BN layers. The eps of 0.8 is a quirk of the original code (the positional argument of
+    BatchNorm2d is eps, not momentum), kept for fidelity.
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int = 100) -> None:
+        super().__init__(input_shape, latent_dim, hidden_eps=0.8, num_classes=num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.embed(labels) * z)
 
 
 def _generator_loss(teacher: nn.Module, rec: BNInputRecorder, images: torch.Tensor, labels: torch.Tensor,

@@ -2,6 +2,8 @@
 
 * :func:`frozen_teacher` puts the teacher in eval mode with ``requires_grad=False`` on all its
   parameters for the whole synthesis and restores both afterwards (even on error);
+* :class:`ModuleRecorder` keeps one tensor per watched module from the last forward (hooks that
+  exist only inside a ``with`` block); QAT's feature taps build on it too;
 * :class:`BNInputRecorder` hooks every BatchNorm1d/2d (forward *pre*-hooks, so it sees the BN
   input, not its output) and hands the recorded inputs and the layers' running statistics to
   :func:`zsq_engine.ops.bn_stat_loss` in the order it expects.
@@ -14,7 +16,7 @@ from typing import Iterator, List, Tuple
 import torch
 from torch import nn
 
-__all__ = ["frozen_teacher", "BNInputRecorder", "bn_layers"]
+__all__ = ["frozen_teacher", "ModuleRecorder", "BNInputRecorder", "bn_layers"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -47,7 +49,54 @@ def frozen_teacher(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-class BNInputRecorder:
+class ModuleRecorder:
+    """Base of the hook-based recorders: one tensor per watched module from the last forward.
+
+    Subclasses set ``pre_hook`` (record the module's input: forward *pre*-hook) or not (record
+    its output: forward hook) and may override :meth:`_keep` to reshape what they store. Used as
+    a context manager: the hooks exist only inside the ``with`` block, and leaving it drops the
+    recorded tensors (and the autograd graphs they keep alive).
+    """
+
+    pre_hook = False
+
+    def __init__(self, modules) -> None:
+        self._watched = list(modules)
+        self._values: List[torch.Tensor] = [None] * len(self._watched)  # type: ignore[list-item]
+        self._handles: list = []
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _hook_for(self, index: int):
+        if self.pre_hook:
+            def hook(_module, args):
+                self._values[index] = self._keep(args[0])
+        else:
+            def hook(_module, _args, out):
+                self._values[index] = self._keep(out)
+        return hook
+
+    def __enter__(self):
+        register = "register_forward_pre_hook" if self.pre_hook else "register_forward_hook"
+        self._handles = [getattr(m, register)(self._hook_for(i)) for i, m in enumerate(self._watched)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop the recorded tensors (and the graphs they keep alive)."""
+        self._values = [None] * len(self._watched)  # type: ignore[list-item]
+
+    def _missing(self) -> List[int]:
+        return [i for i, v in enumerate(self._values) if v is None]
+
+
+class BNInputRecorder(ModuleRecorder):
     """Context manager recording the input of every BN layer during forward passes.
 
     Usage::
@@ -61,38 +110,22 @@ class BNInputRecorder:
     buffers. A 3-D BatchNorm1d input ``[N, C, L]`` is passed on as ``[N, C, L, 1]``.
     """
 
+    pre_hook = True
+
     def __init__(self, model: nn.Module) -> None:
         self.layers = bn_layers(model)
         if not self.layers:
             raise ValueError("the model has no BatchNorm1d/2d layer with running statistics; "
                              "BN-statistics synthesis needs at least one")
-        self._inputs: List[torch.Tensor] = [None] * len(self.layers)  # type: ignore[list-item]
-        self._handles: list = []
+        super().__init__(self.layers)
 
-    def _hook_for(self, index: int):
-        def hook(_module, args):
-            x = args[0]
-            self._inputs[index] = x.unsqueeze(-1) if x.dim() == 3 else x
-        return hook
-
-    def __enter__(self) -> "BNInputRecorder":
-        self._handles = [layer.register_forward_pre_hook(self._hook_for(i)) for i, layer in enumerate(self.layers)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.clear()
-
-    def clear(self) -> None:
-        """Drop the recorded inputs (and the graphs they keep alive)."""
-        self._inputs = [None] * len(self.layers)  # type: ignore[list-item]
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-1) if x.dim() == 3 else x
 
     def loss_inputs(self) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-        missing = [i for i, a in enumerate(self._inputs) if a is None]
+        missing = self._missing()
         if missing:
             raise RuntimeError(f"BN layers {missing} saw no input in the last forward (was the model run "
                                "inside the recorder?)")
-        return (list(self._inputs), [layer.running_mean for layer in self.layers],
+        return (list(self._values), [layer.running_mean for layer in self.layers],
                 [layer.running_var for layer in self.layers])
