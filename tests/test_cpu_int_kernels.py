@@ -337,6 +337,30 @@ def test_requant_power_of_two_scales_bit_exact(isa):
     assert torch.equal(out, want)
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("out_dtype,zp", [(torch.int8, -3), (torch.uint8, 9)])
+@pytest.mark.parametrize("adtype", [torch.int8, torch.uint8])
+def test_requant_tile_path_bit_exact(isa, act, out_dtype, zp, adtype):
+    """The one-pass requantising epilogue (int8/uint8 out, no weight zero point, no residual):
+    per-row activation scales, per-channel weight scales, bias, every activation, a column
+    tail (N = 37), int8 activations (their +128 column correction) or uint8 with a zero point.
+    Power-of-two scales and bias on a 1/8 grid make every float step exact, so ties must round
+    half to even and the result must equal the reference bit for bit."""
+    m, n, k = 13, 37, 40
+    lo, hi, za = (-128, 127, 0) if adtype == torch.int8 else (0, 255, 77)
+    a, w = rand_int((m, k), lo, hi, adtype), rand_int((n, k), -128, 127, torch.int8)
+    sa = 2.0 ** -torch.randint(3, 7, (m,)).float()
+    sw = 2.0 ** -torch.randint(5, 9, (n,)).float()
+    bias = torch.randint(-40, 41, (n,)).float() / 8
+    ep = Epilogue(weight_scale=sw, act_scale=sa, act_zero_point=za, bias=bias, activation=act,
+                  out_dtype=out_dtype, out_scale=0.25, out_zero_point=zp)
+    out = run_cpu(ops.qgemm, a, w, ep)
+    v, _ = epilogue_expected(gemm_ref(a, w, za), m, n, sa=sa, sw=sw, bias=bias, act=act)
+    qmin, qmax = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+    want = (torch.round(v / 0.25) + zp).clamp(qmin, qmax).to(out_dtype)
+    assert torch.equal(out, want)
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.uint8])
 @pytest.mark.parametrize("residual", [False, True])
 def test_depthwise_epilogues(out_dtype, residual):

@@ -83,6 +83,39 @@ void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8
   }
 }
 
+void requant_tile_avx512(const int32_t* acc, int64_t ld, int rows, int64_t cols,
+                         const RequantTile& t) {
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  const __m512 so = _mm512_set1_ps(t.out_scale), zp = _mm512_set1_ps(t.out_zero_point);
+  const __m512 qmin = _mm512_set1_ps(t.quant_min), qmax = _mm512_set1_ps(t.quant_max);
+  const __m512i c0 = _mm512_set1_epi32(static_cast<int32_t>(t.col_correction));
+  for (int64_t j = 0; j < cols; j += 16) {
+    const int64_t left = cols - j;
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    // per-column terms, shared by the rows of the tile
+    __m512i corr = _mm512_setzero_si512();
+    if (t.colsum != nullptr) corr = _mm512_mullo_epi32(c0, _mm512_maskz_loadu_epi32(mask, t.colsum + j));
+    const __m512 sw = t.wscale_per_channel ? _mm512_maskz_loadu_ps(mask, t.weight_scale + j)
+                                           : _mm512_set1_ps(t.weight_scale[0]);
+    const __m512 bias = t.bias != nullptr ? _mm512_maskz_loadu_ps(mask, t.bias + j) : zero;
+    for (int r = 0; r < rows; ++r) {
+      const __m512i a = _mm512_maskz_loadu_epi32(mask, acc + r * ld + j);
+      const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(t.act_scale[t.ascale_per_row ? r : 0]), sw);
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr)), scale);
+      if (t.bias != nullptr) v = _mm512_add_ps(v, bias);
+      // max(v, 0) returns 0 for NaN and -0, like the scalar v > 0 ? v : 0
+      if (t.activation >= 1) v = _mm512_max_ps(v, zero);
+      if (t.activation == 2) v = _mm512_min_ps(v, six);
+      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(v, so), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zp), qmin), qmax);
+      // q is integral and inside the 8-bit range: truncating to a byte is exact
+      const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+      _mm_mask_storeu_epi8(t.out + r * t.out_ld + j, mask, bytes);
+    }
+  }
+}
+
 }  // namespace intk
 }  // namespace cpu
 }  // namespace zsq

@@ -232,6 +232,30 @@ void finish_row(const int32_t* acc, int64_t cols, int64_t m, int64_t n0, uint32_
 
 void epilogue_tile(const int32_t* acc, int64_t ld, int rows, int64_t cols, int64_t row0,
                    int64_t col0, const int32_t* rowsum_u, const TileEpilogue& te) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has_avx512 = int_isa_supported(IntIsa::kAvx512Vnni);
+  const IntEpilogue& e = *te.ep;
+  if (has_avx512 && (e.out == OutKind::kInt8 || e.out == OutKind::kUint8) &&
+      e.weight_zero_point == nullptr && e.residual == nullptr) {
+    RequantTile t;
+    t.colsum = te.colsum == nullptr || te.col_correction == 0 ? nullptr : te.colsum + col0;
+    t.col_correction = static_cast<uint32_t>(te.col_correction);
+    t.act_scale = e.act_scale + (e.ascale_per_row ? row0 : 0);
+    t.ascale_per_row = e.ascale_per_row;
+    t.weight_scale = e.weight_scale + (e.wscale_per_channel ? col0 : 0);
+    t.wscale_per_channel = e.wscale_per_channel;
+    t.bias = e.bias == nullptr ? nullptr : e.bias + col0;
+    t.activation = e.activation;
+    t.out_scale = e.out_scale;
+    t.out_zero_point = static_cast<float>(e.out_zero_point);
+    t.quant_min = static_cast<float>(e.quant_min);
+    t.quant_max = static_cast<float>(e.quant_max);
+    t.out = static_cast<uint8_t*>(te.out) + row0 * te.n_total + col0;
+    t.out_ld = te.n_total;
+    requant_tile_avx512(acc, ld, rows, cols, t);
+    return;
+  }
+#endif
   const bool need_rows = te.ep->weight_zero_point != nullptr;
   const uint32_t k_c0 = static_cast<uint32_t>(te.k) * static_cast<uint32_t>(te.col_correction);
   for (int r = 0; r < rows; ++r) {

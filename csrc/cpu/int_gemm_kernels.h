@@ -33,6 +33,25 @@ void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8
 
 TileKernel select_tile_kernel(IntIsa isa);  // isa already resolved and supported
 
+// The requantising epilogue of a whole tile (int8 / uint8 out, no weight zero point, no
+// residual) with AVX-512: same steps and roundings as the scalar path of epilogue_tile. Pointers
+// are already offset to the tile's first row / column; act_scale to its first row when
+// ascale_per_row.
+struct RequantTile {
+  const int32_t* colsum = nullptr;  // null: no column correction
+  uint32_t col_correction = 0;
+  const float* act_scale = nullptr;
+  bool ascale_per_row = false;
+  const float* weight_scale = nullptr;
+  bool wscale_per_channel = false;
+  const float* bias = nullptr;
+  int activation = 0;
+  float out_scale = 1.0f, out_zero_point = 0.0f, quant_min = 0.0f, quant_max = 0.0f;
+  uint8_t* out = nullptr;  // int8 or uint8 bytes
+  int64_t out_ld = 0;
+};
+void requant_tile_avx512(const int32_t* acc, int64_t ld, int rows, int64_t cols, const RequantTile& t);
+
 // Everything the epilogue of a tile needs besides the tile itself.
 struct TileEpilogue {
   const IntEpilogue* ep = nullptr;
@@ -66,8 +85,8 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
 void copy_flip_bytes(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst);
 int32_t byte_sum(const uint8_t* p, int64_t n);
 
-// copy_flip_bytes for the short runs of the conv gather, inline: a call through the
-// multi-versioned function costs more than flipping a few dozen bytes 8 at a time.
+// copy_flip_bytes for the short runs of the conv gather (flip is 0 or 0x80), inline: a call
+// through the multi-versioned function costs more than flipping a few dozen bytes 8 at a time.
 inline void copy_flip(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst) {
   if (flip == 0) {
     std::memcpy(dst, src, static_cast<size_t>(n));
@@ -77,14 +96,21 @@ inline void copy_flip(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst)
     copy_flip_bytes(src, n, flip, dst);
     return;
   }
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t v;
+  if (n < 8) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80);
+    return;
+  }
+  // 8 bytes at a time; the last 8 bytes overlap the previous word instead of a byte loop
+  // (src and dst do not alias, so rewriting a few bytes with the same value is harmless)
+  uint64_t v;
+  for (int64_t i = 0; i + 8 <= n; i += 8) {
     std::memcpy(&v, src + i, 8);
     v ^= 0x8080808080808080ull;
     std::memcpy(dst + i, &v, 8);
   }
-  for (; i < n; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80);
+  std::memcpy(&v, src + n - 8, 8);
+  v ^= 0x8080808080808080ull;
+  std::memcpy(dst + n - 8, &v, 8);
 }
 
 // off of the activation domain (int8 / int4 activations are shifted by 128).
