@@ -11,6 +11,7 @@ MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
 "$PY" -m benchmarks.bn_stats --device cuda
 "$PY" -m benchmarks.synth --device cuda
 "$PY" -m benchmarks.recon --device cuda
+"$PY" -m benchmarks.qat --device cuda
 "$PY" -m benchmarks.int_gemm --device cuda
 "$PY" -m benchmarks.compat --device cuda
 "$PY" -m benchmarks.runtime --device cuda
