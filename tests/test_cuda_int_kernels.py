@@ -13,6 +13,7 @@ Two ways to check it:
   exact code a GPU would run, though not the compiler, the memory model or the launch.
 """
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,8 +105,6 @@ def emulated(tmp_path_factory):
     src = (CUDA_DIR / "depthwise_dp4a.cu").read_text()
     lines = [ln for ln in src.splitlines() if not ln.strip().startswith("#include <cuda")]
     body = "\n".join(lines)
-    import re
-
     body = re.sub(r"<<<[^>]*>>>", "", body)
     (d / "dw.cpp").write_text(EMULATION_PRELUDE + body)
     lib = d / "libdw.so"
