@@ -254,3 +254,33 @@ def test_bad_arguments_are_named(tmp_path):
         train_qat(t, "gdfq", 4, 4, checkpoint=ckpt, **common, **{**TINY, "epochs": 1})
     with pytest.raises(ValueError, match="other settings.*wbits"):
         train_qat(t, "gdfq", 3, 4, checkpoint=ckpt, resume=True, **common, **{**TINY, "epochs": 1})
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_end_to_end_resume_and_errors(tmp_path, capsys):
+    from zsq_engine.cli import main as cli_main
+    from zsq_engine.recon import load_quantized
+
+    out = tmp_path / "z.pt"
+    argv = ["qat", "--method", "zaq", "--wbits", "4", "--abits", "4", "--epochs", "1", "--iters-per-epoch", "2",
+            "--train-batch-size", "4", "--eval-limit", "100", "--batch-size", "100", "--no-progress", "--out", str(out)]
+    from zsq_engine.data import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("test")
+    except FileNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not available: {exc}")
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "naive-quantized start" in text and "test accuracy" in text
+    model, meta = load_quantized(out)
+    assert meta["method"] == "zaq" and meta["epochs"] == 1 and len(meta["history"]) == 1
+    assert (tmp_path / "z.pt.ckpt").exists()
+    # the finished run's checkpoint is not overwritten without --resume; with it the run is complete
+    assert cli_main(argv) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(argv + ["--resume"]) == 0
+    for extra, msg in ((["--pool", "x.pt"], "--pool is only used by --method hast"), (["--wbits", "9"], "--wbits"),
+                       (["--lr", "0"], "--lr must be > 0")):
+        assert cli_main(argv[:-1] + [str(tmp_path / "other.pt")] + extra) == 1
+        assert msg in capsys.readouterr().err
