@@ -161,6 +161,8 @@ CONV_CASES = [
     (3, 5, (1, 1), (1, 2), (1, 1), 1, 4, 7),
     (3, 3, (1, 1), (1, 1), (1, 1), 3, 9, 6),    # grouped, not depthwise
     (1, 1, (1, 1), (0, 0), (1, 1), 4, 8, 12),   # grouped 1x1
+    (3, 3, (1, 1), (1, 1), (1, 1), 1, 200, 20),  # gather runs of 600 bytes per kernel row
+    (3, 3, (1, 1), (2, 2), (2, 2), 1, 40, 12),   # dilated: one 40-byte run per tap
 ]
 
 

@@ -86,13 +86,15 @@ void copy_flip_bytes(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst);
 int32_t byte_sum(const uint8_t* p, int64_t n);
 
 // copy_flip_bytes for the short runs of the conv gather (flip is 0 or 0x80), inline: a call
-// through the multi-versioned function costs more than flipping a few dozen bytes 8 at a time.
+// through the multi-versioned function costs more than flipping a few hundred bytes 16 at a
+// time (baseline SSE2 through GCC vector types). For a 3x3 conv on 64 channels the gather
+// moves 9 runs of 192 bytes per output pixel, next to 576 cycles of VNNI work.
 inline void copy_flip(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst) {
   if (flip == 0) {
     std::memcpy(dst, src, static_cast<size_t>(n));
     return;
   }
-  if (n >= 256) {
+  if (n >= 512) {
     copy_flip_bytes(src, n, flip, dst);
     return;
   }
@@ -100,17 +102,30 @@ inline void copy_flip(const uint8_t* src, int64_t n, uint8_t flip, uint8_t* dst)
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80);
     return;
   }
-  // 8 bytes at a time; the last 8 bytes overlap the previous word instead of a byte loop
-  // (src and dst do not alias, so rewriting a few bytes with the same value is harmless)
-  uint64_t v;
-  for (int64_t i = 0; i + 8 <= n; i += 8) {
-    std::memcpy(&v, src + i, 8);
+  // The last chunk overlaps the previous one instead of a byte loop (src and dst do not alias,
+  // so rewriting a few bytes with the same value is harmless).
+  if (n < 16) {
+    uint64_t v;
+    std::memcpy(&v, src, 8);
     v ^= 0x8080808080808080ull;
-    std::memcpy(dst + i, &v, 8);
+    std::memcpy(dst, &v, 8);
+    std::memcpy(&v, src + n - 8, 8);
+    v ^= 0x8080808080808080ull;
+    std::memcpy(dst + n - 8, &v, 8);
+    return;
   }
-  std::memcpy(&v, src + n - 8, 8);
-  v ^= 0x8080808080808080ull;
-  std::memcpy(dst + n - 8, &v, 8);
+  typedef uint8_t bytes16 __attribute__((vector_size(16)));
+  const bytes16 f = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                     0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
+  bytes16 v;
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+    std::memcpy(&v, src + i, 16);
+    v ^= f;
+    std::memcpy(dst + i, &v, 16);
+  }
+  std::memcpy(&v, src + n - 16, 16);
+  v ^= f;
+  std::memcpy(dst + n - 16, &v, 16);
 }
 
 // off of the activation domain (int8 / int4 activations are shifted by 128).
