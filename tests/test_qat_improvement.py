@@ -24,9 +24,9 @@ def fmnist():
 
 # Short runs at the fast presets (W3A3, where the naive start leaves the most to gain).
 SHORT = {
-    "gdfq": dict(gen_warmup_iters=30, iters_per_epoch=30, batch_size=32),
+    "gdfq": dict(gen_warmup_iters=30, iters_per_epoch=30, batch_size=16),
     "zaq": dict(iters_per_epoch=20, batch_size=16),
-    "hast": dict(iters_per_epoch=60, batch_size=32),
+    "hast": dict(iters_per_epoch=60, batch_size=16),
 }
 
 
