@@ -21,7 +21,9 @@ outputs are not saturated); before timing, zsq's output is checked against the f
 reference op (equal up to a requantisation tie) and torch.ao's and FP32's against zsq's (within
 one output step). Reported per layer and for the layer set (each distinct layer once) and the
 whole network (each layer times its count in ResNet-18): median times, int8 TOPS
-(2 * MACs / time), and the speed-ups ``zsq`` over ``fp32`` and over ``ao``.
+(2 * MACs / time) and its fraction of the CPU's int8 limit (one core's measured AVX-512 VNNI
+rate, ``_C.int8_peak_gmacs_cpu``, times the threads), and the speed-ups ``zsq`` over ``fp32``
+and over ``ao``.
 Rows are appended to benchmarks/results/int_conv_cpu.jsonl.
 """
 from __future__ import annotations
@@ -188,6 +190,9 @@ def bench(layers: List[Layer], batches: List[int], scale_hw: float, warmup: int,
     _C = require_extension()
     isa = os.environ.get(cpu_int.ISA_ENV, "auto") or "auto"
     isa_used = _C.int_isas_cpu()[-1] if isa == "auto" else isa
+    # hardware limit: one core's measured VNNI rate times the threads (None without VNNI)
+    peak_gmacs = _C.int8_peak_gmacs_cpu(0.3) * torch.get_num_threads()
+    peak_tops = 2 * peak_gmacs / 1e3 if peak_gmacs > 0 else None
     rows = []
     work = [(l, b) for b in batches for l in layers]
     for layer, batch in progress(work, desc="int_conv_cpu", total=len(work)):
@@ -198,7 +203,8 @@ def bench(layers: List[Layer], batches: List[int], scale_hw: float, warmup: int,
         rows.append(dict(env, bench="int_conv_cpu", layer=layer.name, batch=batch, count=layer.count,
                          c=layer.c, o=layer.o, k=layer.k, stride=layer.stride, hw=p.hw, m=p.m, macs=p.macs,
                          zsq_ms=times["zsq"] * 1e3, fp32_ms=times["fp32"] * 1e3, ao_ms=times["ao"] * 1e3,
-                         zsq_tops=2 * p.macs / times["zsq"] / 1e12,
+                         zsq_tops=2 * p.macs / times["zsq"] / 1e12, peak_tops=peak_tops,
+                         frac_peak=(2 * p.macs / times["zsq"] / 1e12 / peak_tops) if peak_tops else None,
                          vs_fp32=times["fp32"] / times["zsq"], vs_ao=times["ao"] / times["zsq"],
                          isa=isa_used, threads=torch.get_num_threads(), repeats=repeats))
     for batch in batches:
@@ -208,7 +214,8 @@ def bench(layers: List[Layer], batches: List[int], scale_hw: float, warmup: int,
             macs = sum(weight(r) * r["macs"] for r in per)
             rows.append(dict(env, bench="int_conv_cpu", layer=total, batch=batch, macs=macs,
                              zsq_ms=t["zsq"], fp32_ms=t["fp32"], ao_ms=t["ao"],
-                             zsq_tops=2 * macs / (t["zsq"] / 1e3) / 1e12,
+                             zsq_tops=2 * macs / (t["zsq"] / 1e3) / 1e12, peak_tops=peak_tops,
+                             frac_peak=(2 * macs / (t["zsq"] / 1e3) / 1e12 / peak_tops) if peak_tops else None,
                              vs_fp32=t["fp32"] / t["zsq"], vs_ao=t["ao"] / t["zsq"],
                              isa=isa_used, threads=torch.get_num_threads(), repeats=repeats))
     return rows
@@ -239,7 +246,7 @@ def main(argv=None) -> None:
         rows = bench(layers, [1], 64 / 224, warmup=1, repeats=1)
     else:
         rows = bench(layers, batches, 1.0, warmup=2, repeats=args.repeats)
-    cols = ["layer", "batch", "m", "zsq_ms", "fp32_ms", "ao_ms", "zsq_tops", "vs_fp32", "vs_ao"]
+    cols = ["layer", "batch", "m", "zsq_ms", "fp32_ms", "ao_ms", "zsq_tops", "frac_peak", "vs_fp32", "vs_ao"]
     print(harness.markdown_table(rows, cols))
     if not (args.quick or args.no_write):
         print("rows appended to", harness.write_rows("int_conv_cpu", rows))

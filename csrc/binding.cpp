@@ -1217,6 +1217,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Returns NHWC [B, OH, OW, C].");
 #endif
 #undef ZSQ_INT_EPILOGUE_ARGS
+  m.def("int8_peak_gmacs_cpu", [](double seconds) {
+          TORCH_CHECK(seconds > 0.0 && seconds <= 10.0, "int8_peak_gmacs_cpu: seconds must be in (0, 10], got ",
+                      seconds);
+          return zsq::cpu::int8_peak_macs_per_second(seconds) / 1e9;
+        }, pybind11::arg("seconds") = 0.2,
+        "One core's measured int8 multiply-accumulate rate (G MAC/s) with independent AVX-512 VNNI\n"
+        "dot products, run for about `seconds`; 0.0 when the CPU has no VNNI. The benchmarks' CPU\n"
+        "hardware limit.");
   m.def("int_isas_cpu", &int_isas_cpu,
         "Names of the integer micro-kernel ISAs this CPU can run: 'scalar', 'avx2', 'avx512_vnni'.");
   m.def("cpu_capabilities", &cpu_capabilities,

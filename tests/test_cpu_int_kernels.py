@@ -491,3 +491,11 @@ def test_isa_env_errors(monkeypatch):
         monkeypatch.setenv("ZSQ_CPU_INT_ISA", missing[0])
         with pytest.raises(RuntimeError, match="not supported by this CPU"):
             run_cpu(ops.qgemm, a, w)
+
+
+def test_int8_peak_probe():
+    """The benchmarks' hardware limit: positive with VNNI, 0 without; bad durations rejected."""
+    peak = _C.int8_peak_gmacs_cpu(0.02)
+    assert (peak > 0) == ("avx512_vnni" in _supported_isas())
+    with pytest.raises(RuntimeError, match="seconds"):
+        _C.int8_peak_gmacs_cpu(0.0)

@@ -194,6 +194,14 @@ struct GemmRows final : RowGather {
 }  // namespace
 }  // namespace intk
 
+double int8_peak_macs_per_second(double seconds) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (int_isa_supported(IntIsa::kAvx512Vnni)) return intk::vnni_peak_macs_per_second(seconds);
+#endif
+  (void)seconds;
+  return 0.0;
+}
+
 void pack_weight_panels(const uint8_t* w, int64_t ldw, bool w_int4, int64_t groups, int64_t n_g,
                         int64_t k, int8_t* panels, int32_t* colsum, int num_threads) {
   const int64_t nb = panel_blocks(n_g), kg = k_groups(k);

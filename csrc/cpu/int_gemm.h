@@ -103,5 +103,9 @@ void int_depthwise_conv2d_nhwc(const uint8_t* x, ActKind act, const ConvShape& s
                                int32_t pad_value, const int8_t* w, const IntEpilogue& ep,
                                void* out, int num_threads);
 
+// One core's measured int8 MAC/s with the best dot-product instruction this CPU has
+// (AVX-512 VNNI), run for about `seconds`; 0 when the CPU has none.
+double int8_peak_macs_per_second(double seconds);
+
 }  // namespace cpu
 }  // namespace zsq

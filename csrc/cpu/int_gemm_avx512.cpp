@@ -11,6 +11,7 @@
 // nothing shared with other translation units (inline functions of the standard library) gets
 // AVX-512 code; everything here has internal linkage except the one entry point, which the
 // driver calls only after checking the CPU.
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 
@@ -81,6 +82,32 @@ void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8
     case 5: vnni_rows<5>(a, lda, w, panel_stride, panels, kgroups, c); break;
     default: vnni_rows<6>(a, lda, w, panel_stride, panels, kgroups, c); break;
   }
+}
+
+double vnni_peak_macs_per_second(double seconds) {
+  // 12 independent accumulator chains hide vpdpbusd's latency; the asm barrier keeps the
+  // compiler from hoisting the loop-invariant operands out of the products.
+  __m512i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i a = _mm512_set1_epi32(0x01020304);
+  const __m512i b = _mm512_set1_epi32(0x01010101);
+  constexpr int64_t kBlock = 1 << 16;
+  int64_t iters = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double elapsed = 0.0;
+  do {
+    for (int64_t it = 0; it < kBlock; ++it) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+      __asm__ volatile("" : "+v"(a));
+    }
+    iters += kBlock;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  int32_t sink = 0;
+  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_epi32(acc[i]);
+  __asm__ volatile("" : : "r"(sink));
+  return static_cast<double>(iters) * 12 * 64 / elapsed;
 }
 
 void requant_tile_avx512(const int32_t* acc, int64_t ld, int rows, int64_t cols,

@@ -52,6 +52,10 @@ struct RequantTile {
 };
 void requant_tile_avx512(const int32_t* acc, int64_t ld, int rows, int64_t cols, const RequantTile& t);
 
+// Measured int8 multiply-accumulates per second of one core running independent 512-bit
+// vpdpbusd for about `seconds` (the hardware limit the benchmarks report against).
+double vnni_peak_macs_per_second(double seconds);
+
 // Everything the epilogue of a tile needs besides the tile itself.
 struct TileEpilogue {
   const IntEpilogue* ep = nullptr;
