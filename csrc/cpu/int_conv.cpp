@@ -102,6 +102,7 @@ void int_conv2d_nhwc(const uint8_t* x, ActKind act, const ConvShape& s, int32_t 
   te.k = rows.k;
   te.n_total = s.o;
   te.out = out;
+  te.avx512 = resolved == IntIsa::kAvx512Vnni;
   intk::blocked_gemm(rows, s.batch * s.oh * s.ow, s.o / s.groups, rows.k, s.groups, panels, te,
                      resolved, num_threads);
 }

@@ -67,6 +67,7 @@ void int_depthwise_conv2d_nhwc(const uint8_t* x, ActKind act, const ConvShape& s
   te.k = taps;
   te.n_total = c;
   te.out = out;
+  te.avx512 = int_isa_supported(IntIsa::kAvx512Vnni);
 
   const int threads = resolve_threads(num_threads);
   // At least ~16K multiply-adds per thread, else the fork costs more than it saves.

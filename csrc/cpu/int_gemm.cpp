@@ -249,6 +249,7 @@ void int_gemm(const uint8_t* a, int64_t lda, ActKind act, int64_t m, int64_t n, 
   te.k = k;
   te.n_total = n;
   te.out = out;
+  te.avx512 = resolved == IntIsa::kAvx512Vnni;
   intk::blocked_gemm(rows, m, n, k, 1, panels, te, resolved, num_threads);
 }
 

@@ -233,9 +233,8 @@ void finish_row(const int32_t* acc, int64_t cols, int64_t m, int64_t n0, uint32_
 void epilogue_tile(const int32_t* acc, int64_t ld, int rows, int64_t cols, int64_t row0,
                    int64_t col0, const int32_t* rowsum_u, const TileEpilogue& te) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has_avx512 = int_isa_supported(IntIsa::kAvx512Vnni);
   const IntEpilogue& e = *te.ep;
-  if (has_avx512 && (e.out == OutKind::kInt8 || e.out == OutKind::kUint8) &&
+  if (te.avx512 && (e.out == OutKind::kInt8 || e.out == OutKind::kUint8) &&
       e.weight_zero_point == nullptr && e.residual == nullptr) {
     RequantTile t;
     t.colsum = te.colsum == nullptr || te.col_correction == 0 ? nullptr : te.colsum + col0;

@@ -64,6 +64,9 @@ struct TileEpilogue {
   int64_t k = 0;                    // reduction length (for the weight zero point term)
   int64_t n_total = 0;              // output row length
   void* out = nullptr;              // [M, n_total]
+  // requantising outputs go through requant_tile_avx512 (the caller checked the CPU); the
+  // drivers set it from the micro-kernel ISA so forcing a narrower ISA also tests the other path
+  bool avx512 = false;
 };
 
 // Applies the epilogue to acc [rows][cols] (row stride ld) holding sum u w for output rows
