@@ -74,9 +74,7 @@ struct ConvRows final : RowGather {
           }
         }
       }
-      uint8_t* row = tile + r * ldt;
-      std::memset(row + k, 0, static_cast<size_t>(ldt - k));
-      if (rowsum_u != nullptr) rowsum_u[r] = byte_sum(row, k);
+      if (rowsum_u != nullptr) rowsum_u[r] = byte_sum(tile + r * ldt, k);
     }
   }
 };

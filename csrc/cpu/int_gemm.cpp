@@ -130,7 +130,7 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<uint8_t> tile(static_cast<size_t>(mb * ldt));
+    std::vector<uint8_t> tile(static_cast<size_t>(mb * ldt));  // zeroed: the K padding stays 0
     std::vector<int32_t> rowsum(static_cast<size_t>(mb));
     alignas(64) int32_t acc[kMaxRows * kTileLd];
 #pragma omp for schedule(dynamic, 1)
@@ -185,7 +185,6 @@ struct GemmRows final : RowGather {
           for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<uint8_t>((src[i >> 1] >> ((i & 1) * 4)) & 15);
           break;
       }
-      std::memset(dst + k, 0, static_cast<size_t>(ldt - k));
       if (rowsum_u != nullptr) rowsum_u[r] = byte_sum(dst, k);
     }
   }

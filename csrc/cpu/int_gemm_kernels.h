@@ -76,7 +76,10 @@ void epilogue_tile(const int32_t* acc, int64_t ld, int rows, int64_t cols, int64
                    int64_t col0, const int32_t* rowsum_u, const TileEpilogue& te);
 
 // Fills `rows` rows of the u8 activation tile for output rows m0.. of group g: tile[r * ldt + k]
-// for k < K (zero for K <= k < ldt), and rowsum_u[r] = sum_k tile[r][k] when rowsum_u != null.
+// for k < K, and rowsum_u[r] = sum_k tile[r][k] when rowsum_u != null. It writes nothing at
+// K <= k < ldt: the weight panels are zero there, so those bytes only ever multiply 0
+// (blocked_gemm zeroes the tile once anyway; a per-row memset of the 1-3 padding bytes was a
+// library call per pixel).
 struct RowGather {
   virtual ~RowGather() = default;
   virtual void gather(int64_t g, int64_t m0, int rows, uint8_t* tile, int64_t ldt,
