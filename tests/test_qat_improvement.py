@@ -26,7 +26,7 @@ def fmnist():
 SHORT = {
     "gdfq": dict(gen_warmup_iters=30, iters_per_epoch=30, batch_size=16),
     "zaq": dict(iters_per_epoch=20, batch_size=16),
-    "hast": dict(iters_per_epoch=60, batch_size=16),
+    "hast": dict(gen_warmup_iters=30, iters_per_epoch=60, batch_size=16),
 }
 
 

@@ -297,8 +297,21 @@ class QATTrainer:
         if hasattr(bar, "close"):
             bar.close()
 
+    def _calibration_source(self):
+        if self.cfg.calib_source == "data" or self.generator is not None:
+            return self.source()
+        # HAST's code calibrates on a GDFQ generator, not on its hard samples
+        from ..synth.gdfq import train_generator
+
+        settings = {"latent_dim": self.cfg.latent_dim, "lr": self.cfg.gen_lr, "betas": list(self.cfg.gen_betas),
+                    "bns_weight": self.cfg.bns_weight}
+        gen, _ = train_generator(self.teacher, self.cfg.gen_warmup_iters, self.input_shape, self.num_classes,
+                                 batch_size=self.cfg.batch_size, device=self.device, settings=settings,
+                                 show_progress=self.show_progress, desc=f"{self.method_name} calibration generator")
+        return GeneratorSource(gen, self.num_classes, conditional=True)
+
     def _calibrate(self) -> None:
-        src = self.source()
+        src = self._calibration_source()
         with torch.no_grad():
             batches = [src.draw(self.cfg.batch_size)[0] for _ in range(self.cfg.calib_batches)]
         calibrate_activations(self.student, batches, progress=False, method=self.cfg.act_calibration)
