@@ -5,6 +5,8 @@ One run::
     prepare()    HAST: synthesise the hard-sample pool (unless given)
                  GDFQ: gen_warmup_iters generator-only steps (the paper's warm-up epochs)
                  calibrate the student's activation ranges on calib_batches synthetic batches
+                 (HAST with calib_source 'gdfq': from a GDFQ generator trained gen_warmup_iters
+                 steps for this only; ZAQ: before its generator warm-up, which needs the student)
                  -> checkpoint
     per epoch:   iters_per_epoch student steps; before every student_steps_per_gen-th one a
                  generator step (GDFQ, ZAQ) -> checkpoint (atomic)
