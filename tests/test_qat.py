@@ -239,6 +239,8 @@ def test_bad_arguments_are_named(tmp_path):
         make_config("zaq", lr=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         make_config("zaq", batch_size=1)
+    with pytest.raises(ValueError, match="calib_source"):
+        make_config("hast", calib_source="pool")
     with pytest.raises(ValueError, match="unknown QAT setting"):
         make_config("hast", learning_rate=0.1)
     with pytest.raises(ValueError, match="pool"):
