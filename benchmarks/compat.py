@@ -18,6 +18,10 @@ Two groups of rows, appended to benchmarks/results/compat.jsonl:
   a third row, ``no quantizers (bound)``, times the same step with every quantizer an identity
   (convolutions, ReLU, residual, loss, regulariser, Adam only): no accelerated quantizer can beat it.
 
+Each group also has ``accelerated exact=False`` rows (``accelerate(model, exact=False)``: the
+BRECQ uniform and QDrop LSQ / LSQ+ quantizers as one fused kernel per direction, last-bit
+tolerance) where the style has such a mode.
+
 The original quantizers are the test suite's re-implementations (tests/test_compat_refs.py),
 so the benchmark times exactly what the parity tests check.
 """
@@ -138,8 +142,12 @@ def run_quantizers(device, quick: bool) -> List[Dict]:
         accelerated = copy.deepcopy(original)
         report = compat.accelerate(accelerated)
         style = report.accelerated[0][1] if report.accelerated else None
-        times = {name: harness.time_fn(_fwd_bwd(m, x, kind), device)
-                 for name, m in (("original", original), ("accelerated", accelerated))}
+        contenders = [("original", original), ("accelerated", accelerated)]
+        if style in compat.FAST_STYLES:
+            fast = copy.deepcopy(original)
+            compat.accelerate(fast, exact=False)
+            contenders.append(("accelerated exact=False", fast))
+        times = {name: harness.time_fn(_fwd_bwd(m, x, kind), device) for name, m in contenders}
         for name, seconds in times.items():
             rows.append({**env, "benchmark": "compat fwd+bwd", "case": label, "style": style, "impl": name,
                          "shape": list(x.shape), "dtype": "float32", "bits": BITS, "median_ms": seconds * 1e3,
@@ -207,15 +215,18 @@ def run_block(device, quick: bool) -> List[Dict]:
     original = QuantBasicBlock(channels, x)
     accelerated = copy.deepcopy(original)
     report = compat.accelerate(accelerated)
+    fast = copy.deepcopy(original)
+    compat.accelerate(fast, exact=False)
     bound = copy.deepcopy(original)
     bound.layer1.bypass = bound.layer2.bypass = True
     target = torch.randn(batch, channels, size, size, device=device).relu()
     times = {"original": harness.time_fn(_recon_step(original, x, target, refs.lp_loss_ref), device),
              "accelerated": harness.time_fn(_recon_step(accelerated, x, target, compat.lp_loss), device),
+             "accelerated exact=False": harness.time_fn(_recon_step(fast, x, target, compat.lp_loss), device),
              "no quantizers (bound)": harness.time_fn(_recon_step(bound, x, target, compat.lp_loss), device)}
     env = harness.environment(device)
     return [{**env, "benchmark": "compat brecq block step", "case": f"resnet18 block {channels}ch {size}x{size} b{batch}",
-             "impl": name, "accelerated_quantizers": len(report.accelerated) if name == "accelerated" else 0,
+             "impl": name, "accelerated_quantizers": len(report.accelerated) if name.startswith("accelerated") else 0,
              "shape": [batch, channels, size, size],
              "dtype": "float32", "bits": BITS, "median_ms": s * 1e3, "speedup_vs_original": times["original"] / s}
             for name, s in times.items()]

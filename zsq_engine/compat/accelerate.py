@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Tuple
 from torch import nn
 
 from . import brecq, genie, qdrop, torch_ao
+from .fast import FAST_FORWARDS
 from .detect import detect, looks_like_quantizer
 
 FORWARDS: Dict[str, Callable] = {
@@ -41,19 +42,26 @@ class FusedForward:
     deep copy's forward is bound to the copy.
     """
 
-    __slots__ = ("module", "style")
+    __slots__ = ("module", "style", "exact")
 
-    def __init__(self, module: nn.Module, style: str):
-        self.module, self.style = module, style
+    def __init__(self, module: nn.Module, style: str, exact: bool = True):
+        self.module, self.style, self.exact = module, style, exact
 
     def __call__(self, *args, **kwargs):
-        return FORWARDS[self.style](self.module, *args, original=_class_forward, **kwargs)
+        fast = None if self.exact else FAST_FORWARDS.get(self.style)
+        if fast is None:
+            return FORWARDS[self.style](self.module, *args, original=_class_forward, **kwargs)
+        return fast(self.module, *args, original=self._exact, **kwargs)
+
+    def _exact(self, module, *args, **kwargs):
+        return FORWARDS[self.style](module, *args, original=_class_forward, **kwargs)
 
     def __getstate__(self):
-        return {"module": self.module, "style": self.style}
+        return {"module": self.module, "style": self.style, "exact": self.exact}
 
     def __setstate__(self, state):
         self.module, self.style = state["module"], state["style"]
+        self.exact = state.get("exact", True)
 
 
 def _patched_style(module: nn.Module):
@@ -61,8 +69,8 @@ def _patched_style(module: nn.Module):
     return fwd.style if isinstance(fwd, FusedForward) else None
 
 
-def _patch(module: nn.Module, style: str) -> None:
-    module.forward = FusedForward(module, style)
+def _patch(module: nn.Module, style: str, exact: bool) -> None:
+    module.forward = FusedForward(module, style, exact)
 
 
 def _unpatch(module: nn.Module) -> bool:
@@ -80,6 +88,7 @@ class AccelerationReport:
     """
 
     accelerated: List[Tuple[str, str]] = field(default_factory=list)
+    exact: bool = True
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)
     _modules: List[nn.Module] = field(default_factory=list, repr=False)
 
@@ -96,14 +105,21 @@ class AccelerationReport:
         self.restore()
 
     def __str__(self) -> str:
-        lines = [f"zsq_engine.compat: {len(self.accelerated)} quantizer(s) accelerated, {len(self.skipped)} left alone"]
+        mode = "" if self.exact else " (exact=False: fused, last-bit tolerance)"
+        lines = [f"zsq_engine.compat: {len(self.accelerated)} quantizer(s) accelerated{mode}, "
+                 f"{len(self.skipped)} left alone"]
         lines += [f"  + {name or '(root)'}: {style}" for name, style in self.accelerated]
         lines += [f"  - {name or '(root)'} ({cls}): {reason}" for name, cls, reason in self.skipped]
         return "\n".join(lines)
 
 
-def accelerate(model: nn.Module) -> AccelerationReport:
+def accelerate(model: nn.Module, *, exact: bool = True) -> AccelerationReport:
     """Swap the forward of every recognised quantizer in ``model`` (itself included) for a fused one.
+
+    ``exact=True`` (default) keeps the original's numerics bit for bit (its own division by the
+    step stays a torch op). ``exact=False`` runs BRECQ uniform and QDrop LSQ / LSQ+ quantizers
+    as one fused kernel per direction: the same formulas, but a value on a rounding tie may
+    land one step away and QDrop masks come from the fused generator (see :mod:`.fast`).
 
     Returns an :class:`AccelerationReport`; use it as ``with accelerate(model): ...`` to undo on
     exit, or call ``report.restore()`` / :func:`restore`. Calling it twice is harmless: modules
@@ -112,7 +128,9 @@ def accelerate(model: nn.Module) -> AccelerationReport:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    report = AccelerationReport()
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    report = AccelerationReport(exact=exact)
     found: Dict[str, Tuple[str, str]] = {}  # name -> ("ok", style) | ("skip", reason)
     for name, module in model.named_modules():
         style, reason = detect(module)
@@ -127,7 +145,7 @@ def accelerate(model: nn.Module) -> AccelerationReport:
         module = modules[name]
         if kind == "ok":
             if _patched_style(module) is None:
-                _patch(module, what)
+                _patch(module, what, exact)
                 report._modules.append(module)
             report.accelerated.append((name, what))
         elif kind == "skip":
