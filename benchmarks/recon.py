@@ -11,8 +11,10 @@ W4A4, random weights (speed does not depend on them). Both sides run the same
 weight step + LSQ activation steps + QDrop, Adam, annealed regulariser); the eager side swaps in
 quantizers written the way the reference repositories write them: rectified-sigmoid AdaRound,
 ``round_ste`` LSQ fake-quant with autograd through every elementwise op, QDrop as
-``torch.where(torch.rand_like(x) < p, x_q, x)``, the regulariser as a tensor expression.
-zsq uses the fused kernels (one launch per direction, no full-size temporaries).
+``torch.where(torch.rand_like(x) < p, x_q, x)`` (for the activation drop and the unit-input mix),
+the regulariser as a tensor expression.
+zsq uses the fused kernels (one launch per direction, no full-size temporaries; the unit input
+mixed by ``ops.qdrop_mix`` in one pass).
 
 Seconds per iteration = (long run - short run) / (difference in iterations), which cancels the
 set-up and the final hard-rounding bake. Rows go to benchmarks/results/recon.jsonl.
@@ -73,14 +75,19 @@ class EagerLSQAct(LSQActQuantizer):
         return xq
 
 
+def eager_mix(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    return torch.where(torch.rand_like(x_q) < p, x_q, x_fp)
+
+
 @contextlib.contextmanager
 def eager_quantizers():
-    saved = recon_mod.AdaRoundWeightQuantizer, recon_mod.LSQActQuantizer
+    saved = recon_mod.AdaRoundWeightQuantizer, recon_mod.LSQActQuantizer, recon_mod.mix_unit_input
     recon_mod.AdaRoundWeightQuantizer, recon_mod.LSQActQuantizer = EagerAdaRound, EagerLSQAct
+    recon_mod.mix_unit_input = eager_mix
     try:
         yield
     finally:
-        recon_mod.AdaRoundWeightQuantizer, recon_mod.LSQActQuantizer = saved
+        recon_mod.AdaRoundWeightQuantizer, recon_mod.LSQActQuantizer, recon_mod.mix_unit_input = saved
 
 
 def _unit_and_cache(model_name: str, unit_name: str, n: int, device: torch.device):

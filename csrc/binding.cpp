@@ -19,6 +19,7 @@
 #include "cpu/fake_quant.h"
 #include "cpu/int4_pack.h"
 #include "cpu/int_gemm.h"
+#include "cpu/qdrop_mix.h"
 #include "cpu/scale_search.h"
 
 #ifdef ZSQ_WITH_CUDA
@@ -353,6 +354,19 @@ at::Tensor qdrop_fq_backward_cpu(const at::Tensor& dy, const at::Tensor& x,
   constexpr const char* fn = "qdrop_fq_backward_cpu";
   const zsq::cpu::QDropParams q = check_qdrop(fn, p, seed, offset);
   return fq_backward_impl(fn, dy, x, scale, zero_point, quant_min, quant_max, axis, &q);
+}
+
+// QDrop input mixing: x_q where uniform(seed, index + offset) < p, else x_fp
+at::Tensor qdrop_mix_cpu(const at::Tensor& x_q, const at::Tensor& x_fp, double p, int64_t seed,
+                         int64_t offset) {
+  constexpr const char* fn = "qdrop_mix_cpu";
+  const zsq::cpu::ElemType type = check_float_input(fn, "x_q", x_q);
+  check_same_as(fn, "x_fp", x_fp, "x_q", x_q);
+  const zsq::cpu::QDropParams q = check_qdrop(fn, p, seed, offset);
+  at::Tensor out = at::empty_like(x_q, at::MemoryFormat::Contiguous);
+  zsq::cpu::qdrop_mix(type, x_q.const_data_ptr(), x_fp.const_data_ptr(), out.mutable_data_ptr(),
+                      x_q.numel(), q, at::get_num_threads());
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qdrop_lsq_backward_cpu(
@@ -1102,6 +1116,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("quant_max"), pybind11::arg("axis"), pybind11::arg("grad_factor"),
         "LSQ/LSQ+ backward in one pass: (dx in x's dtype, dscale float32 shaped like scale,\n"
         "dzero_point float32 shaped like zero_point). zero_point rounded and clamped to the range.");
+  m.def("qdrop_mix_cpu", &qdrop_mix_cpu, pybind11::arg("x_q"), pybind11::arg("x_fp"),
+        pybind11::arg("p"), pybind11::arg("seed"), pybind11::arg("offset"),
+        "QDrop mixing: x_q where uniform(seed, i + offset) < p, else x_fp (contiguous, same dtype)");
   m.def("qdrop_fq_forward_cpu", &qdrop_fq_forward_cpu, pybind11::arg("x"), pybind11::arg("scale"),
         pybind11::arg("zero_point"), pybind11::arg("quant_min"), pybind11::arg("quant_max"),
         pybind11::arg("axis"), pybind11::arg("p"), pybind11::arg("seed"), pybind11::arg("offset"),

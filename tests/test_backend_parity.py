@@ -10,7 +10,7 @@ import torch
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
 
-PRIMITIVES = ("fq_forward", "lsq_backward", "qdrop_fq_forward", "adaround_forward", "scale_search")
+PRIMITIVES = ("fq_forward", "lsq_backward", "qdrop_fq_forward", "adaround_forward", "scale_search", "qdrop_mix")
 
 
 def _runnable(backend, device):
@@ -43,6 +43,9 @@ def _run_all(device, dtype):
     outs["adaround"] = (w.detach(),) + torch.autograd.grad(w.sum(), (alpha, s5))
     reg = ops.adaround_regularizer(alpha, 4.0)
     outs["reg"] = (reg.detach(),) + torch.autograd.grad(reg, (alpha,))
+    # a non-contiguous float operand: the kernels see it through .contiguous()
+    x_fp = (torch.randn(3, 5, 4, 7, generator=g) * 2).to(dtype).to(device).transpose(2, 3).requires_grad_()
+    record("qdrop_mix", ops.qdrop_mix(x, x_fp, 0.4, seed=11, offset=5), (x, x_fp))
     outs["search"] = ops.scale_search(x.detach().float(), 0, 15, axis=1, num_candidates=30)
     return outs
 

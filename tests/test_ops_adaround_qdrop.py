@@ -135,3 +135,25 @@ def test_qdrop_bad_arguments():
         ops.qdrop_mix(x, torch.zeros(4), 0.5, 0)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         ops.qdrop_mix(x, x, 0.5, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("numel", [1, 1025, 300_001])  # the last is split across OpenMP threads
+def test_qdrop_mix_cpu_kernel_equals_reference(dtype, numel):
+    from zsq_engine.ops import dispatch
+
+    if "cpu" not in dispatch.implementations("qdrop_mix"):
+        pytest.skip("the C++ extension (qdrop_mix_cpu) is not built")
+    g = torch.Generator().manual_seed(numel)
+    x_q, x_fp = torch.randn(2, numel, generator=g).to(dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for p, seed, offset in ((0.5, 3, 0), (0.1, 2 ** 40 + 7, 2 ** 32 - 9), (1.0, 0, 5)):
+            with ops.use_backend("cpu"):
+                got = ops.qdrop_mix(x_q, x_fp, p, seed, offset)
+            with ops.use_backend("reference"):
+                want = ops.qdrop_mix(x_q, x_fp, p, seed, offset)
+            assert torch.equal(got, want), (p, seed, offset)
+    finally:
+        torch.set_num_threads(threads)

@@ -148,7 +148,26 @@ def qdrop_mix(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int, offset
                          f"{x_q.dtype} and {tuple(x_fp.shape)} {x_fp.dtype}")
     checks.check_same_device("x_q", x_q, "x_fp", x_fp)
     _check_qdrop_args(p, seed, offset)
-    return dispatch("qdrop_mix", x_q.device)(x_q, x_fp, float(p), seed, offset)
+    return _QDropMix.apply(x_q, x_fp, float(p), seed, offset)
+
+
+class _QDropMix(torch.autograd.Function):
+    """The mix and its gradient use the same primitive: the mask is recomputed, never stored
+    (d x_q = mix(dy, 0), d x_fp = mix(0, dy))."""
+
+    @staticmethod
+    def forward(ctx, x_q, x_fp, p, seed, offset):
+        ctx.args = (p, seed, offset)
+        return dispatch("qdrop_mix", x_q.device)(x_q.contiguous(), x_fp.contiguous(), p, seed, offset)
+
+    @staticmethod
+    def backward(ctx, dy):
+        mix = dispatch("qdrop_mix", dy.device)
+        dy = dy.contiguous()
+        zero = torch.zeros_like(dy)
+        d_q = mix(dy, zero, *ctx.args) if ctx.needs_input_grad[0] else None
+        d_fp = mix(zero, dy, *ctx.args) if ctx.needs_input_grad[1] else None
+        return d_q, d_fp, None, None, None
 
 
 def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional[int] = 0,

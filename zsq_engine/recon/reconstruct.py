@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .. import ops
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
@@ -172,6 +173,12 @@ def _seed(*parts) -> int:
     return int.from_bytes(digest[:5], "little")  # 40 bits: + up to 2^23 steps stays distinct
 
 
+def mix_unit_input(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """QDrop's unit-input mixing, one fused pass (a module-level name, so that benchmarks can
+    swap in the research code's ``torch.where(torch.rand_like(x) < p, ...)`` for comparison)."""
+    return ops.qdrop_mix(x_q, x_fp, p, seed=seed)
+
+
 def _rec_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # ||y_q - y||^2 summed over dim 1 (channels / classes), averaged over the rest
     return (y - target).pow(2).sum(1).mean()
@@ -263,7 +270,7 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
             opt = torch.optim.Adam(groups)
             scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
             gen = torch.Generator(device=x_q.device).manual_seed(_seed(seed, desc, "batches"))
-            mix_gen = torch.Generator(device=device).manual_seed(_seed(seed, desc, "mix"))
+            mix_seed = _seed(seed, desc, "mix")
             bar = progress(range(cfg.iters), total=cfg.iters, desc=desc, enabled=show_progress)
             for it in bar:
                 idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen, device=x_q.device)
@@ -271,10 +278,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
                 yf = y_fp.index_select(0, idx).to(device, non_blocking=True)
                 if cfg.input_mix_prob < 1.0:
                     xf = x_fp.index_select(0, idx).to(device, non_blocking=True)
-                    # elementwise 50/50 choice (ops.qdrop_mix has no CPU kernel yet and its
-                    # reference RNG costs ~30x a torch.rand here; this mask is drawn on the device)
-                    keep = torch.rand(xq.shape, generator=mix_gen, device=device) < cfg.input_mix_prob
-                    xin = torch.where(keep, xq, xf)
+                    # elementwise choice in one fused pass, a fresh counter stream per step
+                    xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it)
                 else:
                     xin = xq
                 rec = _rec_loss(unit(xin), yf)

@@ -46,6 +46,8 @@ def _register_fake_quant() -> None:
         "adaround_reg_forward": (_C.adaround_reg_forward_cpu, _ref_ada.adaround_reg_forward, 1),
         "scale_search": (_C.scale_search_cpu, _ref_search.scale_search, 1),
     }
+    if hasattr(_C, "qdrop_mix_cpu"):  # an extension built before this kernel existed lacks it
+        table["qdrop_mix"] = (_C.qdrop_mix_cpu, _ref_qdrop.qdrop_mix, 2)
 
     def make(kernel, reference, n_tensors):
         def primitive(*args, **kwargs):

@@ -28,6 +28,7 @@ _LAUNCHERS = {
     "int_mm": ("int_gemm", "int_mm"),
     "bn_stats_forward": ("bn_stats", "bn_stats_forward"),
     "bn_stats_backward": ("bn_stats", "bn_stats_backward"),
+    "qdrop_mix": ("qdrop_mix", "qdrop_mix"),
 }
 
 
