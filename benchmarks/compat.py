@@ -16,7 +16,8 @@ Two groups of rows, appended to benchmarks/results/compat.jsonl:
   The accelerated run also swaps ``lp_loss`` for ``compat.lp_loss``. The convolutions are the
   same in both runs, so the step's speed-up is bounded by the share of time the quantizers take;
   a third row, ``no quantizers (bound)``, times the same step with every quantizer an identity
-  (convolutions, ReLU, residual, loss, regulariser, Adam only): no accelerated quantizer can beat it.
+  (convolutions with their weight and input gradients, ReLU, residual, loss, regulariser, Adam
+  only): no accelerated quantizer can beat it.
 
 Each group also has ``accelerated exact=False`` rows (``accelerate(model, exact=False)``: the
 BRECQ uniform and QDrop LSQ / LSQ+ quantizers as one fused kernel per direction, last-bit
@@ -219,6 +220,10 @@ def run_block(device, quick: bool) -> List[Dict]:
     compat.accelerate(fast, exact=False)
     bound = copy.deepcopy(original)
     bound.layer1.bypass = bound.layer2.bypass = True
+    # the weights still need their gradient (AdaRound's logits reach them through the weight):
+    # otherwise the bound would skip the convolutions' weight and input backward passes
+    for layer in (bound.layer1, bound.layer2):
+        layer.conv.weight.requires_grad_(True)
     target = torch.randn(batch, channels, size, size, device=device).relu()
     times = {"original": harness.time_fn(_recon_step(original, x, target, refs.lp_loss_ref), device),
              "accelerated": harness.time_fn(_recon_step(accelerated, x, target, compat.lp_loss), device),
