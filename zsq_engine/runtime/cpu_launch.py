@@ -42,6 +42,15 @@ def cpu_kernels_selected(op: str) -> bool:
     return hit
 
 
+def _with_residual(args: list, residual: Optional[torch.Tensor]) -> list:
+    """The epilogue arguments with this call's residual in place (the rest never change)."""
+    if residual is None:
+        return args
+    args = list(args)
+    args[_RESIDUAL_ARG] = residual
+    return args
+
+
 def _cpu_int():
     from ..ops.backends import cpu_int
 
@@ -69,10 +78,7 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
         panels, colsum, n, kk = packed.panels, packed.colsum, packed.n, packed.k
 
         def launch_linear(x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-            a = args
-            if residual is not None:
-                a = list(args)
-                a[_RESIDUAL_ARG] = residual
+            a = _with_residual(args, residual)
             return C.int_gemm_cpu(x, 0 if x.dtype == torch.int8 else 1, kk, panels, colsum, n, *a,
                                   isa=cpu_int.isa_code())
         return launch_linear
@@ -83,10 +89,7 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
         w_dw = w.contiguous()
 
         def launch_depthwise(x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-            a = args
-            if residual is not None:
-                a = list(args)
-                a[_RESIDUAL_ARG] = residual
+            a = _with_residual(args, residual)
             return C.int_depthwise_conv2d_nhwc_cpu(x, w_dw, *geometry, pad_value, *a)
         return launch_depthwise
 
@@ -94,10 +97,7 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
     panels, colsum = packed.panels, packed.colsum
 
     def launch_conv(x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        a = args
-        if residual is not None:
-            a = list(args)
-            a[_RESIDUAL_ARG] = residual
+        a = _with_residual(args, residual)
         return C.int_conv2d_nhwc_cpu(x, panels, colsum, o, kh, kw, *geometry, groups, pad_value, *a,
                                      isa=cpu_int.isa_code())
     return launch_conv
