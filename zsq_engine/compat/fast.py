@@ -21,7 +21,7 @@ import torch
 
 from .. import ops
 from ._common import fusable_input, integral, needs_grad, zero_point_layout
-from .qdrop import _grad_factor, _usable
+from .qdrop import _grad_factor, _usable, keep_step_positive
 
 
 def _draw_seed() -> int:
@@ -55,8 +55,7 @@ def brecq_uniform_fast(self, x, *, original):
 def _qdrop_fast(self, x, zero_point, original):
     if not _usable(self, x):
         return original(self, x)
-    self.scale.data.abs_()
-    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+    keep_step_positive(self)
     per_channel = self.ch_axis != -1
     axis = self.ch_axis % x.dim() if per_channel else None
     scale = self.scale.reshape(-1) if per_channel else self.scale.reshape(1)

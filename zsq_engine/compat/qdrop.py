@@ -69,12 +69,17 @@ def _usable(self, x) -> bool:
             and (self.ch_axis == -1 or -x.dim() <= self.ch_axis < x.dim()))
 
 
+def keep_step_positive(self) -> None:
+    """The original's bookkeeping on the step parameter before each forward (abs, then clamp at
+    eps), without its host synchronisation (``eps.item()``)."""
+    self.scale.data.abs_()
+    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+
+
 def lsq_forward(self, x, *, original):
     if not _usable(self, x):
         return original(self, x)
-    # the original's bookkeeping on the parameter, without its host synchronisation (eps.item())
-    self.scale.data.abs_()
-    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+    keep_step_positive(self)
     per_channel = self.ch_axis != -1
     factor = _grad_factor(self, x, per_channel)
     if per_channel:
@@ -91,8 +96,7 @@ def lsq_forward(self, x, *, original):
 def lsq_plus_forward(self, x, *, original):
     if not _usable(self, x):
         return original(self, x)
-    self.scale.data.abs_()
-    self.scale.data.clamp_(min=self.eps.to(self.scale.dtype))
+    keep_step_positive(self)
     self.zero_point.data.clamp_(self.quant_min, self.quant_max)
     per_channel = self.ch_axis != -1
     factor = _grad_factor(self, x, per_channel)

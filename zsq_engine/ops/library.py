@@ -107,6 +107,7 @@ def _with_eager_path(op, setup, backward):
             return op(*args)
         return EagerPath.apply(*args)
 
+    # the same formula is the custom op's autograd, which torch.compile traces
     op.register_autograd(backward, setup_context=setup)
     return call
 
