@@ -8,10 +8,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from zsq_engine.models.fmnist_resnet import FmnistResNet
-from zsq_engine.qat import (QATTrainer, channel_attention, channel_relation, distillation_gap, feature_alignment,
+from zsq_engine.qat import (QATTrainer, channel_attention, channel_relation, feature_alignment,
                             kd_kl, make_config, relation_loss, spatial_relation, train_qat)
 
 SHAPE = (1, 28, 28)

@@ -14,8 +14,8 @@ from torch import nn
 from runtime_helpers import compare, healthy, ptq
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import SamePad2d
-from zsq_engine.quant import QuantConv2d, naive_ptq
-from zsq_engine.runtime import (FORMAT_VERSION, IncompatibleFormatError, IntConv2d, IntLinear, UnsupportedLayerError,
+from zsq_engine.quant import QuantConv2d
+from zsq_engine.runtime import (FORMAT_VERSION, IncompatibleFormatError, IntConv2d, UnsupportedLayerError,
                                 convert, load, save)
 from zsq_engine.runtime.io import load_with_meta
 

@@ -5,8 +5,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from . import common
 
 _EPILOG = """methods:

@@ -11,7 +11,7 @@ Slots are dropped after their last use, so peak memory stays that of a plain for
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
