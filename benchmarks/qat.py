@@ -77,8 +77,7 @@ def eager_spatial_relation(f: torch.Tensor, impl: str = "auto", chunk_rows=None)
 
 
 def _eager_generator_step(tr: QATTrainer) -> torch.Tensor:
-    images, labels = tr.source().draw(tr.cfg.batch_size, grad=True)
-    loss = tr.method.generator_loss(images, labels)
+    loss = tr.generator_forward()  # same batch, loss and hand-off to the student step as the trainer's
     loss.backward()
     tr.generator_opt.step()
     tr.generator_opt.zero_grad(set_to_none=True)

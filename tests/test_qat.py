@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zsq_engine.models.fmnist_resnet import FmnistResNet
 from zsq_engine.qat import (QATTrainer, channel_attention, channel_relation, feature_alignment,
@@ -155,6 +156,55 @@ def test_generator_and_student_steps_are_isolated(method):
         assert not any(m.training for m in teacher.modules())
         for k, v in teacher.state_dict().items():
             assert torch.equal(v, teacher_state[k]), k
+    finally:
+        tr.close()
+
+
+@pytest.mark.parametrize("method", ["gdfq", "zaq"])
+def test_student_step_batch_follows_the_methods_code(method):
+    """GDFQ (as its code) trains the student on the batch the generator step just made, with
+    that step's teacher logits: no second generator or teacher forward. ZAQ's student steps draw
+    their own batches. Without a generator step in between, GDFQ draws afresh too."""
+    teacher = tiny_teacher()
+    tr = tiny_trainer(method, teacher, gen_warmup_iters=0)
+    try:
+        tr.prepare()
+        generated, teacher_inputs, student_inputs = [], [], []
+        hooks = [tr.generator.register_forward_hook(lambda m, i, o: generated.append(o.detach().clone())),
+                 teacher.register_forward_pre_hook(lambda m, i: teacher_inputs.append(i[0].detach().clone())),
+                 tr.student.register_forward_pre_hook(lambda m, i: student_inputs.append(i[0].detach().clone()))]
+        tr.generator_step()
+        n_gen, n_teacher = len(generated), len(teacher_inputs)
+        tr.student_step()
+        if method == "gdfq":
+            assert (len(generated), len(teacher_inputs)) == (n_gen, n_teacher) == (1, 1)
+            assert torch.equal(student_inputs[-1], generated[0])
+        else:
+            assert len(generated) == n_gen + 1
+            assert torch.equal(student_inputs[-1], generated[-1])
+            assert not torch.equal(generated[-1], generated[0])
+        before = len(generated)
+        tr.student_step()
+        assert len(generated) == before + 1 and torch.equal(student_inputs[-1], generated[-1])
+        for h in hooks:
+            h.remove()
+    finally:
+        tr.close()
+
+
+def test_gdfq_student_loss_on_the_handed_over_batch_matches_a_recomputation():
+    teacher = tiny_teacher()
+    tr = tiny_trainer("gdfq", teacher, gen_warmup_iters=0, ce_weight=1.0)
+    try:
+        tr.prepare()
+        tr.generator_step()
+        images, labels, t_logits = tr._handoff
+        with torch.no_grad():
+            assert torch.allclose(t_logits, teacher(images), atol=1e-6)
+            expected = kd_kl(tr.student(images), teacher(images), tr.cfg.temperature) + \
+                F.cross_entropy(tr.student(images), labels)
+        got = tr.student_step()
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
     finally:
         tr.close()
 

@@ -9,7 +9,9 @@ One run::
                  steps for this only; ZAQ: before its generator warm-up, which needs the student)
                  -> checkpoint
     per epoch:   iters_per_epoch student steps; before every student_steps_per_gen-th one a
-                 generator step (GDFQ, ZAQ) -> checkpoint (atomic)
+                 generator step (GDFQ, ZAQ) -> checkpoint (atomic). GDFQ's student step
+                 trains on that generator step's batch and teacher logits (as its code);
+                 ZAQ's student steps draw fresh batches (as its code)
 
 Gradient isolation: a generator step differentiates the generator objective with respect to the
 generator parameters only (``torch.autograd.grad``), so the student and the (frozen) teacher
@@ -152,6 +154,7 @@ class QATTrainer:
         self.history: List[dict] = []
         self.notes: dict = {}   # caller's records kept in the checkpoint (e.g. the start accuracy)
         self.prepare_seconds = 0.0
+        self._handoff = None    # (images, labels, teacher logits) of the last generator step, see student_step
         self._closed = False
 
     # ------------------------------------------------------------------ identity / checkpoints
@@ -239,12 +242,21 @@ class QATTrainer:
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ steps
-    def generator_step(self) -> torch.Tensor:
-        """One generator update; returns the detached generator loss (no host sync)."""
+    def generator_forward(self) -> torch.Tensor:
+        """Draw a generator batch and return its generator loss (in the graph). For a method
+        with ``student_reuses_generator_batch`` the batch (detached) and the teacher's logits on
+        it are kept for the next :meth:`student_step`."""
         if self.generator is None:
             raise RuntimeError(f"method {self.method_name!r} has no generator")
         images, labels = self.source().draw(self.cfg.batch_size, grad=True)
-        loss = self.method.generator_loss(images, labels)
+        loss, teacher_logits = self.method.generator_loss(images, labels)
+        if self.method.student_reuses_generator_batch:
+            self._handoff = (images.detach(), labels, teacher_logits)
+        return loss
+
+    def generator_step(self) -> torch.Tensor:
+        """One generator update; returns the detached generator loss (no host sync)."""
+        loss = self.generator_forward()
         params = [p for p in self.generator.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, params)
         for p, g in zip(params, grads):
@@ -254,11 +266,16 @@ class QATTrainer:
         return loss.detach()
 
     def student_step(self) -> torch.Tensor:
-        """One student update on a freshly drawn batch; returns the detached loss."""
-        images, labels = self.source().draw(self.cfg.batch_size, grad=False)
+        """One student update; returns the detached loss. The batch is the one the generator
+        step before it handed over (GDFQ, as its code) or a freshly drawn one."""
+        if self._handoff is not None:
+            (images, labels, teacher_logits), self._handoff = self._handoff, None
+        else:
+            images, labels = self.source().draw(self.cfg.batch_size, grad=False)
+            teacher_logits = None
         self.student.train()
         self.student_opt.zero_grad(set_to_none=True)
-        loss = self.method.student_backward(images.detach(), labels)
+        loss = self.method.student_backward(images.detach(), labels, teacher_logits)
         self.student_opt.step()
         self.student_opt.zero_grad(set_to_none=True)
         return loss
@@ -296,6 +313,7 @@ class QATTrainer:
             total += self.generator_step()
             if (it + 1) % self.cfg.log_every == 0 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(gen_loss=f"{float(total) / (it + 1):.4g}", refresh=False)
+        self._handoff = None  # warm-up steps train no student
         if hasattr(bar, "close"):
             bar.close()
 

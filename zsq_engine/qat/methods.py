@@ -2,20 +2,23 @@
 
 Each method object knows how to compute
 
-* ``generator_loss(images, labels)`` - the generator's objective (GDFQ: teacher CE + BN
-  statistics; ZAQ: minus the teacher/student discrepancy minus the activation regulariser).
-  The loop differentiates it with respect to the generator parameters only
+* ``generator_loss(images, labels)`` - ``(loss, teacher_logits)``: the generator's objective
+  (GDFQ: teacher CE + BN statistics; ZAQ: minus the teacher/student discrepancy minus the
+  activation regulariser) and the teacher's logits on ``images`` (detached), which a method
+  with ``student_reuses_generator_batch`` hands to its next student step. The loop
+  differentiates the loss with respect to the generator parameters only
   (``torch.autograd.grad``), so neither the student nor the teacher collects gradients there;
-* ``student_backward(images, labels)`` - the student's loss on a batch that is already
-  detached from the generator; it calls ``backward()`` itself (HAST needs two passes) and
-  returns the detached loss for logging.
+* ``student_backward(images, labels, teacher_logits=None)`` - the student's loss on a batch
+  that is already detached from the generator (``teacher_logits``: the teacher's output on it,
+  when already known); it calls ``backward()`` itself (HAST needs two passes) and returns the
+  detached loss for logging.
 
 The teacher is frozen by the loop (eval mode, ``requires_grad=False``); teacher outputs that
 only serve as targets are computed under ``no_grad``.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +38,9 @@ class QATMethod:
     uses_generator = True
     conditional = False
     generator_needs_student = False  # the generator objective runs the student (adversarial)
+    # GDFQ's code trains the student on the batch of the generator step just taken (detached) with
+    # the teacher logits of that step: no second generator or teacher forward per iteration
+    student_reuses_generator_batch = False
 
     def __init__(self, cfg: QATConfig, teacher: nn.Module, student: nn.Module,
                  feature_layers: Optional[List[str]] = None) -> None:
@@ -43,10 +49,12 @@ class QATMethod:
         self.student = student
         self.feature_layers = feature_layers
 
-    def generator_loss(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    def generator_loss(self, images: torch.Tensor,
+                       labels: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{self.name} has no generator")
 
-    def student_backward(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    def student_backward(self, images: torch.Tensor, labels: Optional[torch.Tensor],
+                         teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -64,16 +72,19 @@ class GDFQMethod(QATMethod):
 
     name = "gdfq"
     conditional = True
+    student_reuses_generator_batch = True
 
     def generator_loss(self, images, labels):
         with BNInputRecorder(self.teacher) as rec:
             logits = self.teacher(images)
             bns = ops.bn_stat_loss(*rec.loss_inputs(), variant="gdfq")
-        return F.cross_entropy(logits, labels) + self.cfg.bns_weight * bns
+        return F.cross_entropy(logits, labels) + self.cfg.bns_weight * bns, logits.detach()
 
-    def student_backward(self, images, labels):
-        with torch.no_grad():
-            t_logits = self.teacher(images)
+    def student_backward(self, images, labels, teacher_logits=None):
+        t_logits = teacher_logits
+        if t_logits is None:
+            with torch.no_grad():
+                t_logits = self.teacher(images)
         s_logits = self.student(images)
         loss = self.cfg.kd_weight * kd_kl(s_logits, t_logits, self.cfg.temperature)
         if self.cfg.ce_weight > 0:
@@ -103,14 +114,14 @@ class ZAQMethod(QATMethod):
         d = F.l1_loss(s_logits, t_logits)
         if self.cfg.relation_weight > 0:
             d = d + self.cfg.relation_weight * relation_loss(s_feats, t_feats)
-        return d, t_feats
+        return d, t_feats, t_logits
 
     def generator_loss(self, images, labels):
-        d, t_feats = self._discrepancy(images, teacher_grad=True)
-        return -d - self.cfg.act_weight * t_feats[-1].abs().mean()
+        d, t_feats, t_logits = self._discrepancy(images, teacher_grad=True)
+        return -d - self.cfg.act_weight * t_feats[-1].abs().mean(), t_logits.detach()
 
-    def student_backward(self, images, labels):
-        d, _ = self._discrepancy(images, teacher_grad=False)
+    def student_backward(self, images, labels, teacher_logits=None):
+        d, _, _ = self._discrepancy(images, teacher_grad=False)
         d.backward()
         return d.detach()
 
@@ -138,7 +149,7 @@ class HASTMethod(QATMethod):
             loss = loss + self.cfg.fa_weight * feature_alignment(s_feats, t_feats)
         return loss
 
-    def student_backward(self, images, labels):
+    def student_backward(self, images, labels, teacher_logits=None):
         if self.cfg.promote_eps == 0:
             loss = self._loss(images)
             loss.backward()
