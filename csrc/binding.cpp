@@ -21,6 +21,7 @@
 #include "cpu/int_gemm.h"
 #include "cpu/qdrop_mix.h"
 #include "cpu/scale_search.h"
+#include "cpu/self_attention.h"
 
 #ifdef ZSQ_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -367,6 +368,51 @@ at::Tensor qdrop_mix_cpu(const at::Tensor& x_q, const at::Tensor& x_fp, double p
   zsq::cpu::qdrop_mix(type, x_q.const_data_ptr(), x_fp.const_data_ptr(), out.mutable_data_ptr(),
                       x_q.numel(), q, at::get_num_threads());
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-attention with q = k = v = u, scale 1 (ZAQ's spatial relation), float32 [batch, L, C]
+
+void check_attention_input(const char* fn, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, fn, ": ", name, " must be float32, got dtype ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == 3, fn, ": ", name, " must be [batch, L, C], got shape ", t.sizes());
+  check_cpu_contiguous(fn, name, t);
+}
+
+// -> (out [batch, L, C], lse [batch, L])
+std::tuple<at::Tensor, at::Tensor> self_attention_forward_cpu(const at::Tensor& u) {
+  constexpr const char* fn = "self_attention_forward_cpu";
+  check_attention_input(fn, "u", u);
+  at::Tensor out = at::empty_like(u, at::MemoryFormat::Contiguous);
+  at::Tensor lse = at::empty({u.size(0), u.size(1)}, u.options());
+  if (u.numel() > 0) {
+    zsq::cpu::self_attention_forward(u.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                     lse.mutable_data_ptr<float>(), u.size(0), u.size(1),
+                                     u.size(2), at::get_num_threads());
+  }
+  return {out, lse};
+}
+
+at::Tensor self_attention_backward_cpu(const at::Tensor& u, const at::Tensor& out,
+                                       const at::Tensor& lse, const at::Tensor& grad_out) {
+  constexpr const char* fn = "self_attention_backward_cpu";
+  check_attention_input(fn, "u", u);
+  check_same_as(fn, "out", out, "u", u);
+  check_same_as(fn, "grad_out", grad_out, "u", u);
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == u.size(0) &&
+                  lse.size(1) == u.size(1),
+              fn, ": lse must be float32 [batch, L] = [", u.size(0), ", ", u.size(1), "], got ",
+              lse.scalar_type(), " ", lse.sizes());
+  check_cpu_contiguous(fn, "lse", lse);
+  at::Tensor grad_u = at::empty_like(u, at::MemoryFormat::Contiguous);
+  if (u.numel() > 0) {
+    zsq::cpu::self_attention_backward(u.const_data_ptr<float>(), out.const_data_ptr<float>(),
+                                      lse.const_data_ptr<float>(), grad_out.const_data_ptr<float>(),
+                                      grad_u.mutable_data_ptr<float>(), u.size(0), u.size(1),
+                                      u.size(2), at::get_num_threads());
+  }
+  return grad_u;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qdrop_lsq_backward_cpu(
@@ -1116,6 +1162,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("quant_max"), pybind11::arg("axis"), pybind11::arg("grad_factor"),
         "LSQ/LSQ+ backward in one pass: (dx in x's dtype, dscale float32 shaped like scale,\n"
         "dzero_point float32 shaped like zero_point). zero_point rounded and clamped to the range.");
+  m.def("self_attention_forward_cpu", &self_attention_forward_cpu, pybind11::arg("u"),
+        "softmax(u u^T) u per batch entry, u float32 [batch, L, C] contiguous; returns (out, lse)");
+  m.def("self_attention_backward_cpu", &self_attention_backward_cpu, pybind11::arg("u"),
+        pybind11::arg("out"), pybind11::arg("lse"), pybind11::arg("grad_out"),
+        "gradient of self_attention_forward_cpu with respect to u (query + key + value)");
   m.def("qdrop_mix_cpu", &qdrop_mix_cpu, pybind11::arg("x_q"), pybind11::arg("x_fp"),
         pybind11::arg("p"), pybind11::arg("seed"), pybind11::arg("offset"),
         "QDrop mixing: x_q where uniform(seed, i + offset) < p, else x_fp (contiguous, same dtype)");

@@ -5,6 +5,7 @@ best implementation that can run: Triton or the CUDA extension for CUDA tensors,
 extension for CPU tensors, and the pure-PyTorch reference (the oracle of every test) otherwise.
 Force one with ``ZSQ_BACKEND=reference|triton|cuda|cpu`` or ``with use_backend(name): ...``.
 """
+from .attention_ops import self_attention
 from .bn_ops import bn_stat_loss
 from .dispatch import BACKENDS, BackendUnavailableError, available_backends, backend_status, use_backend
 from .epilogue import Epilogue
@@ -17,6 +18,7 @@ from .reference.bn_stats import BNLossSpec
 __all__ = [
     "BACKENDS", "BNLossSpec", "BackendUnavailableError", "Epilogue", "adaround_fake_quant", "adaround_h", "adaround_init",
     "adaround_regularizer", "available_backends", "backend_status", "bn_stat_loss", "conv2d_int", "fake_quant",
-    "int_mm", "lsq_fake_quant", "minmax_qparams", "pack_int4", "qconv2d_nhwc", "qdrop_fake_quant", "qdrop_mix", "qgemm", "scale_search", "unpack_int4",
+    "int_mm", "lsq_fake_quant", "minmax_qparams", "pack_int4", "qconv2d_nhwc", "qdrop_fake_quant", "qdrop_mix", "qgemm", "scale_search",
+    "self_attention", "unpack_int4",
     "use_backend",
 ]

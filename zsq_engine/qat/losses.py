@@ -14,14 +14,17 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import ops
+
 __all__ = ["RELATION_GAMMA", "kd_kl", "spatial_relation", "channel_relation", "relation_loss",
            "channel_attention", "feature_alignment", "SPATIAL_IMPLS"]
 
 # DANet-style attention modules with the residual weight fixed: r = gamma * attention(x) + x.
 RELATION_GAMMA = 0.1
-SPATIAL_IMPLS = ("auto", "sdpa", "chunked")
-# Above this many relation entries per image (HW * HW) 'auto' never materialises the matrix.
+SPATIAL_IMPLS = ("auto", "fused", "sdpa", "chunked")
+# Query rows per block of the 'chunked' spatial relation.
 _CHUNK_ROWS = 256
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what ops.self_attention takes
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,12 +59,16 @@ def spatial_relation(f: torch.Tensor, impl: str = "auto", chunk_rows: Optional[i
 
     ``A`` is never materialised in full:
 
+    * ``'fused'`` - :func:`zsq_engine.ops.self_attention`: on CPU one C++ kernel that keeps a
+      single score row per thread and recomputes the rows in the backward (float32; other
+      dtypes and devices run its row-block reference);
     * ``'sdpa'`` - ``scaled_dot_product_attention(u, u, u, scale=1)``, which is exactly ``A u``
-      and runs a fused (flash / memory-efficient) kernel on CPU and GPU;
-    * ``'chunked'`` - ``chunk_rows`` query rows at a time (``[N, chunk, HW]`` blocks), for
-      backends whose attention kernel would fall back to the materialising math path;
-    * ``'auto'`` - ``'sdpa'`` on CUDA, ``'chunked'`` elsewhere (on CPU the row blocks measured
-      20% faster than the CPU flash kernel for the small head dims of CNN features).
+      (FlashAttention on CUDA);
+    * ``'chunked'`` - ``chunk_rows`` query rows at a time in plain autograd (``[N, chunk, HW]``
+      blocks; the backward keeps every block);
+    * ``'auto'`` - ``'sdpa'`` on CUDA, ``'fused'`` elsewhere (``'chunked'`` for float64). (On CPU, fwd+bwd at
+      [64, 16, 28, 28], one thread: fused is several times faster than chunked, and PyTorch's
+      CPU SDPA is slower than chunked once gradients are needed.)
     """
     _check_feature("f", f)
     if impl not in SPATIAL_IMPLS:
@@ -69,8 +76,10 @@ def spatial_relation(f: torch.Tensor, impl: str = "auto", chunk_rows: Optional[i
     n, c, h, w = f.shape
     u = F.normalize(f.reshape(n, c, h * w), dim=1).transpose(1, 2)  # [N, HW, C]
     if impl == "auto":
-        impl = "sdpa" if f.is_cuda else "chunked"
-    if impl == "sdpa":
+        impl = "sdpa" if f.is_cuda else "fused" if f.dtype in _FUSED_DTYPES else "chunked"
+    if impl == "fused":
+        out = ops.self_attention(u)
+    elif impl == "sdpa":
         out = F.scaled_dot_product_attention(u, u, u, scale=1.0)
     else:
         rows = _CHUNK_ROWS if chunk_rows is None else int(chunk_rows)

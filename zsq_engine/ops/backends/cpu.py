@@ -8,6 +8,8 @@ for them (type promotion), so dispatch never fails on a valid input.
 """
 from __future__ import annotations
 
+import torch as _torch
+
 from zsq_engine._ext import get_extension
 
 from ..dispatch import register
@@ -72,6 +74,22 @@ def _register_fake_quant() -> None:
 
 if _C is not None and hasattr(_C, "fq_forward_cpu"):
     _register_fake_quant()
+
+
+if _C is not None and hasattr(_C, "self_attention_forward_cpu"):
+    from ..reference import attention as _ref_attention
+
+    @register("self_attention_forward", "cpu")
+    def _self_attention_forward(u):
+        if u.dtype != _torch.float32:
+            return _ref_attention.self_attention_forward(u)
+        return _C.self_attention_forward_cpu(u)
+
+    @register("self_attention_backward", "cpu")
+    def _self_attention_backward(u, out, lse, grad_out):
+        if u.dtype != _torch.float32:
+            return _ref_attention.self_attention_backward(u, out, lse, grad_out)
+        return _C.self_attention_backward_cpu(u, out, lse, grad_out)
 
 
 def _bn_spec_args(spec):
