@@ -16,7 +16,7 @@ the eager side swaps in what the reference repositories do:
 * GDFQ's BN-statistics loss: per-layer hook tensors reduced in Python
   (:func:`benchmarks.bn_stats.eager_loss`) instead of the batched ``ops.bn_stat_loss``;
 * ZAQ's spatial relation: the HW x HW attention matrix materialised (as ZAQ's code) instead of
-  computed in row blocks / by SDPA;
+  ``ops.self_attention`` (C++ kernel on CPU) / SDPA (CUDA);
 * the generator step: ``loss.backward()`` into everything that requires grad (the reference code
   leaves the teacher's parameters trainable and zeroes the student's stray gradients afterwards)
   instead of ``autograd.grad`` restricted to the generator.

@@ -25,19 +25,14 @@ def fmnist():
 # Short runs at the fast presets (W3A3, where the naive start leaves the most to gain).
 SHORT = {
     "gdfq": dict(gen_warmup_iters=30, iters_per_epoch=30, batch_size=16),
-    "zaq": dict(iters_per_epoch=20, batch_size=16),
+    # ZAQ needs bigger batches than the others: with 16 images x 20 or 40 iterations the KL
+    # stayed within a few percent of its start (its adversarial samples are noisier targets)
+    "zaq": dict(iters_per_epoch=30, batch_size=32),
     "hast": dict(gen_warmup_iters=30, iters_per_epoch=60, batch_size=16),
 }
 
 
-@pytest.mark.parametrize("method", [
-    "gdfq",
-    pytest.param("zaq", marks=pytest.mark.xfail(
-        reason="known limitation: a short ZAQ run leaves the real-data KL where it started (within a few "
-               "percent either way, measured at W3A3); its samples are adversarial to the student and only "
-               "become informative over long runs (docs/qat.md)", strict=False)),
-    "hast",
-])
+@pytest.mark.parametrize("method", ["gdfq", "zaq", "hast"])
 def test_short_run_moves_the_student_towards_the_teacher(method, fmnist):
     """On real test images never used in training, the KL between teacher and student
     predictions drops at least 10% below the naive-quantized (ranges calibrated on the
