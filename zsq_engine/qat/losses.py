@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.reference import attention as attention_reference
 
 __all__ = ["RELATION_GAMMA", "kd_kl", "spatial_relation", "channel_relation", "relation_loss",
            "channel_attention", "feature_alignment", "SPATIAL_IMPLS"]
@@ -85,12 +86,8 @@ def spatial_relation(f: torch.Tensor, impl: str = "auto", chunk_rows: Optional[i
         rows = _CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
         if rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
-        parts = []
-        for start in range(0, h * w, rows):
-            q = u[:, start:start + rows]                         # [N, r, C]
-            attn = torch.softmax(q @ u.transpose(1, 2), dim=-1)  # [N, r, HW]: one block only
-            parts.append(attn @ u)
-        out = torch.cat(parts, dim=1)
+        # the op's row-block reference, differentiated by autograd ([N, rows, HW] blocks)
+        out, _ = attention_reference.self_attention_forward(u, rows)
     return (RELATION_GAMMA * out + u).transpose(1, 2)
 
 
