@@ -17,6 +17,13 @@ the eager side swaps in what the reference repositories do:
   (:func:`benchmarks.bn_stats.eager_loss`) instead of the batched ``ops.bn_stat_loss``;
 * ZAQ's spatial relation: the HW x HW attention matrix materialised (as ZAQ's code) instead of
   ``ops.self_attention`` (C++ kernel on CPU) / SDPA (CUDA);
+* the generator's convolutions: nearest x2 upsample, then the 3x3 convolution, and the output
+  convolution as ``nn.Conv2d`` (as the reference generators) instead of
+  ``ops.upsample2x_conv3x3`` (four 2x2 phase convolutions of the low-resolution input: the same
+  function in 4/9 of the multiply-adds) and, on CPU, ``ops.conv3x3_narrow`` (one GEMM);
+* ZAQ's and HAST's teacher: the model as given (BN layers run) instead of its copy with BN folded
+  and narrow convolutions as GEMMs (``zsq_engine.qat.teacher``), and the student's convolutions
+  all through ``F.conv2d`` (the 1-channel stem included, which zsq runs as ``ops.conv3x3_narrow``);
 * the generator step: ``loss.backward()`` into everything that requires grad (the reference code
   leaves the teacher's parameters trainable and zeroes the student's stray gradients afterwards)
   instead of ``autograd.grad`` restricted to the generator.
@@ -44,6 +51,7 @@ from zsq_engine.models import get_model
 from zsq_engine.qat import QATTrainer
 from zsq_engine.qat import losses as qat_losses
 from zsq_engine.qat import methods as qat_methods
+from zsq_engine.quant.modules import QuantConv2d
 from zsq_engine.quant.quantizer import SCALE_EPS, UniformQuantizer
 
 
@@ -68,6 +76,17 @@ class EagerFakeQuant(UniformQuantizer):
         return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, self.quant_min, self.quant_max)
 
 
+class EagerQuantConv2d(QuantConv2d):
+    """QuantConv2d with every convolution through ``F.conv2d`` (no GEMM form for narrow ones)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = self._inputs(x)
+        if self._pad is not None:
+            return F.conv2d(F.pad(x, self._pad, mode=self.padding_mode), w, self.bias, self.stride, 0,
+                            self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 def eager_spatial_relation(f: torch.Tensor, impl: str = "auto", chunk_rows=None) -> torch.Tensor:
     """ZAQ's spatial relation with the [N, HW, HW] attention matrix materialised."""
     n, c, h, w = f.shape
@@ -89,24 +108,35 @@ def _eager_generator_step(tr: QATTrainer) -> torch.Tensor:
 def eager_mode(tr: QATTrainer):
     """Swap the eager pieces (see the module docstring) into one trainer, and back."""
     quantizers = [m for m in tr.student.modules() if isinstance(m, UniformQuantizer)]
+    convs = [m for m in tr.student.modules() if type(m) is QuantConv2d]
     saved_ops, saved_spatial = qat_methods.ops, qat_losses.spatial_relation
     for q in quantizers:
         q.__class__ = EagerFakeQuant
+    for c in convs:
+        c.__class__ = EagerQuantConv2d
     qat_methods.ops = types.SimpleNamespace(bn_stat_loss=lambda a, m, v, variant: eager_loss(a, m, v, variant))
     qat_losses.spatial_relation = eager_spatial_relation
     for p in tr.teacher.parameters():
         p.requires_grad_(True)
     tr.generator_step = types.MethodType(_eager_generator_step, tr)
+    folded_teacher, tr.method.teacher = tr.method.teacher, tr.teacher
+    if tr.generator is not None:
+        tr.generator.fast_convs = False
     try:
         yield tr
     finally:
         del tr.generator_step
+        tr.method.teacher = folded_teacher
+        if tr.generator is not None:
+            tr.generator.fast_convs = True
         for p in tr.teacher.parameters():
             p.requires_grad_(False)
             p.grad = None
         qat_methods.ops, qat_losses.spatial_relation = saved_ops, saved_spatial
         for q in quantizers:
             q.__class__ = UniformQuantizer
+        for c in convs:
+            c.__class__ = QuantConv2d
 
 
 def _run(tr: QATTrainer, iters: int, device: torch.device) -> float:

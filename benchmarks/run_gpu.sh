@@ -14,6 +14,7 @@ tests_rc=0
 "$PY" -m benchmarks.bn_stats --device cuda
 "$PY" -m benchmarks.synth --device cuda
 "$PY" -m benchmarks.recon --device cuda
+"$PY" -m benchmarks.conv_forms --device cuda
 "$PY" -m benchmarks.qat --device cuda
 "$PY" -m benchmarks.int_gemm --device cuda
 "$PY" -m benchmarks.compat --device cuda

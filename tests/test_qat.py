@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from zsq_engine.models.fmnist_resnet import FmnistResNet
 from zsq_engine.qat import (QATTrainer, channel_attention, channel_relation, feature_alignment,
                             kd_kl, make_config, relation_loss, spatial_relation, train_qat)
+from zsq_engine.qat.taps import FeatureTaps, block_names
+from zsq_engine.qat.teacher import NarrowAwareConv2d, fast_frozen_copy
 
 SHAPE = (1, 28, 28)
 
@@ -151,9 +153,10 @@ def test_generator_and_student_steps_are_isolated(method):
         assert all(p.grad is None for p in gen_params)
         assert not _changed(g1, gen_params)
         assert _changed(s1, stu_params)
-        # the teacher stays frozen: no grads, eval mode, same values
-        assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
-        assert not any(m.training for m in teacher.modules())
+        # the teacher (and the copy the method runs) stays frozen: no grads, eval mode, same values
+        for model in (teacher, tr.method.teacher):
+            assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+            assert not any(m.training for m in model.modules())
         for k, v in teacher.state_dict().items():
             assert torch.equal(v, teacher_state[k]), k
     finally:
@@ -227,12 +230,50 @@ def test_hast_promotion_adds_the_promoted_loss():
     x2 = x + 0.05 * gx.sign()
     l2 = tr.method._loss(x2)
     want = torch.autograd.grad(l1 + l2, params, allow_unused=True)
-    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    for model in (teacher, tr.method.teacher):
+        assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     tr.close()
     torch.testing.assert_close(loss, (l1 + l2).detach())
     for g, w in zip(got, want):
         torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, rtol=1e-4, atol=1e-6)
     assert all(p.requires_grad for p in teacher.parameters())  # close() gave the flags back
+
+
+@pytest.mark.parametrize("method", ["gdfq", "zaq", "hast"])
+def test_methods_run_the_teacher_function_with_bn_folded_where_they_can(method):
+    """ZAQ and HAST get a BN-folded copy of the teacher (same logits and block outputs, no BN
+    layer, the 1-channel stem through the narrow-conv GEMM); GDFQ reads BN inputs and keeps it."""
+    teacher = tiny_teacher()
+    tr = tiny_trainer(method, teacher)
+    try:
+        used = tr.method.teacher
+        if method == "gdfq":
+            assert used is teacher
+            return
+        assert used is not teacher
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in used.modules())
+        assert isinstance(used.conv1, NarrowAwareConv2d)
+        x = torch.randn(5, *SHAPE, dtype=torch.float64)
+        ref, fast = copy.deepcopy(teacher).double(), copy.deepcopy(used).double()
+        names = block_names(ref)
+        with torch.no_grad(), FeatureTaps(ref, names) as rt, FeatureTaps(fast, names) as ft:
+            torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-6)  # folded in fp32
+            for a, b in zip(ft.features(), rt.features()):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # the original is untouched
+    finally:
+        tr.close()
+
+
+def test_the_teacher_copy_leaves_the_seeded_random_stream_alone():
+    """Folding builds new conv modules; their default initialisation must not shift what the seed
+    drives afterwards (the generator's initial weights)."""
+    teacher = tiny_teacher()
+    torch.manual_seed(5)
+    want = torch.rand(4)
+    torch.manual_seed(5)
+    fast_frozen_copy(teacher)
+    assert torch.equal(torch.rand(4), want)
 
 
 # ----------------------------------------------------------------------------- resume

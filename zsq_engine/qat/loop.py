@@ -39,6 +39,7 @@ from .losses import kd_kl
 from .methods import METHOD_CLASSES
 from .sources import GeneratorSource, PoolSource
 from .student import act_quantizers, build_student, rescale_quant_lrs, student_param_groups
+from .teacher import fast_frozen_copy
 
 __all__ = ["QATTrainer", "QATResult", "train_qat", "distillation_gap"]
 
@@ -122,7 +123,9 @@ class QATTrainer:
 
         torch.manual_seed(seed)
         self.student = build_student(self.teacher, wbits, abits, first_last_bits).to(self.device)
-        self.method = METHOD_CLASSES[method](self.cfg, self.teacher, self.student, feature_layers)
+        method_cls = METHOD_CLASSES[method]
+        method_teacher = self.teacher if method_cls.reads_teacher_bn else fast_frozen_copy(self.teacher)
+        self.method = method_cls(self.cfg, method_teacher, self.student, feature_layers)
         self.generator: Optional[nn.Module] = None
         if self.method.uses_generator:
             if method == "gdfq":

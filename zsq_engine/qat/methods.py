@@ -14,7 +14,8 @@ Each method object knows how to compute
   detached loss for logging.
 
 The teacher is frozen by the loop (eval mode, ``requires_grad=False``); teacher outputs that
-only serve as targets are computed under ``no_grad``.
+only serve as targets are computed under ``no_grad``. Methods that do not read the teacher's BN
+inputs (ZAQ, HAST) get a BN-folded copy of it (the same function with fewer operations).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class QATMethod:
     # GDFQ's code trains the student on the batch of the generator step just taken (detached) with
     # the teacher logits of that step: no second generator or teacher forward per iteration
     student_reuses_generator_batch = False
+    # the objectives read the teacher's BN inputs (GDFQ's BN statistics); otherwise the trainer
+    # hands the method a copy of the teacher with BN folded into the convolutions
+    reads_teacher_bn = False
 
     def __init__(self, cfg: QATConfig, teacher: nn.Module, student: nn.Module,
                  feature_layers: Optional[List[str]] = None) -> None:
@@ -73,6 +77,7 @@ class GDFQMethod(QATMethod):
     name = "gdfq"
     conditional = True
     student_reuses_generator_batch = True
+    reads_teacher_bn = True
 
     def generator_loss(self, images, labels):
         with BNInputRecorder(self.teacher) as rec:

@@ -1,0 +1,90 @@
+"""``conv3x3_narrow(x, w, b)`` = ``conv2d(x, w, b, padding=1)`` for convolutions with few output
+channels (a generator's last layer: 64 channels -> 1 or 3), as one batched GEMM and nine shifted
+sums, or with few input channels (a grayscale or RGB stem), as nine shifted copies and one GEMM.
+
+oneDNN's CPU convolution is slow at this shape: on the Fashion-MNIST generator's output layer
+([64, 64, 28, 28] -> 1 channel, 58 MFLOP forward) forward + backward took 55 ms on one Zen 4
+core, about 1 GFLOP/s. Here every tap of every output channel is computed at every input pixel
+first, ``z[n, (tap, co), p] = sum_ci w[co, ci, tap] x[n, ci, p]`` (a [9 C_out, C_in] x [C_in, HW]
+GEMM per image, ``torch.bmm``), then ``y[n, co, i, j] = sum_tap z[n, (tap, co), i + dy - 1, j + dx - 1]``
+(zero outside). Autograd differentiates both steps with GEMMs and slices; the same layer took
+10 ms forward + backward (``benchmarks/conv_forms.py`` has the rows). The extra memory is
+``z``: 9 x C_out per pixel, small exactly when C_out is.
+
+With few input channels the roles swap: ``cols`` = the nine shifted copies of the input
+([N, 9 C_in, HW]), then a [C_out, 9 C_in] x [9 C_in, HW] GEMM per image (the 1 -> 16 stem of the
+Fashion-MNIST ResNet: forward + backward 15-26 ms -> 5-7 ms on one core).
+
+It is the same function as the convolution up to float summation order. It pays on CPU when
+C_in or C_out is a few channels (:func:`narrow_conv_pays`); for wide layers the convolution
+kernels win, and on CUDA cuDNN is used (callers check :func:`narrow_conv_pays`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import checks
+
+__all__ = ["conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_CHANNELS"]
+
+# C_in or C_out up to this many channels is "narrow": where the two forms were measured faster
+# than oneDNN on CPU (1 -> 16, 3 -> 16, 3 -> 64, 64 -> 1, 64 -> 3); at 16 -> 16 they are 20x slower
+NARROW_MAX_CHANNELS = 4
+
+
+def narrow_conv_pays(x: torch.Tensor, weight: torch.Tensor, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                     groups: int = 1) -> bool:
+    """True where ``conv2d(x, weight, ..., stride, padding, dilation, groups)`` is a 3x3, stride
+    1, padding 1 convolution of a CPU float tensor with at most ``NARROW_MAX_CHANNELS`` input or
+    output channels: where :func:`conv3x3_narrow` beats the library convolution."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and groups == 1
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+            and min(weight.shape[0], weight.shape[1]) <= NARROW_MAX_CHANNELS)
+
+
+def conv3x3_narrow(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv2d(x, weight, bias, stride=1, padding=1)`` for a 3x3 ``weight`` [C_out, C_in, 3, 3]
+    and ``x`` [N, C_in, H, W]; returns [N, C_out, H, W], differentiable in all three."""
+    any_float = (torch.float64, *checks.FLOAT_DTYPES)
+    checks.check_tensor("x", x, any_float)
+    checks.check_tensor("weight", weight, any_float)
+    if bias is not None:
+        checks.check_tensor("bias", bias, any_float)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, C_in, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+        raise ValueError(f"weight must be [C_out, {x.shape[1]}, 3, 3] for x with {x.shape[1]} channels, "
+                         f"got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}] (one per output channel) or None, "
+                         f"got shape {tuple(bias.shape)}")
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    if c_in < c_out:
+        return _few_inputs(x, weight, bias)
+    taps = weight.permute(2, 3, 0, 1).reshape(9 * c_out, c_in)          # row (dy * 3 + dx) * C_out + co
+    z = torch.bmm(taps.expand(n, -1, -1), x.reshape(n, c_in, h * w))     # [N, 9 C_out, HW]
+    z = F.pad(z.view(n, 9, c_out, h, w), (1, 1, 1, 1))                  # zero ring = the conv's padding
+    # output (i, j) takes tap (dy, dx) from input (i + dy - 1, j + dx - 1) = padded z at (i + dy, j + dx)
+    y = z[:, 0, :, 0:h, 0:w]
+    for t in range(1, 9):
+        dy, dx = divmod(t, 3)
+        y = y + z[:, t, :, dy:dy + h, dx:dx + w]
+    return y if bias is None else y + bias.view(1, c_out, 1, 1)
+
+
+def _few_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The transposed form, for few input channels (a grayscale or RGB stem): the nine shifted
+    copies of the input first (``cols`` [N, 9 C_in, HW], small exactly when C_in is), then one
+    [C_out, 9 C_in] x [9 C_in, HW] GEMM per image."""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    xp = F.pad(x, (1, 1, 1, 1))
+    cols = torch.stack([xp[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 2)  # [N, C_in, 9, H, W]
+    y = torch.bmm(weight.reshape(c_out, c_in * 9).expand(n, -1, -1), cols.view(n, c_in * 9, h * w))
+    y = y.view(n, c_out, h, w)
+    return y if bias is None else y + bias.view(1, c_out, 1, 1)
