@@ -107,6 +107,7 @@ def test_narrow_conv_pays_only_for_narrow_3x3_stride_1_cpu_convs():
     assert ops.narrow_conv_pays(x1, torch.randn(16, 1, 3, 3))
     assert ops.narrow_conv_pays(x64, torch.randn(3, 64, 3, 3))
     assert not ops.narrow_conv_pays(x16, torch.randn(16, 16, 3, 3))           # wide: oneDNN wins
+    assert not ops.narrow_conv_pays(torch.randn(1, 3, 8, 8), torch.randn(16, 3, 3, 3))  # RGB stem: measured slower
     assert not ops.narrow_conv_pays(x1, torch.randn(16, 1, 5, 5))             # not 3x3
     assert not ops.narrow_conv_pays(x1, torch.randn(16, 1, 3, 3), stride=(2, 2))
     assert not ops.narrow_conv_pays(x1, torch.randn(16, 1, 3, 3), padding=(0, 0))

@@ -9,8 +9,8 @@ from .attention_ops import self_attention
 from .bn_ops import bn_stat_loss
 from .dispatch import BACKENDS, BackendUnavailableError, available_backends, backend_status, use_backend
 from .epilogue import Epilogue
-from .narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
 from .integer_ops import conv2d_int, int_mm, pack_int4, unpack_int4
+from .narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
 from .quantized_ops import qconv2d_nhwc, qgemm
 from .quant_ops import (adaround_fake_quant, adaround_h, adaround_init, adaround_regularizer, fake_quant,
                         lsq_fake_quant, minmax_qparams, qdrop_fake_quant, qdrop_mix, scale_search)
@@ -18,9 +18,9 @@ from .reference.bn_stats import BNLossSpec
 from .upsample_ops import upsample2x_conv3x3
 
 __all__ = [
-    "BACKENDS", "BNLossSpec", "BackendUnavailableError", "Epilogue", "adaround_fake_quant", "adaround_h", "adaround_init",
-    "adaround_regularizer", "available_backends", "backend_status", "bn_stat_loss", "conv2d_int", "conv3x3_narrow", "fake_quant",
-    "int_mm", "lsq_fake_quant", "minmax_qparams", "narrow_conv_pays", "pack_int4", "qconv2d_nhwc", "qdrop_fake_quant", "qdrop_mix", "qgemm", "scale_search",
-    "self_attention", "unpack_int4", "upsample2x_conv3x3",
-    "use_backend",
+    "adaround_fake_quant", "adaround_h", "adaround_init", "adaround_regularizer", "available_backends",
+    "backend_status", "BACKENDS", "BackendUnavailableError", "bn_stat_loss", "BNLossSpec", "conv2d_int",
+    "conv3x3_narrow", "Epilogue", "fake_quant", "int_mm", "lsq_fake_quant", "minmax_qparams",
+    "narrow_conv_pays", "pack_int4", "qconv2d_nhwc", "qdrop_fake_quant", "qdrop_mix", "qgemm", "scale_search",
+    "self_attention", "unpack_int4", "upsample2x_conv3x3", "use_backend",
 ]

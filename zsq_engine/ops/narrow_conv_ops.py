@@ -1,10 +1,10 @@
 """``conv3x3_narrow(x, w, b)`` = ``conv2d(x, w, b, padding=1)`` for convolutions with few output
 channels (a generator's last layer: 64 channels -> 1 or 3), as one batched GEMM and nine shifted
-sums, or with few input channels (a grayscale or RGB stem), as nine shifted copies and one GEMM.
+sums, or with few input channels (a grayscale stem), as nine shifted copies and one GEMM.
 
 oneDNN's CPU convolution is slow at this shape: on the Fashion-MNIST generator's output layer
 ([64, 64, 28, 28] -> 1 channel, 58 MFLOP forward) forward + backward took 55 ms on one Zen 4
-core, about 1 GFLOP/s. Here every tap of every output channel is computed at every input pixel
+core, about 3 GFLOP/s. Here every tap of every output channel is computed at every input pixel
 first, ``z[n, (tap, co), p] = sum_ci w[co, ci, tap] x[n, ci, p]`` (a [9 C_out, C_in] x [C_in, HW]
 GEMM per image, ``torch.bmm``), then ``y[n, co, i, j] = sum_tap z[n, (tap, co), i + dy - 1, j + dx - 1]``
 (zero outside). Autograd differentiates both steps with GEMMs and slices; the same layer took
@@ -13,11 +13,12 @@ GEMM per image, ``torch.bmm``), then ``y[n, co, i, j] = sum_tap z[n, (tap, co), 
 
 With few input channels the roles swap: ``cols`` = the nine shifted copies of the input
 ([N, 9 C_in, HW]), then a [C_out, 9 C_in] x [9 C_in, HW] GEMM per image (the 1 -> 16 stem of the
-Fashion-MNIST ResNet: forward + backward 15-26 ms -> 5-7 ms on one core).
+Fashion-MNIST ResNet: 1.4x faster than oneDNN at batch 64 on 2 threads).
 
-It is the same function as the convolution up to float summation order. It pays on CPU when
-C_in or C_out is a few channels (:func:`narrow_conv_pays`); for wide layers the convolution
-kernels win, and on CUDA cuDNN is used (callers check :func:`narrow_conv_pays`).
+It is the same function as the convolution up to float summation order. Where it pays on CPU
+is measured, not assumed (:func:`narrow_conv_pays`: at most 4 outputs or a single input
+channel); for wide layers the convolution kernels win, and on CUDA cuDNN is used (callers
+check :func:`narrow_conv_pays`).
 """
 from __future__ import annotations
 
@@ -28,22 +29,26 @@ import torch.nn.functional as F
 
 from . import checks
 
-__all__ = ["conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_CHANNELS"]
+__all__ = ["conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_IN", "NARROW_MAX_OUT"]
 
-# C_in or C_out up to this many channels is "narrow": where the two forms were measured faster
-# than oneDNN on CPU (1 -> 16, 3 -> 16, 3 -> 64, 64 -> 1, 64 -> 3); at 16 -> 16 they are 20x slower
-NARROW_MAX_CHANNELS = 4
+# Where the GEMM forms beat oneDNN on CPU (benchmarks/conv_forms.py, batch 64, 2 threads of a
+# Zen 4): 64 -> 1 3.5x and 1 -> 16 1.4x faster; 3 -> 16 0.64x and 3 -> 64 1.06x (on one thread
+# both were faster), 16 -> 16 20x slower. So: at most 4 outputs (the nine taps' GEMM output stays
+# small), or a single input channel.
+NARROW_MAX_OUT = 4
+NARROW_MAX_IN = 1
 
 
 def narrow_conv_pays(x: torch.Tensor, weight: torch.Tensor, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
                      groups: int = 1) -> bool:
     """True where ``conv2d(x, weight, ..., stride, padding, dilation, groups)`` is a 3x3, stride
-    1, padding 1 convolution of a CPU float tensor with at most ``NARROW_MAX_CHANNELS`` input or
-    output channels: where :func:`conv3x3_narrow` beats the library convolution."""
+    1, padding 1 convolution of a CPU float tensor with at most ``NARROW_MAX_OUT`` output or
+    ``NARROW_MAX_IN`` input channels: where :func:`conv3x3_narrow` was measured to beat the
+    library convolution."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and groups == 1
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
-            and min(weight.shape[0], weight.shape[1]) <= NARROW_MAX_CHANNELS)
+            and (weight.shape[0] <= NARROW_MAX_OUT or weight.shape[1] <= NARROW_MAX_IN))
 
 
 def conv3x3_narrow(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -78,7 +83,7 @@ def conv3x3_narrow(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 
 def _few_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """The transposed form, for few input channels (a grayscale or RGB stem): the nine shifted
+    """The transposed form, for few input channels (a grayscale stem): the nine shifted
     copies of the input first (``cols`` [N, 9 C_in, HW], small exactly when C_in is), then one
     [C_out, 9 C_in] x [9 C_in, HW] GEMM per image."""
     n, c_in, h, w = x.shape
