@@ -112,3 +112,22 @@ def channel_view_shape(ndim: int, axis: Optional[int]) -> Tuple[int, ...]:
     shape = [1] * ndim
     shape[axis] = -1
     return tuple(shape)
+
+
+def check_conv3x3_args(x, weight, bias) -> None:
+    """Arguments of the re-expressed 3x3 convolutions: ``x`` [N, C_in, H, W], ``weight``
+    [C_out, C_in, 3, 3], ``bias`` [C_out] or None; any float dtype (they run plain PyTorch
+    convolutions and GEMMs, so float64 is allowed too)."""
+    any_float = (torch.float64, *FLOAT_DTYPES)
+    check_tensor("x", x, any_float)
+    check_tensor("weight", weight, any_float)
+    if bias is not None:
+        check_tensor("bias", bias, any_float)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, C_in, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+        raise ValueError(f"weight must be [C_out, {x.shape[1]}, 3, 3] for x with {x.shape[1]} channels, "
+                         f"got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}] (one per output channel) or None, "
+                         f"got shape {tuple(bias.shape)}")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import checks
 
-__all__ = ["conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_IN", "NARROW_MAX_OUT"]
+__all__ = ["conv2d_narrow_aware", "conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_IN", "NARROW_MAX_OUT"]
 
 # Where the GEMM forms beat oneDNN on CPU (benchmarks/conv_forms.py, batch 64, 2 threads of a
 # Zen 4): 64 -> 1 3.5x and 1 -> 16 1.4x faster; 3 -> 16 0.64x and 3 -> 64 1.06x (on one thread
@@ -54,19 +54,7 @@ def narrow_conv_pays(x: torch.Tensor, weight: torch.Tensor, stride=(1, 1), paddi
 def conv3x3_narrow(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``conv2d(x, weight, bias, stride=1, padding=1)`` for a 3x3 ``weight`` [C_out, C_in, 3, 3]
     and ``x`` [N, C_in, H, W]; returns [N, C_out, H, W], differentiable in all three."""
-    any_float = (torch.float64, *checks.FLOAT_DTYPES)
-    checks.check_tensor("x", x, any_float)
-    checks.check_tensor("weight", weight, any_float)
-    if bias is not None:
-        checks.check_tensor("bias", bias, any_float)
-    if x.dim() != 4:
-        raise ValueError(f"x must be [N, C_in, H, W], got shape {tuple(x.shape)}")
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
-        raise ValueError(f"weight must be [C_out, {x.shape[1]}, 3, 3] for x with {x.shape[1]} channels, "
-                         f"got shape {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be [{weight.shape[0]}] (one per output channel) or None, "
-                         f"got shape {tuple(bias.shape)}")
+    checks.check_conv3x3_args(x, weight, bias)
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     if c_in < c_out:
@@ -93,3 +81,12 @@ def _few_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     y = torch.bmm(weight.reshape(c_out, c_in * 9).expand(n, -1, -1), cols.view(n, c_in * 9, h * w))
     y = y.view(n, c_out, h, w)
     return y if bias is None else y + bias.view(1, c_out, 1, 1)
+
+
+def conv2d_narrow_aware(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=(1, 1),
+                        padding=(1, 1), dilation=(1, 1), groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` with these arguments, through :func:`conv3x3_narrow` where :func:`narrow_conv_pays`
+    (the one place the convolution modules decide)."""
+    if narrow_conv_pays(x, weight, stride, padding, dilation, groups):
+        return conv3x3_narrow(x, weight, bias)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)

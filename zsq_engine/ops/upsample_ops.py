@@ -50,19 +50,7 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``x`` [N, C_in, H, W]; ``weight`` [C_out, C_in, 3, 3]; ``bias`` [C_out] or None. Returns
     [N, C_out, 2H, 2W], differentiable in all three. Any float dtype and device (plain PyTorch
     convolutions run each phase)."""
-    any_float = (torch.float64, *checks.FLOAT_DTYPES)   # plain convolutions: float64 runs too
-    checks.check_tensor("x", x, any_float)
-    checks.check_tensor("weight", weight, any_float)
-    if bias is not None:
-        checks.check_tensor("bias", bias, any_float)
-    if x.dim() != 4:
-        raise ValueError(f"x must be [N, C_in, H, W], got shape {tuple(x.shape)}")
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
-        raise ValueError(f"weight must be [C_out, {x.shape[1]}, 3, 3] for x with {x.shape[1]} channels, "
-                         f"got shape {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be [{weight.shape[0]}] (one per output channel) or None, "
-                         f"got shape {tuple(bias.shape)}")
+    checks.check_conv3x3_args(x, weight, bias)
     n, _, h, w = x.shape
     kernels = phase_weights(weight)
     xp = F.pad(x, (1, 1, 1, 1))

@@ -12,20 +12,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
+from ..ops.narrow_conv_ops import conv2d_narrow_aware
 from ..quant.bn_fold import fold_model_bn
 
 __all__ = ["NarrowAwareConv2d", "fast_frozen_copy"]
 
 
 class NarrowAwareConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that takes :func:`~zsq_engine.ops.conv3x3_narrow` where it pays."""
+    """``nn.Conv2d`` that takes :func:`~zsq_engine.ops.conv3x3_narrow` where it pays (zero padding)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode == "zeros" and narrow_conv_pays(x, self.weight, self.stride, self.padding,
-                                                              self.dilation, self.groups):
-            return conv3x3_narrow(x, self.weight, self.bias)
-        return super().forward(x)
+        if self.padding_mode != "zeros":
+            return super().forward(x)
+        return conv2d_narrow_aware(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def fast_frozen_copy(teacher: nn.Module) -> nn.Module:

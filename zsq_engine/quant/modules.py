@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
+from ..ops.narrow_conv_ops import conv2d_narrow_aware
 from .calibration import calibrate_weight
 from .quantizer import QuantSpec, UniformQuantizer
 
@@ -136,10 +136,8 @@ class QuantConv2d(QuantLayer):
         if self._pad is not None:
             x = F.pad(x, self._pad, mode=self.padding_mode)
             return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        if narrow_conv_pays(x, w, self.stride, self.padding, self.dilation, self.groups):
-            # a 3x3 stem (1 or 3 input channels) or output layer on CPU: the GEMM form beats oneDNN
-            return conv3x3_narrow(x, w, self.bias)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        # a 1-channel 3x3 stem or a few-output 3x3 layer on CPU takes the GEMM form (beats oneDNN)
+        return conv2d_narrow_aware(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def to_float(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding copies of the current float weight and bias."""

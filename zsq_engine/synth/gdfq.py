@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops.narrow_conv_ops import conv2d_narrow_aware
 from .hooks import BNInputRecorder, frozen_teacher
 from .loop import BatchResult, IterationBar, measure_bn_loss
 
@@ -67,8 +68,9 @@ class UpsamplingGenerator(nn.Module):
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
     def _out_conv(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_convs and ops.narrow_conv_pays(x, self.conv3.weight):
-            return ops.conv3x3_narrow(x, self.conv3.weight, self.conv3.bias)
+        if self.fast_convs:
+            c = self.conv3
+            return conv2d_narrow_aware(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
         return self.conv3(x)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
