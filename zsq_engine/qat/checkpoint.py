@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..synth.io import save_atomic
+from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "identity_mismatch"]
@@ -42,16 +42,22 @@ def restore_rng(state: dict, device: torch.device) -> None:
 def save_checkpoint(path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"format": FORMAT_VERSION, **payload}, path)
+    save_torch_atomic({"format": FORMAT_VERSION, **payload}, path)
+
+
+_HINT = "pass the .ckpt file a `zsq qat` run wrote, or start a fresh run without --resume"
 
 
 def load_checkpoint(path) -> dict:
+    """The checkpoint dict at ``path``. Raises FileNotFoundError, or
+    :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for an unreadable or foreign file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"QAT checkpoint {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT_VERSION or "identity" not in obj:
-        raise ValueError(f"{path} is not a zsq QAT checkpoint (format {FORMAT_VERSION})")
+    obj = load_torch_file(path, "zsq QAT checkpoint", _HINT)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_VERSION or not isinstance(obj.get("identity"), dict):
+        raise FileFormatError(path, f"is not a zsq QAT checkpoint (format {FORMAT_VERSION})", _HINT)
+    missing = [k for k in ("epoch", "prepared", "student", "history", "rng") if k not in obj]
+    if missing:
+        raise FileFormatError(path, f"is an incomplete zsq QAT checkpoint (no {', '.join(missing)})", _HINT)
     return obj
 
 

@@ -11,12 +11,11 @@ every quantizer holds its (scale, zero_point).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
 
 __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized"]
 
@@ -28,15 +27,7 @@ def save_quantized(path, qmodel: nn.Module, meta: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in qmodel.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, "state_dict": state, "meta": dict(meta)}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_torch_atomic({"format": FORMAT_VERSION, "state_dict": state, "meta": dict(meta)}, path)
 
 
 def load_quantized(path, device="cpu"):
@@ -45,14 +36,23 @@ def load_quantized(path, device="cpu"):
     from ..quant import quantize_model
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"quantized model file {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or not {"state_dict", "meta"} <= set(obj):
-        raise ValueError(f"{path} is not a zsq quantized model (expected keys state_dict, meta)")
+    hint = "pass a file written by `zsq quantize` or `zsq qat`"
+    obj = load_torch_file(path, "zsq quantized model", hint)
+    if isinstance(obj, dict) and obj.get("format") == "zsq-int-model":
+        raise FileFormatError(path, "is already an integer model (from `zsq convert`), not a fake-quant model", hint)
+    if not isinstance(obj, dict) or not {"state_dict", "meta"} <= set(obj) or not isinstance(obj["meta"], dict):
+        raise FileFormatError(path, "is not a zsq quantized model (expected keys state_dict, meta)", hint)
     meta = obj["meta"]
-    model = get_model(meta["model"], pretrained=False)
-    qmodel = quantize_model(model, meta["wbits"], meta["abits"], first_last_bits=meta.get("first_last_bits", 8),
-                            weight_method="minmax")
-    qmodel.load_state_dict(obj["state_dict"], strict=True)
+    missing = [k for k in ("model", "wbits", "abits") if k not in meta]
+    if missing:
+        raise FileFormatError(path, f"is a quantized model without {', '.join(missing)} in its meta", hint)
+    try:
+        model = get_model(meta["model"], pretrained=False)
+        qmodel = quantize_model(model, meta["wbits"], meta["abits"], first_last_bits=meta.get("first_last_bits", 8),
+                                weight_method="minmax")
+        qmodel.load_state_dict(obj["state_dict"], strict=True)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        why = str(exc).splitlines()[0][:300]
+        raise FileFormatError(path, f"does not hold a usable {meta['model']!r} W{meta['wbits']}A{meta['abits']} "
+                                    f"model ({why})", hint) from None
     return qmodel.to(device).eval(), meta

@@ -295,7 +295,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
                 for q in aquants:
                     q.step()
                 if it % cfg.log_every == 0 and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(rec=f"{float(rec):.4g}", loss=f"{float(loss):.4g}", refresh=False)
+                    bar.set_postfix(rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}",
+                                    refresh=False)
             if hasattr(bar, "close"):
                 bar.close()
     finally:

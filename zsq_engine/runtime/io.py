@@ -9,17 +9,18 @@ Format (``torch.save`` of plain containers, read back with ``torch.load(weights_
 
 The architecture holds every layer's geometry, bit-widths and activation grids and the program
 that wires them, so loading needs no float model. A file whose ``version`` differs from
-:data:`FORMAT_VERSION` is refused (:class:`IncompatibleFormatError`) rather than guessed at.
+:data:`FORMAT_VERSION` is refused (:class:`IncompatibleFormatError`) rather than guessed at, and
+a file of the current version is validated before anything is built from it
+(:mod:`.file_checks`: geometry against the stored tensors, finite positive activation scales,
+ordered ranges), so a damaged or crafted file is an error, not a model that runs wrong.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
-import torch
-
+from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
+from .file_checks import check_payload
 from .model import IntModel
 
 __all__ = ["FORMAT_VERSION", "FORMAT_NAME", "IncompatibleFormatError", "save", "load", "load_with_meta"]
@@ -33,8 +34,11 @@ LAYOUT = {"activations": "NHWC int8/uint8 codes (per-tensor scale, zero point)",
           "weight_scale": "fp32 per output channel", "zero_points": "int32, in stored-code units"}
 
 
-class IncompatibleFormatError(ValueError):
+class IncompatibleFormatError(FileFormatError):
     """The file was written by an incompatible version of the integer-model format."""
+
+
+_HINT = "pass a file written by `zsq convert --out FILE`"
 
 
 def save(model: IntModel, path, meta: Optional[dict] = None) -> None:
@@ -49,35 +53,35 @@ def save(model: IntModel, path, meta: Optional[dict] = None) -> None:
     payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "architecture": model.architecture(),
                "state_dict": state,
                "meta": {"layout": dict(LAYOUT), "bit_widths": model.bit_widths(), **dict(meta or {})}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_torch_atomic(payload, path)
 
 
 def load_with_meta(path, device="cpu") -> Tuple[IntModel, dict]:
-    """``(model, meta)`` from a file written by :func:`save`; the model is on ``device``, in eval mode."""
+    """``(model, meta)`` from a file written by :func:`save`; the model is on ``device``, in eval mode.
+
+    Raises FileNotFoundError, or :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for a
+    file that is unreadable, of another kind or version, or whose content fails the checks of
+    :mod:`.file_checks`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"integer model file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe content: one clear message
-        raise ValueError(f"{path} could not be read as an integer model file ({type(exc).__name__}: {exc})") from exc
+    obj = load_torch_file(path, "zsq integer model file", _HINT)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
-        hint = " (it looks like a fake-quant model from `zsq quantize`: convert it with `zsq convert`)" \
-            if isinstance(obj, dict) and "state_dict" in obj and "meta" in obj else ""
-        raise ValueError(f"{path} is not a zsq integer model file{hint}")
+        if isinstance(obj, dict) and "state_dict" in obj and "meta" in obj:
+            raise FileFormatError(path, "is a fake-quant model (from `zsq quantize` / `zsq qat`), not an integer "
+                                        "model", "convert it first: `zsq convert --checkpoint FILE --out INT.pt`")
+        raise FileFormatError(path, "is not a zsq integer model file", _HINT)
     version = obj.get("version")
     if version != FORMAT_VERSION:
-        raise IncompatibleFormatError(f"{path} has integer-model format version {version!r}, but this zsq_engine "
-                                      f"reads version {FORMAT_VERSION}; convert the fake-quant model again with "
-                                      "this version (`zsq convert`)")
+        raise IncompatibleFormatError(path, f"has integer-model format version {version!r}, but this zsq_engine "
+                                            f"reads version {FORMAT_VERSION}",
+                                      "convert the fake-quant model again with this version (`zsq convert`)")
+    try:
+        check_payload(obj)
+    except ValueError as exc:
+        raise FileFormatError(path, f"is a damaged integer model file: {exc}", _HINT) from None
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise FileFormatError(path, f"is a damaged integer model file: its meta is a {type(meta).__name__}, "
+                                    "not a dict", _HINT)
     model = IntModel.from_architecture(obj["architecture"])
     model.load_state_dict(obj["state_dict"], strict=True)
     return model.to(device).eval(), dict(obj.get("meta") or {})

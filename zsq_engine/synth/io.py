@@ -14,15 +14,15 @@ truncated file. Once all batches exist they are merged into ``<out>`` and the fo
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ..fileio import FileFormatError, load_torch_file, save_torch_atomic, write_text_atomic
 
 __all__ = ["FORMAT_VERSION", "save_atomic", "load_output", "PartStore", "check_writable_output"]
 
@@ -31,29 +31,43 @@ FORMAT_VERSION = 1
 
 def save_atomic(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    save_torch_atomic(obj, path)
+
+
+_SYNTH_HINT = "pass a file written by `zsq synthesize --out FILE`"
 
 
 def load_output(path) -> dict:
-    """Load a synthesis output file (no pickled code runs) and check its layout."""
+    """Load a synthesis output file (no pickled code runs) and check its layout.
+
+    Raises FileNotFoundError, or :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for a
+    file that is unreadable or not a synthesis output."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"synthesis output {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path, "zsq synthesis output", _SYNTH_HINT)
     if not isinstance(obj, dict) or not {"images", "labels", "meta"} <= set(obj):
-        raise ValueError(f"{path} is not a zsq synthesis output (expected keys images, labels, meta)")
+        kind = _describe(obj)
+        raise FileFormatError(path, f"is not a zsq synthesis output (expected keys images, labels, meta; {kind})",
+                              _SYNTH_HINT)
+    images, labels, meta = obj["images"], obj["labels"], obj["meta"]
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.dtype.is_floating_point:
+        raise FileFormatError(path, f"its images are not a float [N, C, H, W] tensor "
+                                    f"(got {_describe(images)})", _SYNTH_HINT)
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() != 1
+                               or labels.shape[0] != images.shape[0] or labels.dtype.is_floating_point):
+        raise FileFormatError(path, f"its labels are not an integer [N] tensor matching {images.shape[0]} images "
+                                    f"(got {_describe(labels)})", _SYNTH_HINT)
+    if not isinstance(meta, dict):
+        raise FileFormatError(path, f"its meta is not a dict (got {type(meta).__name__})", _SYNTH_HINT)
     return obj
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"a {str(obj.dtype).replace('torch.', '')} tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, dict):
+        keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
+        return f"found keys {keys}" if obj else "found an empty dict"
+    return f"found a {type(obj).__name__}"
 
 
 def check_writable_output(out: Path) -> None:
@@ -81,6 +95,9 @@ def identity_mismatch(stored: dict, wanted: dict) -> Optional[str]:
     return "; ".join(diffs) if diffs else None
 
 
+_PARTS_HINT = "delete the .parts folder (or pass --overwrite) to start the run over"
+
+
 class PartStore:
     """The ``<out>.parts`` folder of a resumable run."""
 
@@ -95,15 +112,22 @@ class PartStore:
     def stored_identity(self) -> Optional[dict]:
         if not self.manifest.is_file():
             return None
-        return json.loads(self.manifest.read_text())
+        try:
+            identity = json.loads(self.manifest.read_text())
+        except (ValueError, UnicodeDecodeError):
+            identity = None
+        if not isinstance(identity, dict):
+            raise FileFormatError(self.manifest, "is not a readable run manifest", _PARTS_HINT)
+        return identity
+
+    def done_batches(self) -> int:
+        """How many finished batch files the folder holds."""
+        return len(list(self.dir.glob("batch_*.pt"))) if self.dir.is_dir() else 0
 
     def reset(self, identity: dict) -> None:
         """Start (or restart) the folder for ``identity``; existing parts stay if it matches."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".manifest.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(_canonical(identity), f, indent=1, sort_keys=True)
-        os.replace(tmp, self.manifest)
+        write_text_atomic(self.manifest, json.dumps(_canonical(identity), indent=1, sort_keys=True))
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -115,11 +139,11 @@ class PartStore:
         save_atomic(payload, self.batch_path(b))
 
     def read_batch(self, b: int) -> dict:
-        return torch.load(self.batch_path(b), map_location="cpu", weights_only=True)
+        return load_torch_file(self.batch_path(b), "synthesis part", _PARTS_HINT)
 
     def write_extra(self, name: str, obj) -> None:
         save_atomic(obj, self.dir / name)
 
     def read_extra(self, name: str):
         path = self.dir / name
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        return load_torch_file(path, "synthesis part", _PARTS_HINT) if path.is_file() else None

@@ -41,7 +41,7 @@ class IterationBar:
 
     def report(self, it: int, loss: torch.Tensor) -> None:
         if it % self._every == 0 and hasattr(self._it, "set_postfix"):
-            self._it.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+            self._it.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
 
     def close(self) -> None:
         if hasattr(self._it, "close"):
