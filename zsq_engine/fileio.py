@@ -24,7 +24,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["FileFormatError", "load_torch_file", "save_torch_atomic", "write_text_atomic", "default_file_mode"]
+__all__ = ["FileFormatError", "load_torch_file", "save_torch_atomic", "write_text_atomic", "write_bytes_atomic",
+           "save_figure_atomic", "default_file_mode"]
 
 
 class FileFormatError(ValueError):
@@ -112,3 +113,17 @@ def save_torch_atomic(obj, path) -> None:
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (the folder must exist)."""
     _write_atomic(path, lambda f: f.write(text), binary=False)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (the folder must exist)."""
+    _write_atomic(path, lambda f: f.write(data), binary=True)
+
+
+def save_figure_atomic(fig, path, **savefig_kw) -> None:
+    """``fig.savefig`` (PNG) into memory, then :func:`write_bytes_atomic`."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kw)
+    write_bytes_atomic(path, buf.getvalue())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from . import common
-from .convert import add_source_args, source_models
+from . import common, guard
+from .convert import add_source_args, check_source_args, source_models
 
 _EPILOG = """contenders (zsq_engine.runtime.latency):
   fp32, fp16, bf16   the float model in channels_last (fp16 / bf16 on CUDA only)
@@ -21,7 +20,9 @@ machine load hits all alike), median of --repeats rounds after --warmup calls (C
 CUDA events); all get the same images, prepared (dtype, layout) outside the timed call; the
 integer model is fed fp32 NCHW images.
 --cuda-graph N captures every CUDA contender at batch sizes <= N in a CUDA graph.
-Writes <out>/bench.json (rows + settings) and <out>/bench.png (throughput per batch size).
+Writes <out>/bench.json (rows + settings) and <out>/bench.png (throughput per batch size, needs
+matplotlib: skipped with a note without it); an earlier bench.json / bench.png is replaced only
+with --overwrite.
 examples:
   zsq bench --model fmnist_resnet --wbits 4 --abits 4 --batch-sizes 1 16 64
   zsq bench --model resnet18 --input-size 112 --batch-sizes 1 16
@@ -48,6 +49,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cuda-graph", type=int, default=0, metavar="N",
                    help="on CUDA, replay a captured CUDA graph at batch sizes <= N (default 0: off)")
     p.add_argument("--out", default="runs/bench", help="output folder for bench.json and bench.png (default runs/bench)")
+    common.add_overwrite_arg(p, "bench.json / bench.png in --out")
     common.add_device_args(p)
     p.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST idx(.gz) files for calibration (default: $ZSQ_FMNIST_DIR, "
@@ -57,25 +59,36 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.evaluation import format_table
-    from zsq_engine.models import get_model, get_model_info
+    from zsq_engine.models import get_model, get_model_info, list_models
     from zsq_engine.runtime import convert
     from zsq_engine.runtime.io import load_with_meta
     from zsq_engine.runtime.latency import (device_name, make_contenders, measure, plot_throughput,
                                             torch_ao_x86_int8)
 
-    device = common.resolve_device(args.device)
     if args.cuda_graph < 0:
-        raise ValueError(f"--cuda-graph must be >= 0, got {args.cuda_graph}")
+        raise guard.bad_value("--cuda-graph", args.cuda_graph, "must be >= 0", "pass 0 (off) or a batch size")
+    if args.int_model:
+        if args.checkpoint or args.model:
+            raise guard.UsageError("--int-model already names the model", "--checkpoint/--model",
+                                   "they would be ignored", "drop --checkpoint / --model")
+        guard.input_file(args.int_model, "--int-model")
+    check_source_args(args, calib_with_checkpoint=True)
+    out = guard.output_folder(args.out, ["bench.json", "bench.png"], "--out", overwrite=args.overwrite)
+    device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     want_ao = not args.no_torch_ao and device.type == "cpu"
     if args.int_model:
-        int_model, meta = load_with_meta(args.int_model)
+        int_model, meta = guard.load_input(args.int_model, "--int-model", load_with_meta)
         name = meta.get("model")
         if name is None:
-            raise ValueError(f"{args.int_model} does not record its model name; it cannot be benchmarked "
-                             "against its float model")
+            raise guard.CommandError("cannot use --int-model", args.int_model, "it does not record its model name",
+                                     "convert it again with `zsq convert` (which records it)")
+        if name not in list_models():
+            raise guard.CommandError("cannot use --int-model", args.int_model, f"its model {name!r} is not registered",
+                                     "`zsq info` lists the models")
         fp_model = get_model(name, pretrained=name == "fmnist_resnet").eval()
         calib = None
         if want_ao:
@@ -103,13 +116,20 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(("impl", "precision", "batch", "ms", "images/s", "vs fp32", "vs torch.ao", "graph"), body)
     print(title)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"model": name, "input_shape": list(shape), "device": dev_name, "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "warmup": args.warmup, "repeats": args.repeats,
                 "cuda_graph_max_batch": args.cuda_graph, "int_model": {k: v for k, v in meta.items()
                                                                       if k in ("source", "wbits", "abits", "method")}}
-    (out / "bench.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
-    plot_throughput(rows, out / "bench.png", title)
+    from zsq_engine.fileio import write_text_atomic
+
+    with guard.writing(out / "bench.json"):
+        write_text_atomic(out / "bench.json", json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"written {out / 'bench.json'} (no plot: matplotlib is not installed)")
+        return 0
+    with guard.writing(out / "bench.png"):
+        plot_throughput(rows, out / "bench.png", title)
     print(f"written {out / 'bench.json'} and {out / 'bench.png'}")
     return 0

@@ -8,14 +8,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from . import common
+from . import common, guard
 
 _EPILOG = """where the fake-quant model comes from:
   --checkpoint Q.pt   a model saved by `zsq quantize` or `zsq qat` (Genie / BRECQ / QDrop / GDFQ /
-                      ZAQ / HAST); its model name and bits are read from the file
+                      ZAQ / HAST); its model name and bits are read from the file, so --model,
+                      --weights, --wbits, --abits, --first-last-bits, --calib-* are refused with it
   --model NAME        naive post-training quantization here at --wbits / --abits: per-channel
                       weights (Lp scale search), per-tensor activation ranges from --calib-images
                       images: real Fashion-MNIST training images for fmnist_resnet, an ImageFolder
@@ -24,6 +26,7 @@ _EPILOG = """where the fake-quant model comes from:
 the file (zsq_engine.runtime.save / load, torch.load(weights_only=True)) holds the integer
 weights, scales, zero points, the program and the format version; it loads without the float
 model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set.
+--out is never replaced without --overwrite, and never when it names the --checkpoint / --weights file.
 examples:
   zsq convert --model fmnist_resnet --wbits 4 --abits 4 --out int.pt --check
   zsq quantize --data real --out q.pt && zsq convert --checkpoint q.pt --out int.pt --check"""
@@ -39,6 +42,7 @@ def add_parser(subparsers) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     p.add_argument("--out", required=True, help="output file for the integer model (.pt)")
+    common.add_overwrite_arg(p, "--out")
     p.add_argument("--check", action="store_true",
                    help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet only): "
                         "top-1 agreement, both accuracies, largest logit difference")
@@ -53,16 +57,53 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     """The arguments naming the fake-quant model (shared with ``zsq bench``)."""
     p.add_argument("--checkpoint", default=None, help="fake-quant model file from `zsq quantize` / `zsq qat`")
     p.add_argument("--model", default=None,
-                   help="registered model name for naive PTQ here (default fmnist_resnet when no --checkpoint)")
+                   help="registered model name for naive PTQ here (default fmnist_resnet when no --checkpoint); "
+                        "`zsq info` lists them")
     p.add_argument("--weights", default=None,
                    help="float state-dict file for --model (default: fmnist_resnet's committed weights; random "
                         "initialisation for the other models)")
-    p.add_argument("--wbits", type=int, default=8, help="naive PTQ weight bits of the inner layers, 2..8 (default 8)")
-    p.add_argument("--abits", type=int, default=8, help="naive PTQ activation bits of the inner layers, 2..8 (default 8)")
-    p.add_argument("--first-last-bits", type=int, default=8, help="naive PTQ bits of the first / last layer (default 8)")
-    p.add_argument("--calib-images", type=common.positive_int, default=256,
-                   help="images calibrating the naive PTQ activation ranges (default 256)")
+    # defaults are filled in by check_source_args, so that flags a --checkpoint would ignore are refused
+    p.add_argument("--wbits", type=int, default=None, help="naive PTQ weight bits of the inner layers, 2..8 (default 8)")
+    p.add_argument("--abits", type=int, default=None,
+                   help="naive PTQ activation bits of the inner layers, 2..8 (default 8)")
+    p.add_argument("--first-last-bits", type=int, default=None,
+                   help="naive PTQ bits of the first / last layer (default 8)")
+    p.add_argument("--calib-images", type=common.positive_int, default=None,
+                   help=f"images calibrating the naive PTQ activation ranges (default {_CALIB_DEFAULT})")
     p.add_argument("--calib-dir", default=None, help="ImageFolder of calibration images for the ImageNet models")
+
+
+_CALIB_DEFAULT = 256
+_NAIVE_ONLY = ("wbits", "abits", "first_last_bits")
+
+
+def check_source_args(args, calib_with_checkpoint: bool = False) -> None:
+    """Check the source arguments before any work and fill in their defaults. With
+    ``--checkpoint`` the flags of naive PTQ would be ignored, so they are refused
+    (``--calib-*`` too unless ``calib_with_checkpoint``: bench calibrates torch.ao with them)."""
+    if args.checkpoint:
+        given = [n for n in ("model", "weights", *_NAIVE_ONLY) if getattr(args, n) is not None]
+        if not calib_with_checkpoint:
+            given += [n for n in ("calib_images", "calib_dir") if getattr(args, n) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise guard.UsageError(f"--checkpoint already names its model and bits", flags,
+                                   "these flags would be ignored", f"drop {flags}")
+        guard.input_file(args.checkpoint, "--checkpoint")
+    else:
+        if args.model is not None:
+            guard.check_model(args.model)
+        for name, flag in zip(_NAIVE_ONLY, ("--wbits", "--abits", "--first-last-bits")):
+            if getattr(args, name) is None:
+                setattr(args, name, 8)
+            guard.check_bits(getattr(args, name), flag)
+        if args.weights is not None:
+            guard.input_file(args.weights, "--weights")
+    if args.calib_images is None:
+        args.calib_images = _CALIB_DEFAULT
+    if args.calib_dir is not None and not Path(args.calib_dir).is_dir():
+        raise guard.CommandError("cannot read --calib-dir", args.calib_dir, "it is not a folder",
+                                 "pass an ImageFolder (root/<class>/<image>)")
 
 
 def _calibration(name: str, num: int, args) -> list:
@@ -93,9 +134,7 @@ def source_models(args, need_calib: bool = False):
 
     calib = None
     if args.checkpoint:
-        if args.model is not None or args.weights is not None:
-            raise ValueError("--checkpoint already names its model: drop --model / --weights")
-        qmodel, meta = load_quantized(args.checkpoint)
+        qmodel, meta = guard.load_input(args.checkpoint, "--checkpoint", load_quantized)
         name = meta["model"]
         fp_model = get_model(name, pretrained=name == "fmnist_resnet")
         meta = {"source": str(args.checkpoint), "model": name, "wbits": meta.get("wbits"),
@@ -108,8 +147,7 @@ def source_models(args, need_calib: bool = False):
         check_bits(args.wbits, "--wbits")
         check_bits(args.abits, "--abits")
         check_bits(args.first_last_bits, "--first-last-bits")
-        pretrained = args.weights is not None or name == "fmnist_resnet"
-        fp_model = get_model(name, pretrained=pretrained, weights_path=args.weights)
+        fp_model = load_float_model(name, args.weights)
         calib = _calibration(name, args.calib_images, args)
         qmodel = naive_ptq(fp_model, calib, args.wbits, args.abits, first_last_bits=args.first_last_bits,
                            progress=False)
@@ -119,8 +157,26 @@ def source_models(args, need_calib: bool = False):
     return name, fp_model.eval(), qmodel.eval(), meta, calib
 
 
+def load_float_model(name: str, weights: Optional[str]):
+    """``get_model`` with the --weights file read safely and a mismatch reported in one line."""
+    from zsq_engine.fileio import load_torch_file
+    from zsq_engine.models import get_model
+
+    if weights is None:
+        return get_model(name, pretrained=name == "fmnist_resnet")
+    guard.load_input(weights, "--weights", load_torch_file, "state-dict file", "pass a file of torch.save(state_dict)")
+    try:
+        return get_model(name, weights_path=weights)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]
+        raise guard.CommandError("cannot use --weights", weights, f"they do not fit {name} ({detail})",
+                                 f"pass a state dict of {name}") from None
+
+
 def _no_check(name: str) -> None:
-    raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. --model fmnist_resnet (got {name})")
+    raise guard.UsageError("--check needs the Fashion-MNIST test set", f"--model {name}",
+                           "only fmnist_resnet has a built-in test set", "drop --check")
 
 
 def _first(batches, limit: int) -> list:
@@ -139,11 +195,20 @@ def run(args: argparse.Namespace) -> int:
     from zsq_engine.runtime import convert, save
     from zsq_engine.runtime.agreement import agreement
 
-    device = common.resolve_device(args.device)
-    torch.manual_seed(args.seed)
+    check_source_args(args)
     if args.check and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
         _no_check(args.model)  # before spending time on the quantization
+    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.checkpoint, args.weights])
+    device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    if args.check or (not args.checkpoint and (args.model or "fmnist_resnet") == "fmnist_resnet"):
+        from .quantize import check_eval_data
+
+        check_eval_data("fmnist_resnet", args.data_dir, need_train=not args.checkpoint)
+    torch.manual_seed(args.seed)
     name, _, qmodel, meta, _ = source_models(args)
+    if args.check and name != "fmnist_resnet":
+        _no_check(name)  # the checkpoint's model, known once it is read: still before the conversion
     t0 = time.perf_counter()
     int_model = convert(qmodel)
     seconds = time.perf_counter() - t0
@@ -151,8 +216,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"zsq convert: {name} ({meta['source']}, W{meta['wbits']}A{meta['abits']}) -> {len(int_model.layers)} integer "
           f"layers ({packed} with packed int4 weights), {len(int_model.program)} program steps in {seconds:.1f} s")
     if args.check:
-        if name != "fmnist_resnet":
-            _no_check(name)
         from .data_sources import fmnist_batches
 
         test = fmnist_batches("test", args.batch_size, args.data_dir)
@@ -164,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"check on {r['images']} test images: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
               f"{r['fq_accuracy']:.2f} % / integer {r['int_accuracy']:.2f} % ({r['accuracy_delta']:+.2f}), "
               f"largest logit difference {r['max_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.2g})")
-    save(int_model, Path(args.out), meta=meta)
-    print(f"integer model written to {args.out} (load with zsq_engine.runtime.load)")
+    with guard.writing(out):
+        save(int_model, out, meta=meta)
+    print(f"integer model written to {out} (load with zsq_engine.runtime.load)")
     return 0

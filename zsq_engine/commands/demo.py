@@ -8,22 +8,28 @@
 5. the Genie model of the first configuration converted to a real integer model
    (``zsq_engine.runtime``): its accuracy next to the fake-quant one, its latency next to FP32;
 
-then an accuracy table on the 10k test images, written as markdown + JSON, and a PNG (a grid of
-synthetic samples beside the accuracy bars).
+then an accuracy table on the 10k test images, written as markdown + JSON first, and a PNG (a grid
+of synthetic samples beside the accuracy bars) when matplotlib is installed.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, guard
+
+_OUTPUTS = ("report.md", "results.json", "demo.png")
+# interleaved latency measurements: independent runs, and the relative spread of their speed-up
+# ratios above which the line warns that the machine was too busy for the number to mean much
+_LATENCY_RUNS = 5
+_NOISY_SPREAD = 0.25
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +51,7 @@ def add_parser(subparsers) -> None:
                    help="skip converting the Genie model to an integer model (accuracy + latency rows)")
     p.add_argument("--out", default="runs/demo", help="output folder for report.md, results.json, demo.png "
                                                       "(default runs/demo)")
+    common.add_overwrite_arg(p, "report.md / results.json / demo.png in --out")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -52,11 +59,10 @@ def add_parser(subparsers) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file + rename so an interrupted run never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from zsq_engine.fileio import write_text_atomic
+
+    with guard.writing(path):
+        write_text_atomic(path, text)
 
 
 def write_figure(path: Path, images: torch.Tensor, rows, mean, std) -> None:
@@ -90,7 +96,9 @@ def write_figure(path: Path, images: torch.Tensor, rows, mean, std) -> None:
         ax.text(lo + 0.3, yi, label, va="center", fontsize=8, color="white")
         ax.text(a + 0.2, yi, f"{a:.2f}", va="center", fontsize=8)
     ax.set_xlabel("Fashion-MNIST test top-1 %")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    from zsq_engine.fileio import save_figure_atomic
+
+    save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -104,8 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .data_sources import fmnist_batches, fmnist_calibration
 
+    from .quantize import check_eval_data
+
     configs = common.parse_bit_configs(args.bits)
+    guard.check_positive(args, "batch_size")
+    out = guard.output_folder(args.out, _OUTPUTS, "--out", overwrite=args.overwrite)
     device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    check_eval_data("fmnist_resnet", args.data_dir, need_train=True)
     show = not args.no_progress
     torch.manual_seed(args.seed)
     t_all = time.perf_counter()
@@ -133,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         add("naive PTQ", f"{args.calib_images} real", f"W{wbits}A{abits}",
             evaluate_accuracy(q, test, device, desc="naive", show_progress=show), time.perf_counter() - t0)
 
+    print(f"  synthesizing {args.synth_num} Genie-D images (fast preset) ...", flush=True)
     t0 = time.perf_counter()
     synth = synthesize("fmnist_resnet", "genie", num=args.synth_num, iters=args.synth_iters, seed=args.seed,
                        device=device, preset="fast", show_progress=show)
@@ -171,9 +186,6 @@ def run(args: argparse.Namespace) -> int:
         print(integer["line"])
     print(f"total {elapsed:.1f} s (synthesis {synth_seconds:.1f} s)")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_figure(out / "demo.png", synth_images, rows, info.mean, info.std)
     meta = {"zsq_engine": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "seed": args.seed, "calib_images": args.calib_images,
             "synth_images": int(synth_images.shape[0]), "synth_iters": synth.meta["settings"]["iters"],
@@ -182,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
     results = {"meta": meta, "rows": rows}
     if integer is not None:
         results["integer_model"] = {k: v for k, v in integer.items() if k != "line"}
+    try:
+        import matplotlib  # noqa: F401
+        have_figure = True
+    except ImportError:
+        have_figure = False
     _write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     _write_atomic(out / "report.md", "\n".join([
         "# zsq demo: zero-shot quantization of the Fashion-MNIST ResNet", "",
@@ -196,15 +213,26 @@ def run(args: argparse.Namespace) -> int:
         table, "",
         *([f"Genie integer model (real int8 / packed int4 kernels, zsq_engine.runtime): {integer['line']}", ""]
           if integer is not None else []),
-        "![synthetic samples and accuracy](demo.png)", "",
+        *(["![synthetic samples and accuracy](demo.png)", ""] if have_figure else []),
         "Run: " + ", ".join(f"{k}={v}" for k, v in meta.items()), ""]))
+    # the results first: a missing optional plotting library must not cost the run
+    if not have_figure:
+        print(f"report written to {out / 'report.md'} and {out / 'results.json'}; figure skipped "
+              "(matplotlib is not installed: pip install matplotlib)")
+        return 0
+    with guard.writing(out / "demo.png"):
+        write_figure(out / "demo.png", synth_images, rows, info.mean, info.std)
     print(f"report written to {out / 'report.md'} (figure {out / 'demo.png'})")
     return 0
 
 
 def integer_model_summary(fp_model, fake_quant, test, device, show: bool) -> dict:
-    """Convert ``fake_quant`` to an integer model; its test accuracy, and the median latency of
-    FP32 and of the integer model at batch 1 and 64 on ``device`` (a few seconds on 2 CPU cores)."""
+    """Convert ``fake_quant`` to an integer model; its test accuracy, and the latency of FP32 and
+    of the integer model at batch 1 and 64 on ``device`` (a few seconds on 2 CPU cores).
+
+    Latency: :data:`_LATENCY_RUNS` independent measurements, each timing the two models
+    round-robin (so load changes hit both alike); the line gives the median of the runs and warns
+    when their speed-up ratios spread by more than :data:`_NOISY_SPREAD` of the median."""
     from zsq_engine.evaluation import evaluate_accuracy
     from zsq_engine.runtime import convert
     from zsq_engine.runtime.latency import device_name, make_contenders, measure
@@ -212,10 +240,27 @@ def integer_model_summary(fp_model, fake_quant, test, device, show: bool) -> dic
     int_model = convert(fake_quant).to(device)
     acc = evaluate_accuracy(int_model, test, device, desc="integer model", show_progress=show)
     contenders = make_contenders(fp_model, int_model, device, precisions=("fp32",))
-    rows = measure(contenders, (1, 28, 28), (1, 64), device, warmup=3, repeats=10, show_progress=False)
-    ms = {(r["impl"], r["batch"]): r["ms"] for r in rows}
-    parts = [f"batch {b}: FP32 {ms[('fp32', b)]:.2f} ms, integer {ms[('zsq int', b)]:.2f} ms "
-             f"({ms[('fp32', b)] / ms[('zsq int', b)]:.2f}x)" for b in (1, 64)]
-    line = f"top-1 {acc:.2f} %; latency on {device_name(device)}: " + "; ".join(parts)
+    runs = [measure(contenders, (1, 28, 28), (1, 64), device, warmup=2, repeats=5, seed=r, show_progress=False)
+            for r in range(_LATENCY_RUNS)]
+    samples = {}
+    for rows in runs:
+        for r in rows:
+            samples.setdefault((r["impl"], r["batch"]), []).append(r["ms"])
+    ms = {k: statistics.median(v) for k, v in samples.items()}
+    parts, noisy = [], []
+    for b in (1, 64):
+        ratios = [f / i for f, i in zip(samples[("fp32", b)], samples[("zsq int", b)])]
+        mid = statistics.median(ratios)
+        spread = (max(ratios) - min(ratios)) / mid
+        parts.append(f"batch {b}: FP32 {ms[('fp32', b)]:.2f} ms, integer {ms[('zsq int', b)]:.2f} ms ({mid:.2f}x)")
+        if spread > _NOISY_SPREAD:
+            noisy.append(f"batch {b} ratios {min(ratios):.2f}x-{max(ratios):.2f}x")
+    line = f"top-1 {acc:.2f} %; latency on {device_name(device)} (median of {_LATENCY_RUNS} interleaved runs): " \
+        + "; ".join(parts)
+    if noisy:
+        line += f" [noisy: {', '.join(noisy)} across runs; the machine is busy, rerun `zsq bench` when it is idle]"
+        print(f"warning: the latency measurement is noisy ({', '.join(noisy)}); the ratios are not reliable",
+              file=sys.stderr)
     return {"accuracy": acc, "latency_ms": {f"{impl} batch {b}": v for (impl, b), v in ms.items()},
-            "device": device_name(device), "line": line}
+            "latency_runs_ms": {f"{impl} batch {b}": v for (impl, b), v in samples.items()},
+            "latency_noisy": bool(noisy), "device": device_name(device), "line": line}

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, guard
 
 
 def add_parser(subparsers) -> None:
@@ -14,7 +15,8 @@ def add_parser(subparsers) -> None:
         description="Evaluate a model's top-1 accuracy in float and after naive post-training quantization "
                     "(ranges calibrated on real images, no optimisation). Fashion-MNIST for fmnist_resnet, "
                     "an ImageNet-style folder (--val-dir) for the ImageNet models.")
-    p.add_argument("--model", default="fmnist_resnet", help="model name (see `zsq info`; default fmnist_resnet)")
+    p.add_argument("--model", default="fmnist_resnet",
+                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
     p.add_argument("--weights", default=None, help="state-dict file to load (default: the model's own weights)")
     p.add_argument("--bits", nargs="*", default=["W8A8", "W4A4"],
                    help="quantized configurations, e.g. W8A8 W4A4 (default); none = FP only")
@@ -35,19 +37,36 @@ def run(args: argparse.Namespace) -> int:
     from zsq_engine.models import get_model
 
     from .accuracy import accuracy_rows, rows_as_table
+    from .convert import load_float_model
     from .data_sources import fmnist_batches, fmnist_calibration, imagefolder_batches
+    from .quantize import check_eval_data
 
+    guard.check_model(args.model)
     configs = common.parse_bit_configs(args.bits)
+    guard.check_bits(args.first_last_bits, "--first-last-bits")
+    guard.check_positive(args, "batch_size")
+    if args.model != "fmnist_resnet" and args.val_dir is None:
+        raise guard.UsageError(f"--val-dir is required for {args.model}", f"--model {args.model}",
+                               "there is no built-in test set for it", "pass an ImageFolder of validation images")
+    for flag, folder in (("--val-dir", args.val_dir), ("--calib-dir", args.calib_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise guard.CommandError(f"cannot read {flag}", folder, "it is not a folder",
+                                     "pass an ImageFolder (root/<class>/<image>)")
+    if args.weights is not None:
+        guard.input_file(args.weights, "--weights")
     device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    check_eval_data(args.model, args.data_dir, need_train=args.model == "fmnist_resnet")
     torch.manual_seed(args.seed)
-    model = get_model(args.model, pretrained=args.weights is None, weights_path=args.weights)
+    if args.weights is None and args.model != "fmnist_resnet":
+        model = get_model(args.model, pretrained=True)  # ImportError / RuntimeError say where weights come from
+    else:
+        model = load_float_model(args.model, args.weights)
     if args.model == "fmnist_resnet":
         test = fmnist_batches("test", args.batch_size, args.data_dir)
         calib = fmnist_calibration(args.calib_images, args.data_dir, args.seed)
         where = "Fashion-MNIST test split"
     else:
-        if args.val_dir is None:
-            raise SystemExit(f"error: --val-dir is required for {args.model} (an ImageFolder of validation images)")
         test = imagefolder_batches(args.val_dir, args.model, args.batch_size, args.limit)
         calib = imagefolder_batches(args.calib_dir or args.val_dir, args.model, 64, args.calib_images)
         where = args.val_dir

@@ -1,4 +1,5 @@
-"""``zsq info``: versions, devices, backends and extension parts, and why any is missing."""
+"""``zsq info``: versions, devices, backends and extension parts (and why any is missing), and the
+registered models the other commands take as ``--model``."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,10 @@ import sys
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("info", help="show versions, devices and available backends",
+    p = subparsers.add_parser("info", help="show versions, devices, available backends and the models",
                               description="Show versions, devices, which kernel backends and extension parts "
-                                          "are available on this machine and why the others are not.")
+                                          "are available on this machine and why the others are not, and the "
+                                          "registered models (the names --model takes).")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(run=run)
 
@@ -43,6 +45,12 @@ def collect() -> dict:
         for fn in ("cpu_capabilities", "build_info"):
             if hasattr(module, fn):
                 info[fn] = dict(getattr(module, fn)())
+    from zsq_engine.models import get_model_info, list_models
+
+    info["models"] = {name: {"input_shape": list(get_model_info(name).input_shape),
+                             "num_classes": get_model_info(name).num_classes,
+                             "weights": get_model_info(name).weights}
+                      for name in list_models()}
     try:
         from zsq_engine.data import find_fashion_mnist_dir
         info["fashion_mnist"] = str(find_fashion_mnist_dir("test"))
@@ -61,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key:14s} {info[key]}")
     print(f"{'cuda devices':14s} {', '.join(info['cuda_devices']) or 'none'}")
     print(f"{'fashion-mnist':14s} {info['fashion_mnist']}")
+    print("\nmodels (--model NAME):")
+    for name, m in info["models"].items():
+        shape = "x".join(str(v) for v in m["input_shape"])
+        print(f"  {name:18s} input {shape:9s} {m['num_classes']:5d} classes  weights: {m['weights']}")
     print("\nbackends:")
     for name, b in info["backends"].items():
         print(f"  {name:10s} {'yes' if b['available'] else 'no ':3s}  {b['why']}")

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import common
+from . import common, guard
 
 _EPILOG = """methods:
   gdfq   conditional generator (teacher CE + BN statistics) trained alongside the student;
@@ -15,11 +15,15 @@ _EPILOG = """methods:
   hast   hard synthetic samples (zsq synthesize --method hast, made here unless --pool is given);
          KL distillation + channel-attention feature alignment, on x and on the promoted
          x + eps * sign(grad_x L)
-presets (epochs x iterations per epoch, batch):
+presets (epochs x iterations per epoch, batch; fast is the default, paper the published settings):
 {presets}
-The run writes a checkpoint after the preparation (warm-up, calibration) and after every epoch
-(default <out>.ckpt); --resume continues it with identical results. The final model is saved in
-the format of `zsq quantize` (load with zsq_engine.recon.load_quantized).
+Preparation comes first: the HAST pool (unless --pool), the generator warm-up (gdfq, and hast's
+calibration generator: 200 steps in the fast preset, 2-8 minutes on 2 CPU cores; --warmup-steps
+changes it) and the activation calibration; each phase prints one line, also with --no-progress.
+The run writes a checkpoint after the preparation and after every epoch (default <out>.ckpt);
+--resume continues it with identical results (it says from which epoch) and needs that checkpoint.
+The final model is saved in the format of `zsq quantize` (load with zsq_engine.recon.load_quantized);
+--out is never replaced without --overwrite.
 example:
   zsq qat --method hast --model fmnist_resnet --wbits 4 --abits 4 --preset fast --out q.pt"""
 
@@ -34,22 +38,27 @@ def add_parser(subparsers) -> None:
                     "batches. Prints the naive-quantized start and the final test accuracy (Fashion-MNIST).",
         epilog=_EPILOG.format(presets=preset_table()), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS, help="QAT method (see below)")
-    p.add_argument("--model", default="fmnist_resnet", help="registered model name (default fmnist_resnet)")
+    p.add_argument("--model", default="fmnist_resnet",
+                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
     p.add_argument("--wbits", type=int, default=4, help="weight bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--abits", type=int, default=4, help="activation bits of the inner layers, 2..8 (default 4)")
-    p.add_argument("--preset", default="fast", choices=PRESET_NAMES, help="settings, see below (default fast)")
+    p.add_argument("--preset", default=common.DEFAULT_PRESET, choices=PRESET_NAMES, help=common.PRESET_HELP)
     p.add_argument("--epochs", type=common.positive_int, default=None, help="QAT epochs (overrides the preset)")
     p.add_argument("--iters-per-epoch", type=common.positive_int, default=None,
                    help="student steps per epoch (overrides the preset)")
     p.add_argument("--train-batch-size", type=common.positive_int, default=None,
                    help="synthetic images per step (overrides the preset)")
     p.add_argument("--lr", type=float, default=None, help="student weight learning rate (overrides the preset)")
+    p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                   help="generator warm-up steps before calibration (gdfq; hast's calibration generator); "
+                        "0 skips it (default: the preset's, 200 in fast)")
     p.add_argument("--pool", default=None,
                    help="hast: hard samples from `zsq synthesize --method hast --out FILE` (default: synthesise "
                         "the preset's pool here)")
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
+    common.add_overwrite_arg(p, "--out")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default <out>.ckpt)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint (which must exist)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test images only (default: all 10000)")
     p.add_argument("--no-start-eval", action="store_true",
@@ -60,38 +69,92 @@ def add_parser(subparsers) -> None:
 
 
 def _load_pool(path: str, model_name: str, model):
-    from .quantize import load_calibration_data
     from zsq_engine.synth.io import load_output
 
-    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0)  # checks model, weights, shape
+    from .quantize import load_calibration_data
+
+    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0, arg="--pool")  # model, weights, shape
     labels = load_output(Path(path))["labels"]
     if labels is None:
-        raise ValueError(f"--pool {path} holds no labels; HAST needs labelled hard samples "
-                         "(zsq synthesize --method hast)")
+        raise guard.CommandError("cannot use --pool", path, "it holds no labels; HAST needs labelled hard samples",
+                                 "make it with `zsq synthesize --method hast`")
     return images, labels[: images.shape[0]]
+
+
+def _check_args(args) -> Path:
+    """Everything checkable before the preparation; returns the checkpoint path."""
+    guard.check_model(args.model)
+    guard.check_bits(args.wbits, "--wbits")
+    guard.check_bits(args.abits, "--abits")
+    guard.check_positive(args, "batch_size")
+    guard.check_positive(args, "warmup_steps", minimum=0)
+    if args.lr is not None and not args.lr > 0:
+        raise guard.bad_value("--lr", args.lr, "must be > 0", "e.g. --lr 1e-5")
+    if args.pool is not None and args.method != "hast":
+        raise guard.UsageError("--pool is only used by --method hast", f"--method {args.method}",
+                               "it would be ignored", "drop --pool")
+    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.pool, args.checkpoint])
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    guard.output_file(checkpoint, "--checkpoint", overwrite=True, inputs=[args.pool, args.out])
+    if args.resume:
+        guard.input_file(checkpoint, "--checkpoint (--resume)")
+    elif checkpoint.exists():
+        raise guard.UsageError("the checkpoint of an earlier run exists", str(checkpoint),
+                               "starting over would replace it", "pass --resume to continue that run, or delete it "
+                               "(or choose another --checkpoint) to start over")
+    return checkpoint
+
+
+def _say_resume(checkpoint: Path, epochs: int) -> None:
+    from zsq_engine.qat.checkpoint import load_checkpoint
+
+    ckpt = guard.load_input(checkpoint, "--checkpoint", load_checkpoint)
+    done = int(ckpt["epoch"])
+    if not ckpt["prepared"]:
+        print(f"resuming {checkpoint}: the preparation had not finished; starting it again", flush=True)
+    elif done >= epochs:
+        print(f"resuming {checkpoint}: all {done} epochs are done; evaluating and saving", flush=True)
+    else:
+        print(f"resuming {checkpoint} after epoch {done} of {epochs}: continuing with epoch {done + 1}", flush=True)
+
+
+def _preparation_line(args, epochs_cfg) -> str:
+    steps = epochs_cfg.gen_warmup_iters
+    parts = []
+    if args.method == "hast" and args.pool is None:
+        parts.append(f"hard-sample pool ({epochs_cfg.pool_size} images, {epochs_cfg.pool_iters} iterations per batch)")
+    if args.method == "gdfq" and steps:
+        parts.append(f"generator warm-up ({steps} steps)")
+    if args.method == "hast" and epochs_cfg.calib_source == "gdfq" and steps:
+        parts.append(f"calibration generator ({steps} steps)")
+    parts.append(f"activation calibration ({epochs_cfg.calib_batches} batches)")
+    if args.method == "zaq" and steps:
+        parts.append(f"generator warm-up ({steps} steps)")
+    return "preparing: " + ", then ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.evaluation import evaluate_accuracy
     from zsq_engine.models import get_model, get_model_info
-    from zsq_engine.qat import train_qat
-    from zsq_engine.quant import check_bits
+    from zsq_engine.qat import make_config, train_qat
     from zsq_engine.recon import save_quantized
 
     from .data_sources import fmnist_batches
+    from .quantize import check_eval_data
 
-    check_bits(args.wbits, "--wbits")
-    check_bits(args.abits, "--abits")
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
-    if args.pool is not None and args.method != "hast":
-        raise ValueError(f"--pool is only used by --method hast, not {args.method}")
-    device = common.resolve_device(args.device)
+    checkpoint = _check_args(args)
     out = Path(args.out)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
-    if checkpoint.exists() and not args.resume:
-        raise ValueError(f"checkpoint {checkpoint} exists: pass --resume to continue that run, or delete it "
-                         "to start over")
+    device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    check_eval_data(args.model, args.data_dir)
+    overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.train_batch_size,
+                 "lr": args.lr, "gen_warmup_iters": args.warmup_steps}
+    try:
+        cfg = make_config(args.method, args.preset, **overrides)
+    except ValueError as exc:
+        raise guard.UsageError("invalid QAT settings", None, str(exc), "see `zsq qat --help`") from None
+    if args.resume:
+        _say_resume(checkpoint, cfg.epochs)
     info = get_model_info(args.model)
     model = get_model(args.model, pretrained=True)
     pool = _load_pool(args.pool, args.model, model) if args.pool else None
@@ -103,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
         if args.eval_limit:
             test = [b for b in test][: -(-args.eval_limit // args.batch_size)]
 
+    t0 = time.perf_counter()
+    if not args.resume:
+        print(_preparation_line(args, cfg), flush=True)
+
     def on_prepared(trainer) -> None:
+        print(f"prepared in {trainer.prepare_seconds:.1f} s", flush=True)
         if test is not None and not args.no_start_eval:
             trainer.notes["start_accuracy"] = evaluate_accuracy(trainer.student, test, device, desc="start eval",
                                                                 show_progress=show)
@@ -112,22 +180,23 @@ def run(args: argparse.Namespace) -> int:
 
     def on_epoch_end(row: dict) -> None:
         gen = f", generator loss {row['generator_loss']:.4g}" if row["generator_loss"] is not None else ""
-        print(f"  epoch {row['epoch']}: student loss {row['student_loss']:.4g}{gen} ({row['seconds']:.1f} s)",
-              flush=True)
+        print(f"  epoch {row['epoch']}/{cfg.epochs}: student loss {row['student_loss']:.4g}{gen} "
+              f"({row['seconds']:.1f} s)", flush=True)
 
-    t0 = time.perf_counter()
-    result = train_qat(model, args.method, args.wbits, args.abits, input_shape=info.input_shape,
-                       num_classes=info.num_classes, preset=args.preset, seed=args.seed, device=device,
-                       checkpoint=checkpoint, resume=args.resume, pool=pool, show_progress=show,
-                       on_epoch_end=on_epoch_end, on_prepared=on_prepared, epochs=args.epochs,
-                       iters_per_epoch=args.iters_per_epoch, batch_size=args.train_batch_size, lr=args.lr)
+    with guard.writing(checkpoint, "--checkpoint"):
+        result = train_qat(model, args.method, args.wbits, args.abits, input_shape=info.input_shape,
+                           num_classes=info.num_classes, preset=args.preset, seed=args.seed, device=device,
+                           checkpoint=checkpoint, resume=args.resume, pool=pool, show_progress=show,
+                           on_epoch_end=on_epoch_end, on_prepared=on_prepared, **overrides)
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, **result.meta, "history": result.history}
     acc = None
     if test is not None:
+        print("evaluating on the test set", flush=True)
         acc = evaluate_accuracy(result.student, test, device, desc="test", show_progress=show)
         meta["accuracy"] = acc
-    save_quantized(out, result.student, meta)
+    with guard.writing(out):
+        save_quantized(out, result.student, meta)
     print(f"zsq qat: {args.model} W{args.wbits}A{args.abits} {args.method} (preset {args.preset}, "
           f"{result.meta['epochs']} epochs, seed {args.seed}) in {seconds:.1f} s -> {out}")
     start = result.meta["notes"].get("start_accuracy")

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, guard
 
 _EPILOG = """data:
   real       N Fashion-MNIST TRAINING images (the real-data upper bound; fmnist_resnet only)
   FILE.pt    synthetic images written by `zsq synthesize --model <same model> --out FILE.pt`
 presets (per unit: iterations, samples, batch size):
-  paper      20000, 1024, 32 (the published settings)
-  fast       250, 256, 32 (the Fashion-MNIST ResNet in about a minute on a 2-core CPU)"""
+  fast       250, 256, 32 (default; the Fashion-MNIST ResNet in about a minute on a 2-core CPU)
+  paper      20000, 1024, 32 (the published settings: hours on a CPU)
+A data file with fewer images than the preset asks is used whole (the run says so). --out is never
+replaced without --overwrite, and never when it names the --data file."""
 
 
 def add_parser(subparsers) -> None:
@@ -25,15 +27,17 @@ def add_parser(subparsers) -> None:
         description="Quantize a pretrained model with AdaRound block reconstruction, calibrated on synthetic "
                     "(zero-shot) or real images, save it and print its test accuracy.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="fmnist_resnet", help="registered model name (default fmnist_resnet)")
+    p.add_argument("--model", default="fmnist_resnet",
+                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
     p.add_argument("--data", required=True, help="'real' or a .pt file from `zsq synthesize`")
     p.add_argument("--wbits", type=int, default=4, help="weight bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--abits", type=int, default=4, help="activation bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--method", default="genie", choices=METHODS, help="reconstruction method (default genie)")
-    p.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="see below (default fast)")
+    p.add_argument("--preset", default=common.DEFAULT_PRESET, choices=sorted(PRESETS), help=common.PRESET_HELP)
     p.add_argument("--iters", type=common.positive_int, default=None, help="iterations per unit (overrides preset)")
     p.add_argument("--num", type=common.positive_int, default=None, help="calibration images (overrides preset)")
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
+    common.add_overwrite_arg(p, "--out")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test images only (default: all 10000)")
     common.add_device_args(p)
@@ -41,61 +45,99 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int) -> torch.Tensor:
-    """Images ``[N, C, H, W]`` for reconstruction: real training images or a synthesis output file.
-
-    Raises ValueError for data of another model, empty data or an unusable file.
-    """
+def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int,
+                          arg: str = "--data") -> torch.Tensor:
+    """Images ``[N, C, H, W]`` for reconstruction: real training images or a synthesis output file
+    (its first ``num``). Raises :class:`.guard.CommandError` naming ``arg`` for a missing or
+    unusable file, data of another model, empty data or images of the wrong shape."""
     from zsq_engine.models import get_model_info
 
     info = get_model_info(model_name)
     if data == "real":
         if model_name != "fmnist_resnet":
-            raise ValueError(f"--data real is only available for fmnist_resnet; for {model_name} pass a file "
-                             "from `zsq synthesize`")
+            raise guard.UsageError(f"{arg} real is only available for fmnist_resnet", f"--model {model_name}",
+                                   "there is no built-in real data for it", "pass a file from `zsq synthesize`")
         from .data_sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
     from zsq_engine.synth.io import load_output
 
     path = Path(data)
-    obj = load_output(path)
+    obj = guard.load_input(path, arg, load_output)
     meta = obj.get("meta") or {}
     images = obj["images"]
+
+    def unusable(why: str, todo: str) -> guard.CommandError:
+        return guard.CommandError(f"cannot use {arg}", str(path), why, todo)
+
     if meta.get("model") != model_name:
-        raise ValueError(f"{path} was synthesized for model {meta.get('model')!r}, not {model_name!r}; "
-                         f"run `zsq synthesize --model {model_name} --out FILE` first")
+        raise unusable(f"it was synthesized for model {meta.get('model')!r}, not {model_name!r}",
+                       f"run `zsq synthesize --model {model_name} --out FILE` first")
     fingerprint = meta.get("model_fingerprint")
     if fingerprint is not None:
         from zsq_engine.synth import api as synth_api
 
         mine = getattr(synth_api, "_model_fingerprint", None)
         if mine is not None and mine(model) != fingerprint:
-            raise ValueError(f"{path} was synthesized from different {model_name} weights (fingerprint "
-                             f"{fingerprint} vs {mine(model)})")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"{path} holds no images (shape {tuple(getattr(images, 'shape', ()))})")
+            raise unusable(f"it was synthesized from different {model_name} weights (fingerprint {fingerprint} vs "
+                           f"{mine(model)})", "synthesize again from the weights you quantize")
+    if images.shape[0] == 0:
+        raise unusable(f"it holds no images (shape {tuple(images.shape)})", "synthesize some first")
     if tuple(images.shape[1:]) != tuple(info.input_shape):
-        raise ValueError(f"{path} holds images of shape {tuple(images.shape[1:])}, but {model_name} takes "
-                         f"{tuple(info.input_shape)}")
+        raise unusable(f"it holds images of shape {tuple(images.shape[1:])}, but {model_name} takes "
+                       f"{tuple(info.input_shape)}", f"synthesize for --model {model_name}")
+    if not bool(torch.isfinite(images).all()):
+        raise unusable("its images hold NaN or infinite values", "synthesize them again")
     return images[:num].float()
+
+
+def check_eval_data(model_name: str, data_dir, need_train: bool = False) -> None:
+    """Fashion-MNIST must be found before the work that ends with an evaluation on it."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise guard.CommandError("cannot read --data-dir", str(data_dir), "it is not a folder",
+                                 "pass the folder holding the Fashion-MNIST idx files")
+    if model_name != "fmnist_resnet" and not need_train:
+        return
+    from zsq_engine.data import find_fashion_mnist_dir
+
+    for split in (("train", "test") if need_train else ("test",)):
+        try:
+            find_fashion_mnist_dir(split, data_dir)
+        except FileNotFoundError as exc:
+            raise guard.CommandError(f"Fashion-MNIST {split} split not found", str(data_dir or "default locations"),
+                                     str(exc).splitlines()[0], "pass --data-dir or set $ZSQ_FMNIST_DIR") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.evaluation import evaluate_accuracy
     from zsq_engine.models import get_model
-    from zsq_engine.quant import check_bits
     from zsq_engine.recon import PRESETS, reconstruct_model, save_quantized
 
     from .data_sources import fmnist_batches
 
-    check_bits(args.wbits, "--wbits")
-    check_bits(args.abits, "--abits")
+    # everything that can fail is checked before the reconstruction
+    guard.check_model(args.model)
+    guard.check_bits(args.wbits, "--wbits")
+    guard.check_bits(args.abits, "--abits")
+    guard.check_positive(args, "batch_size")
+    if args.data == "real" and args.model != "fmnist_resnet":
+        raise guard.UsageError("--data real is only available for fmnist_resnet", f"--model {args.model}",
+                               "there is no built-in real data for it", "pass a file from `zsq synthesize`")
+    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.data])
     device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    check_eval_data(args.model, args.data_dir, need_train=args.data == "real")
     torch.manual_seed(args.seed)
     model = get_model(args.model, pretrained=True)
-    num = args.num or PRESETS[args.preset]["num"]
-    images = load_calibration_data(args.data, args.model, model, num, args.data_dir, args.seed)
+    wanted = args.num or PRESETS[args.preset]["num"]
+    images = load_calibration_data(args.data, args.model, model, wanted, args.data_dir, args.seed)
+    if images.shape[0] < wanted:
+        print(f"note: --data {args.data} holds {images.shape[0]} images but "
+              f"{'--num' if args.num else f'preset {args.preset}'} asks for {wanted}: using all {images.shape[0]} "
+              "(synthesize more, or pass --num to choose the number)", flush=True)
+    num = images.shape[0]
+    print(f"reconstructing {args.model} W{args.wbits}A{args.abits} ({args.method}, preset {args.preset}) on "
+          f"{num} images", flush=True)
     t0 = time.perf_counter()
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
@@ -104,12 +146,14 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
     acc = None
     if args.model == "fmnist_resnet":
+        print(f"reconstruction done in {seconds:.1f} s; evaluating on the test set", flush=True)
         test = fmnist_batches("test", args.batch_size, args.data_dir)
         if args.eval_limit:
             test = [b for b in test][: -(-args.eval_limit // args.batch_size)]
         acc = evaluate_accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
         meta["accuracy"] = acc
-    save_quantized(args.out, result.model, meta)
+    with guard.writing(out):
+        save_quantized(out, result.model, meta)
     bits = f"W{args.wbits}A{args.abits}"
     print(f"zsq quantize: {args.model} {bits} {args.method} (preset {args.preset}, {result.meta['num_samples']} "
           f"{'real' if args.data == 'real' else 'synthetic'} images) in {seconds:.1f} s -> {args.out}")

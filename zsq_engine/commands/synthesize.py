@@ -6,17 +6,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import common
+from . import common, guard
 
 _EPILOG = """presets:
   paper  the published defaults: zeroq 500 iters x 64 images/batch (Adam lr 0.5); genie 4000 iters x 128
          (fresh generator + latents per batch, swing conv); gdfq 4000 generator steps (batch 64), then
          batches of 128 sampled; hast 1000 iters x 256 (hard samples, crop/flip); 1024 images by default.
-  fast   short runs for small models on a CPU: 128 images in batches of 64, 60 iterations (genie 50;
-         gdfq 80 generator steps of 32); about 20-40 s per method for Fashion-MNIST on 2 shared cores
-         with OMP_NUM_THREADS=1 (faster than 2 threads on a busy machine).
+  fast   (default) short runs for small models on a CPU: 128 images in batches of 64, 60 iterations
+         (genie 50; gdfq 80 generator steps of 32); about 20-40 s per method for Fashion-MNIST on 2
+         shared cores with OMP_NUM_THREADS=1 (faster than 2 threads on a busy machine).
 --num/--batch-size/--iters override the preset. With --out the run is resumable: finished batches are
-kept in <out>.parts/ and a rerun with the same settings continues where it stopped. Under
+kept in <out>.parts/ and a rerun with the same settings continues where it stopped (it says at which
+batch); a finished <out> with the same settings is reused as it is (it says so), other settings are
+refused unless --overwrite. Under
 `torchrun --nproc_per_node N -m zsq_engine.cli synthesize ...` batches are shared between processes
 and the merged file equals the single-process one (there, spell --num as --num-images or -n)."""
 
@@ -31,7 +33,7 @@ def add_parser(subparsers) -> None:
                     "{images, labels, meta}; images are in the model's normalised input space.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fmnist_resnet",
-                   help="registered model name, see `zsq info` (default fmnist_resnet)")
+                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
     p.add_argument("--method", default="genie",
                    help=f"synthesis method: {', '.join(METHODS)} (default genie)")
     p.add_argument("--num", "--num-images", "-n", dest="num", type=int, default=None,
@@ -41,31 +43,65 @@ def add_parser(subparsers) -> None:
                    help="images per batch, each batch optimised on its own (default: the preset's)")
     p.add_argument("--iters", type=int, default=None,
                    help="optimisation steps per batch; for gdfq, generator training steps (default: the preset's)")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="paper (published defaults) or fast (short CPU runs); see below (default paper)")
+    p.add_argument("--preset", default=common.DEFAULT_PRESET, choices=sorted(PRESETS), help=common.PRESET_HELP)
     p.add_argument("--out", required=True, help="output file (.pt); <out>.parts/ holds the batches of an "
                                                 "unfinished run")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output or unfinished run with different settings")
-    p.add_argument("--preview", default=None, metavar="PNG", help="also write a PNG grid of up to 64 samples")
+                   help="replace an existing output (or unfinished run, or --preview) made with other settings")
+    p.add_argument("--preview", default=None, metavar="PNG",
+                   help="also write a PNG grid of up to 64 samples (needs matplotlib)")
     common.add_device_args(p)
     p.set_defaults(run=run)
 
 
 def _check_args(args) -> None:
-    from zsq_engine.models import list_models
+    """Everything that can be checked before the synthesis starts (arguments, output locations)."""
     from zsq_engine.synth.api import METHODS
 
     if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; valid methods: {', '.join(METHODS)}")
-    if args.model not in list_models():
-        raise ValueError(f"unknown model {args.model!r}; valid models: {', '.join(list_models())}")
-    for name in ("num", "batch_size", "iters"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.preview is not None and Path(args.preview).suffix.lower() != ".png":
-        raise ValueError(f"--preview must name a .png file, got {args.preview!r}")
+        raise guard.UsageError("unknown method", f"--method {args.method}", f"valid methods: {', '.join(METHODS)}",
+                               "see `zsq synthesize --help`")
+    guard.check_model(args.model)
+    guard.check_positive(args, "num", "iters")
+    guard.check_positive(args, "batch_size", minimum=2)  # batch statistics need two images
+    guard.output_file(args.out, "--out", overwrite=True)  # an existing --out is reused or refused below
+    if args.preview is not None:
+        if Path(args.preview).suffix.lower() != ".png":
+            raise guard.bad_value("--preview", args.preview, "must name a .png file", "e.g. --preview samples.png")
+        guard.output_file(args.preview, "--preview", overwrite=args.overwrite, inputs=[args.out])
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise guard.CommandError("cannot draw --preview", args.preview, "matplotlib is not installed",
+                                     "pip install matplotlib, or drop --preview") from None
+
+
+def _say_resume(args) -> None:
+    """Say what a rerun will do with what an earlier run left (before any work)."""
+    from zsq_engine.synth.api import PRESETS, resolve_settings
+    from zsq_engine.synth.io import PartStore, load_output
+
+    out = Path(args.out)
+    if args.overwrite:
+        return
+    if out.exists():
+        guard.load_input(out, "--out", load_output)  # a damaged file: one line, before any work
+        print(f"{out} exists: reusing it if it was made with these settings (--overwrite to redo it)", flush=True)
+        return
+    store = PartStore(out)
+    stored = guard.load_input(store.manifest, "--out's .parts folder", lambda p: store.stored_identity())
+    if stored is None:
+        return
+    p = PRESETS[args.preset][args.method]
+    num = args.num or p["num"]
+    batch_size = args.batch_size or p["batch_size"]
+    total = -(-num // batch_size)
+    done = store.done_batches()
+    wanted = {"method": args.method, "preset": args.preset, "seed": args.seed, "num": num, "batch_size": batch_size,
+              "settings": resolve_settings(args.method, args.preset, args.iters)}
+    if all(stored.get(k) == v for k, v in wanted.items()) and stored.get("model") == args.model:
+        print(f"resuming the unfinished run in {store.dir}: {done} of {total} batches done, continuing at batch "
+              f"{min(done + 1, total)} of {total}", flush=True)
 
 
 def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -> None:
@@ -94,7 +130,9 @@ def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -
             ax.set_title(str(int(labels[i])), fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from zsq_engine.fileio import save_figure_atomic
+
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -104,12 +142,23 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     device = common.resolve_device(args.device)
+    guard.check_backend_env(device)
+    _say_resume(args)
     t0 = time.perf_counter()
-    result = synthesize(args.model, args.method, num=args.num, batch_size=args.batch_size, iters=args.iters,
-                        seed=args.seed, device=device, preset=args.preset, out=args.out,
-                        overwrite=args.overwrite, show_progress=not args.no_progress)
+
+    def on_batch_done(b: int, n: int) -> None:  # one line per batch, also with --no-progress
+        print(f"  batch {b + 1}/{n} done ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    if args.method == "gdfq":
+        print("training the GDFQ generator first (one phase before the batches)", flush=True)
+    with guard.writing(args.out):
+        result = synthesize(args.model, args.method, num=args.num, batch_size=args.batch_size, iters=args.iters,
+                            seed=args.seed, device=device, preset=args.preset, out=args.out,
+                            overwrite=args.overwrite, show_progress=not args.no_progress, on_batch_done=on_batch_done)
     meta = result.meta
     elapsed = time.perf_counter() - t0
+    if result.rank == 0 and not result.computed and result.world_size == 1:
+        print(f"nothing to synthesize: {args.out} already holds this run (same settings); reused it", flush=True)
     if result.world_size > 1:
         print(f"rank {result.rank}/{result.world_size}: synthesized batches {list(result.computed)}", file=sys.stderr)
     if result.rank == 0:
@@ -119,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
               f"{sum(start) / len(start):.4g} -> {sum(end) / len(end):.4g} (mean over batches)")
         if args.preview:
             info = get_model_info(args.model)
-            write_preview(result.images, result.labels, info.mean, info.std, Path(args.preview))
+            with guard.writing(args.preview, "--preview"):
+                write_preview(result.images, result.labels, info.mean, info.std, Path(args.preview))
             print(f"preview written to {args.preview}", file=sys.stderr)
     return 0
