@@ -3,7 +3,12 @@
 Every check names the argument and what was expected. Checks that would need the values of a
 CUDA tensor (a host synchronisation) are skipped on CUDA unless ``ZSQ_CHECK_VALUES=1``: the
 training-path ops must never stall the GPU pipeline. On CPU tensors they always run (no sync),
-except under torch.compile tracing.
+except under torch.compile tracing. Python scalars are always checked.
+
+Policy for bad parameter values (the same on every backend, since the checks run in the op
+layer before dispatch): a Python scalar that is NaN / infinite / out of range is a ValueError;
+a tensor parameter is checked where :func:`value_checks_enabled` allows and otherwise
+propagates -- a NaN scale or zero point gives NaN outputs, as PyTorch does for a NaN in ``x``.
 """
 from __future__ import annotations
 
@@ -67,14 +72,33 @@ def normalize_axis(axis: Optional[int], ndim: int, name: str = "axis") -> Option
     return axis % ndim
 
 
+def check_scalar(name: str, v, positive: bool = False, nonnegative: bool = False) -> float:
+    """A Python number that must be finite (and > 0 / >= 0 when asked); returns it as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float or an int, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or (positive and not v > 0) or (nonnegative and not v >= 0):
+        want = "finite and > 0" if positive else "finite and >= 0" if nonnegative else "finite"
+        raise ValueError(f"{name} must be {want}, got {v}")
+    return v
+
+
 def as_param_tensor(name: str, v: ScalarOrTensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A python scalar becomes a 1-element tensor on x's device; a tensor is checked, not copied."""
+    """A python scalar (checked: finite) becomes a 1-element tensor on x's device; a tensor is
+    checked for its device, not copied."""
     if isinstance(v, torch.Tensor):
         check_same_device("x", x, name, v)
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a float, an int or a torch.Tensor, got {type(v).__name__}")
+    check_scalar(name, v)
     return torch.tensor([v], dtype=dtype, device=x.device)
+
+
+def check_finite_values(name: str, t: torch.Tensor, what: str = "") -> None:
+    """``t`` holds no NaN / inf, where reading its values is allowed (:func:`value_checks_enabled`)."""
+    if t.numel() and value_checks_enabled(t) and not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} must be finite everywhere{what}, but it holds NaN or infinite values")
 
 
 def check_qparams(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
@@ -103,6 +127,8 @@ def check_qparams(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
         low, high = torch.aminmax(scale.detach())
         if not (float(low) > 0 and math.isfinite(float(high))):
             raise ValueError("scale must be finite and > 0 everywhere")
+    if zero_point.dtype.is_floating_point:
+        check_finite_values("zero_point", zero_point)
 
 
 def channel_view_shape(ndim: int, axis: Optional[int]) -> Tuple[int, ...]:

@@ -20,6 +20,14 @@ happens to that accumulator before it is stored, in this order:
 ``out_dtype=torch.int32`` keeps the integer accumulator: only the zero-point correction is
 allowed then. Scales may be python floats or fp32 tensors (tensors avoid any host sync).
 
+Bad scale values (checked by :meth:`Epilogue.validate` and the op layer, the same on every
+backend): ``act_scale``, ``residual_scale`` and ``out_scale`` must be finite and > 0 and
+``weight_scale`` finite (a folded BatchNorm makes it zero or negative legitimately). Python
+numbers are always checked (ValueError); one-element ``out_scale`` / ``residual_scale`` tensors
+are checked where reading them is free (CPU tensors, :func:`zsq_engine.ops.checks.value_checks_enabled`);
+per-channel / per-row ``weight_scale`` and ``act_scale`` tensors are not read: a NaN in them gives
+NaN in the affected outputs, as a NaN input would.
+
 Error budget (fp32 epilogue vs this float64 reference): ``acc -> fp32``, the scale product,
 the product, the bias and residual adds each round once (2^-24 relative to the magnitudes
 involved), so ``|out - ref| <= 8 * 2^-24 * (|acc * s| + |bias| + |residual|)`` before the cast
@@ -30,6 +38,7 @@ result is bit-identical, ties included (round half to even).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -98,6 +107,14 @@ class Epilogue:
         if self.weight_scale is None or self.act_scale is None:
             raise ValueError(f"epilogue.out_dtype={self.out_dtype} needs weight_scale and act_scale to dequantize "
                              "the int32 accumulator")
+        for name, positive in (("weight_scale", False), ("act_scale", True), ("residual_scale", True),
+                               ("out_scale", True)):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, torch.Tensor):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"epilogue.{name} must be a float or a float32 tensor, got {type(v).__name__}")
+                if not math.isfinite(v) or (positive and not v > 0):
+                    raise ValueError(f"epilogue.{name} must be finite{' and > 0' if positive else ''}, got {v}")
         if self.residual is not None and self.residual.dtype in QUANT_OUT_DTYPES and self.residual_scale is None:
             raise ValueError("an int8/uint8 epilogue.residual needs residual_scale (and residual_zero_point)")
         if self.residual is not None and self.residual.dtype not in FLOAT_OUT_DTYPES + QUANT_OUT_DTYPES:

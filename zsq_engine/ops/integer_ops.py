@@ -18,7 +18,8 @@ IntPair = Union[int, Tuple[int, int]]
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact ``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N]; int32 [M, N]."""
+    """Exact ``a @ b`` for int8 ``a`` [M, K] and int8 ``b`` [K, N]; int32 [M, N] (zeros when
+    K = 0, as a matmul gives; empty when M or N is 0), the same on every backend."""
     checks.check_tensor("a", a, (torch.int8,))
     checks.check_tensor("b", b, (torch.int8,))
     if a.dim() != 2 or b.dim() != 2:
@@ -26,6 +27,8 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
     checks.check_same_device("a", a, "b", b)
+    if 0 in (a.shape[0], a.shape[1], b.shape[1]):
+        return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32, device=a.device)  # no kernel for no work
     return dispatch("int_mm", a.device)(a, b)
 
 

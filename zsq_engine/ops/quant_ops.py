@@ -1,8 +1,12 @@
 """Public fake-quantization ops: validation, then dispatch to the best backend.
 
 Shapes: ``x`` any shape; per-tensor qparams have one element (axis=None); per-channel qparams
-have shape ``[x.shape[axis]]``. All ops accept fp32, fp16, bf16 (and fp64) ``x`` and return
-``x``'s dtype. No op reads a CUDA tensor's values on the host (see :mod:`.checks`).
+have shape ``[x.shape[axis]]``. All ops accept fp32, fp16 and bf16 ``x`` (not fp64: the kernels
+compute in fp32, so cast first) and return ``x``'s dtype; ``scale`` / ``zero_point`` tensors may
+be fp64 (they are used in fp32). No op reads a CUDA tensor's values on the host (see
+:mod:`.checks`): NaN / non-positive scales and NaN zero points are a ValueError for Python
+numbers and for CPU tensors, and propagate into NaN outputs for CUDA tensors (unless
+``ZSQ_CHECK_VALUES=1``), as a NaN in ``x`` does.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ def fake_quant(x: torch.Tensor, scale, zero_point, quant_min: int, quant_max: in
     unclamped value lies in ``[quant_min, quant_max]`` and 0 elsewhere. Identical to
     ``torch.fake_quantize_per_tensor_affine`` (axis=None) / ``per_channel_affine`` (axis=channel).
     ``zero_point`` is rounded to an integer but, unlike :func:`lsq_fake_quant`, not clamped.
+    ``x``: fp32 / fp16 / bf16 (fp64 is refused with a TypeError: cast it first).
     """
     scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
     return library.fake_quant(x, scale, zero_point, quant_min, quant_max, axis)
@@ -53,12 +58,12 @@ def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     deliberate difference: PyTorch's per-tensor backward rounds ``zero_point + x/scale`` instead
     of ``x/scale``, so at an exact rounding tie with an odd zero point its scale gradient does not
     match its own forward; here the scale gradient always uses the forward's rounding.
-    ``grad_factor`` multiplies the scale and zero-point gradients (LSQ: 1/sqrt(numel * quant_max)).
+    ``grad_factor`` multiplies the scale and zero-point gradients (LSQ: 1/sqrt(numel * quant_max));
+    it must be finite and >= 0 (ValueError otherwise).
     """
     scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
-    if not isinstance(grad_factor, (int, float)) or isinstance(grad_factor, bool):
-        raise TypeError(f"grad_factor must be a float, got {type(grad_factor).__name__}")
-    return library.lsq_fake_quant(x, scale, zero_point, quant_min, quant_max, axis, float(grad_factor))
+    grad_factor = checks.check_scalar("grad_factor", grad_factor, nonnegative=True)
+    return library.lsq_fake_quant(x, scale, zero_point, quant_min, quant_max, axis, grad_factor)
 
 
 def _check_qdrop_args(p, seed, offset) -> None:
@@ -80,8 +85,9 @@ def qdrop_fake_quant(x: torch.Tensor, scale, zero_point, quant_min: int, quant_m
     """
     scale, zero_point, axis = _prepare(x, scale, zero_point, quant_min, quant_max, axis)
     _check_qdrop_args(p, seed, offset)
+    grad_factor = checks.check_scalar("grad_factor", grad_factor, nonnegative=True)
     return library.qdrop_fake_quant(x, scale, zero_point, quant_min, quant_max, axis, float(p), seed, offset,
-                                    bool(learnable), float(grad_factor))
+                                    bool(learnable), grad_factor)
 
 
 def _check_adaround(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis):
@@ -178,6 +184,8 @@ def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional
     Returns fp32 ``(scale, zero_point)`` shaped ``[x.shape[axis]]`` (``[1]`` for axis=None)
     minimising ``mean |x - fake_quant(x)|^p`` over clipping ratios 1.0, 0.99, ... of the
     channel's min/max. See :mod:`zsq_engine.ops.reference.scale_search` for the formulas.
+    A NaN or infinite ``x`` is a ValueError (CPU tensors; on CUDA only with ZSQ_CHECK_VALUES=1,
+    otherwise the scale of such a channel is unspecified): no scale fits such a channel.
     """
     checks.check_float_tensor("x", x)
     checks.check_quant_range(quant_min, quant_max)
@@ -188,16 +196,31 @@ def scale_search(x: torch.Tensor, quant_min: int, quant_max: int, axis: Optional
         raise ValueError(f"p must be a positive number, got {p!r}")
     if x.numel() == 0:
         raise ValueError("x must not be empty")
+    checks.check_finite_values("x", x, " (no clipping range fits a channel holding NaN or inf)")
     return library.scale_search(x, quant_min, quant_max, axis, num_candidates, float(p), bool(symmetric))
 
 
 def minmax_qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,
                    symmetric: bool = False, eps: float = 1e-8) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``(scale, zero_point)`` from observed ranges (widened to contain 0), vectorised."""
+    """fp32 ``(scale, zero_point)`` from observed ranges (widened to contain 0), vectorised.
+
+    ``min_val <= max_val`` everywhere and both finite, else ValueError (CPU tensors; on CUDA only
+    with ZSQ_CHECK_VALUES=1, otherwise NaN propagates and an inverted range gives the range [0, 0]
+    widened by ``eps``). ``eps`` (> 0) is the smallest scale."""
     checks.check_tensor("min_val", min_val, checks.PARAM_DTYPES)
     checks.check_tensor("max_val", max_val, checks.PARAM_DTYPES)
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val and max_val must have one shape, got {tuple(min_val.shape)} and "
                          f"{tuple(max_val.shape)}")
+    checks.check_same_device("min_val", min_val, "max_val", max_val)
     checks.check_quant_range(quant_min, quant_max)
+    checks.check_scalar("eps", eps, positive=True)
+    checks.check_finite_values("min_val", min_val)
+    checks.check_finite_values("max_val", max_val)
+    if min_val.numel() and checks.value_checks_enabled(min_val):
+        inverted = (min_val > max_val).nonzero()
+        if inverted.numel():
+            i = tuple(int(v) for v in inverted[0])
+            raise ValueError(f"min_val must be <= max_val everywhere, but at index {i if len(i) != 1 else i[0]} "
+                             f"min_val={float(min_val[i])} > max_val={float(max_val[i])}")
     return _ref_search.minmax_qparams(min_val, max_val, quant_min, quant_max, symmetric, eps)

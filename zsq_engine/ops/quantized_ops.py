@@ -22,6 +22,7 @@ AVX-512 has a 4-bit multiply, so the kernels take int8 conv weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -82,6 +83,14 @@ def _check_epilogue(epilogue: Optional[Epilogue], m: int, n: int, device: torch.
     zw = epilogue.weight_zero_point
     if isinstance(zw, torch.Tensor) and zw.numel() not in (1, n):
         raise ValueError(f"epilogue.weight_zero_point has {zw.numel()} elements, expected 1 or {n}")
+    for name in ("out_scale", "residual_scale"):
+        v = getattr(epilogue, name)
+        if isinstance(v, torch.Tensor) and v.numel() and checks.value_checks_enabled(v):
+            if v.numel() != 1:
+                raise ValueError(f"epilogue.{name} must have one element, got {v.numel()}")
+            value = float(v.detach().reshape(-1)[0])
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"epilogue.{name} must be finite and > 0, got {value}")
     if epilogue.residual is not None and epilogue.residual.numel() != m * n:
         raise ValueError(f"epilogue.residual has shape {tuple(epilogue.residual.shape)}, expected {m * n} "
                          f"elements ([M, N] = [{m}, {n}] or the NHWC output shape)")
@@ -134,7 +143,12 @@ def qgemm(a: torch.Tensor, w: torch.Tensor, epilogue: Optional[Epilogue] = None,
     if a_packed and a.dtype != torch.uint8:
         raise TypeError("a must be uint8 when a_packed=True")
     _check_epilogue(epilogue, a.shape[0], w.shape[0], a.device)
-    return dispatch("qgemm", a.device)(a, w, epilogue, bool(w_packed), bool(a_packed), bool(a_signed), int(k))
+    args = (a, w, epilogue, bool(w_packed), bool(a_packed), bool(a_signed), int(k))
+    if 0 in (a.shape[0], w.shape[0], k):
+        # nothing to multiply: the fp64 reference gives the exact result (the epilogue applied to a
+        # zero product for K = 0, as a matmul with K = 0 gives zeros) on every backend
+        return _qgemm_reference(*args)
+    return dispatch("qgemm", a.device)(*args)
 
 
 def qconv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
