@@ -188,12 +188,12 @@ def test_cli_errors(tmp_path, capsys):
     empty = tmp_path / "empty.pt"
     _fake_synth_file(empty, "fmnist_resnet", torch.empty(0, 1, 28, 28))
     out = str(tmp_path / "q.pt")
-    cases = [(["--data", "real", "--wbits", "9"], "wbits"),
-             (["--data", "real", "--abits", "1"], "abits"),
-             (["--data", str(other)], "resnet18"),
-             (["--data", str(empty)], "no images"),
-             (["--data", str(tmp_path / "missing.pt")], "does not exist")]
-    for extra, needle in cases:
+    cases = [(["--data", "real", "--wbits", "9"], "wbits", 2),  # 2: a wrong command line, 1: a bad file
+             (["--data", "real", "--abits", "1"], "abits", 2),
+             (["--data", str(other)], "resnet18", 1),
+             (["--data", str(empty)], "no images", 1),
+             (["--data", str(tmp_path / "missing.pt")], "does not exist", 1)]
+    for extra, needle, code in cases:
         rc = main(["quantize", "--out", out, "--no-progress", "--device", "cpu", *extra])
         err = capsys.readouterr().err
-        assert rc == 1 and needle in err, (extra, err)
+        assert rc == code and needle in err, (extra, err)

@@ -85,24 +85,24 @@ def test_bench_an_integer_model_file(tmp_path, calib):
     assert [(r["impl"], r["precision"]) for r in rows] == [("fp32", "fp32"), ("zsq int", "W4A4")]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["convert", "--checkpoint", "q.pt", "--model", "resnet18", "--out", "x.pt"], "drop --model"),
-    (["convert", "--model", "fmnist_resnet", "--wbits", "9", "--out", "x.pt"], "--wbits"),
-    (["convert", "--model", "nope", "--out", "x.pt"], "unknown model"),
-    (["convert", "--checkpoint", "missing.pt", "--out", "x.pt"], "does not exist"),
-    (["bench", "--int-model", "missing.pt"], "does not exist"),
-    (["bench", "--model", "fmnist_resnet", "--cuda-graph", "-1"], "--cuda-graph"),
+@pytest.mark.parametrize("argv,message,code", [  # 2: wrong command line, 1: a file or step failed
+    (["convert", "--checkpoint", "q.pt", "--model", "resnet18", "--out", "x.pt"], "drop --model", 2),
+    (["convert", "--model", "fmnist_resnet", "--wbits", "9", "--out", "x.pt"], "--wbits", 2),
+    (["convert", "--model", "nope", "--out", "x.pt"], "unknown model", 2),
+    (["convert", "--checkpoint", "missing.pt", "--out", "x.pt"], "does not exist", 1),
+    (["bench", "--int-model", "missing.pt"], "does not exist", 1),
+    (["bench", "--model", "fmnist_resnet", "--cuda-graph", "-1"], "--cuda-graph", 2),
 ])
-def test_clear_errors(argv, message, capsys, tmp_path, monkeypatch):
+def test_clear_errors(argv, message, code, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 1
+    assert main(argv) == code
     assert message in capsys.readouterr().err
 
 
 def test_check_needs_fashion_mnist(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = main(["convert", "--model", "resnet18", "--calib-images", "2", "--out", "x.pt", "--check", "--no-progress"])
-    assert rc == 1 and "--check needs the Fashion-MNIST test set" in capsys.readouterr().err
+    assert rc == 2 and "--check needs the Fashion-MNIST test set" in capsys.readouterr().err
 
 
 @needs_fmnist

@@ -206,8 +206,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert obj["meta"]["model"] == "fmnist_resnet" and obj["meta"]["preset"] == "fast"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for argv, msg in ((["--method", "nope"], "valid methods: genie"), (["--model", "nope"], "valid models:"),
-                      (["--num", "0"], "--num must be >= 1")):
-        assert cli_main(["synthesize", "--out", str(tmp_path / "x.pt"), *argv]) == 1
+                      (["--num", "0"], "--num (0): must be >= 1")):
+        assert cli_main(["synthesize", "--out", str(tmp_path / "x.pt"), *argv]) == 2  # a wrong command line
         assert msg in capsys.readouterr().err
 
 

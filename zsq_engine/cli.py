@@ -79,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(exc, (ValueError, FileNotFoundError)):
             print(f"error: {_one_line(exc)}", file=sys.stderr)
         else:
-            print(f"error ({type(exc).__name__}): {_one_line(exc)}; rerun with `zsq --debug {args.command} ...` "
+            print(f"error: {type(exc).__name__}: {_one_line(exc)}; rerun with `zsq --debug {args.command} ...` "
                   "for the traceback", file=sys.stderr)
         return 1
 

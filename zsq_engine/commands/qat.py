@@ -69,12 +69,11 @@ def add_parser(subparsers) -> None:
 
 
 def _load_pool(path: str, model_name: str, model):
-    from zsq_engine.synth.io import load_output
+    from .quantize import load_calibration_data, read_data_file
 
-    from .quantize import load_calibration_data
-
-    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0, arg="--pool")  # model, weights, shape
-    labels = load_output(Path(path))["labels"]
+    obj = read_data_file(path, "--pool")
+    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0, arg="--pool", preloaded=obj)
+    labels = obj["labels"]
     if labels is None:
         raise guard.CommandError("cannot use --pool", path, "it holds no labels; HAST needs labelled hard samples",
                                  "make it with `zsq synthesize --method hast`")

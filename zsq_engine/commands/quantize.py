@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -45,11 +46,19 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def read_data_file(data: str, arg: str = "--data") -> dict:
+    """The synthesis output file ``data`` (checked layout), or a one-line error naming ``arg``."""
+    from zsq_engine.synth.io import load_output
+
+    return guard.load_input(Path(data), arg, load_output)
+
+
 def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int,
-                          arg: str = "--data") -> torch.Tensor:
+                          arg: str = "--data", preloaded: Optional[dict] = None) -> torch.Tensor:
     """Images ``[N, C, H, W]`` for reconstruction: real training images or a synthesis output file
-    (its first ``num``). Raises :class:`.guard.CommandError` naming ``arg`` for a missing or
-    unusable file, data of another model, empty data or images of the wrong shape."""
+    (its first ``num``; ``preloaded``: that file as :func:`read_data_file` returned it). Raises
+    :class:`.guard.CommandError` naming ``arg`` for a missing or unusable file, data of another
+    model, empty data or images of the wrong shape."""
     from zsq_engine.models import get_model_info
 
     info = get_model_info(model_name)
@@ -60,10 +69,8 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
         from .data_sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
-    from zsq_engine.synth.io import load_output
-
     path = Path(data)
-    obj = guard.load_input(path, arg, load_output)
+    obj = read_data_file(data, arg) if preloaded is None else preloaded
     meta = obj.get("meta") or {}
     images = obj["images"]
 
@@ -127,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
     check_eval_data(args.model, args.data_dir, need_train=args.data == "real")
+    data = None if args.data == "real" else read_data_file(args.data)  # a bad file fails before the model
     torch.manual_seed(args.seed)
     model = get_model(args.model, pretrained=True)
     wanted = args.num or PRESETS[args.preset]["num"]
-    images = load_calibration_data(args.data, args.model, model, wanted, args.data_dir, args.seed)
+    images = load_calibration_data(args.data, args.model, model, wanted, args.data_dir, args.seed, preloaded=data)
     if images.shape[0] < wanted:
         print(f"note: --data {args.data} holds {images.shape[0]} images but "
               f"{'--num' if args.num else f'preset {args.preset}'} asks for {wanted}: using all {images.shape[0]} "
