@@ -48,7 +48,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-torch-ao", action="store_true", help="skip PyTorch's x86 int8 model")
     p.add_argument("--cuda-graph", type=int, default=0, metavar="N",
                    help="on CUDA, replay a captured CUDA graph at batch sizes <= N (default 0: off)")
-    p.add_argument("--out", default="runs/bench", help="output folder for bench.json and bench.png (default runs/bench)")
+    p.add_argument("--out", default=None, help="output folder for bench.json and bench.png (default runs/bench, the "
+                                               "command's own folder, replaced on every run; a folder you name is "
+                                               "protected: see --overwrite)")
     common.add_overwrite_arg(p, "bench.json / bench.png in --out")
     common.add_device_args(p)
     p.add_argument("--data-dir", default=None,
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                                    "they would be ignored", "drop --checkpoint / --model")
         guard.input_file(args.int_model, "--int-model")
     check_source_args(args, calib_with_checkpoint=True)
-    out = guard.output_folder(args.out, ["bench.json", "bench.png"], "--out", overwrite=args.overwrite)
+    out = guard.output_folder(args.out or "runs/bench", ["bench.json", "bench.png"], "--out",
+                              overwrite=args.overwrite or args.out is None)  # the default folder is the command's
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
     if args.threads:

@@ -26,6 +26,7 @@ import torch
 from . import common, guard
 
 _OUTPUTS = ("report.md", "results.json", "demo.png")
+_DEFAULT_OUT = "runs/demo"
 # interleaved latency measurements: independent runs, and the relative spread of their speed-up
 # ratios above which the line warns that the machine was too busy for the number to mean much
 _LATENCY_RUNS = 5
@@ -49,8 +50,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default="fast", choices=("fast", "paper"), help="reconstruction preset (default fast)")
     p.add_argument("--no-integer", action="store_true",
                    help="skip converting the Genie model to an integer model (accuracy + latency rows)")
-    p.add_argument("--out", default="runs/demo", help="output folder for report.md, results.json, demo.png "
-                                                      "(default runs/demo)")
+    p.add_argument("--out", default=None, help=f"output folder for report.md, results.json, demo.png (default "
+                                               f"{_DEFAULT_OUT}, the demo's own folder, replaced on every run; a "
+                                               "folder you name is protected: see --overwrite)")
     common.add_overwrite_arg(p, "report.md / results.json / demo.png in --out")
     common.add_device_args(p)
     common.add_data_args(p)
@@ -116,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     configs = common.parse_bit_configs(args.bits)
     guard.check_positive(args, "batch_size")
-    out = guard.output_folder(args.out, _OUTPUTS, "--out", overwrite=args.overwrite)
+    # the default folder belongs to the demo (rerunning the README command must work); one you name is protected
+    out = guard.output_folder(args.out or _DEFAULT_OUT, _OUTPUTS, "--out",
+                              overwrite=args.overwrite or args.out is None)
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
     check_eval_data("fmnist_resnet", args.data_dir, need_train=True)
