@@ -219,3 +219,19 @@ def test_demo_latency_line_is_a_median_of_interleaved_runs_with_a_noise_warning(
     assert noisy["latency_noisy"] and "[noisy: batch 1 ratios 1.00x-10.00x" in noisy["line"]
     assert "(2.00x)" in noisy["line"]  # the median ignores the outliers
     assert "warning: the latency measurement is noisy" in capsys.readouterr().err
+
+
+def test_no_requires_grad_scalar_warning_from_synthesis_or_reconstruction():
+    """The progress bars read the loss of the last step: detached first, so torch does not warn
+    that a tensor requiring grad was converted to a Python number."""
+    import warnings
+
+    from zsq_engine.models import get_model
+    from zsq_engine.recon import reconstruct_model
+    from zsq_engine.synth import synthesize
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires_grad.*")
+        r = synthesize("fmnist_resnet", "zeroq", num=4, batch_size=2, iters=1, preset="fast", show_progress=True)
+        reconstruct_model(get_model("fmnist_resnet", pretrained=True), r.images, 4, 4, method="genie", iters=1,
+                          num=4, show_progress=True)
