@@ -99,10 +99,10 @@ def test_clear_errors(argv, message, capsys, tmp_path, monkeypatch):
     assert message in capsys.readouterr().err
 
 
-def test_check_needs_fashion_mnist(tmp_path, capsys, monkeypatch):
+def test_check_needs_val_dir_for_imagenet_models(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = main(["convert", "--model", "resnet18", "--calib-images", "2", "--out", "x.pt", "--check", "--no-progress"])
-    assert rc == 1 and "--check needs the Fashion-MNIST test set" in capsys.readouterr().err
+    assert rc == 1 and "--check for resnet18 needs --val-dir" in capsys.readouterr().err
 
 
 @needs_fmnist

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, eval_data
 
 _EPILOG = """where the fake-quant model comes from:
   --checkpoint Q.pt   a model saved by `zsq quantize` or `zsq qat` (Genie / BRECQ / QDrop / GDFQ /
@@ -23,7 +23,9 @@ _EPILOG = """where the fake-quant model comes from:
                       meaningless for accuracy; a warning says so)
 the file (zsq_engine.runtime.save / load, torch.load(weights_only=True)) holds the integer
 weights, scales, zero points, the program and the format version; it loads without the float
-model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set.
+model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set
+(fmnist_resnet) or on --val-dir. A layer the integer runtime does not support is named, the
+fake-quant accuracy is still reported with --check, and no file is written (exit status 1).
 examples:
   zsq convert --model fmnist_resnet --wbits 4 --abits 4 --out int.pt --check
   zsq quantize --data real --out q.pt && zsq convert --checkpoint q.pt --out int.pt --check"""
@@ -40,8 +42,10 @@ def add_parser(subparsers) -> None:
     add_source_args(p)
     p.add_argument("--out", required=True, help="output file for the integer model (.pt)")
     p.add_argument("--check", action="store_true",
-                   help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet only): "
-                        "top-1 agreement, both accuracies, largest logit difference")
+                   help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet) or on "
+                        "--val-dir: top-1 agreement, both accuracies, largest logit difference")
+    eval_data.add_val_args(p)
+    eval_data.add_input_size_arg(p)
     p.add_argument("--check-limit", type=common.positive_int, default=None,
                    help="--check on the first N test images only (default: all 10000)")
     common.add_device_args(p)
@@ -53,7 +57,8 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     """The arguments naming the fake-quant model (shared with ``zsq bench``)."""
     p.add_argument("--checkpoint", default=None, help="fake-quant model file from `zsq quantize` / `zsq qat`")
     p.add_argument("--model", default=None,
-                   help="registered model name for naive PTQ here (default fmnist_resnet when no --checkpoint)")
+                   help="registered model name or package.module:factory for naive PTQ here (default "
+                        "fmnist_resnet when no --checkpoint)")
     p.add_argument("--weights", default=None,
                    help="float state-dict file for --model (default: fmnist_resnet's committed weights; random "
                         "initialisation for the other models)")
@@ -63,23 +68,23 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-images", type=common.positive_int, default=256,
                    help="images calibrating the naive PTQ activation ranges (default 256)")
     p.add_argument("--calib-dir", default=None, help="ImageFolder of calibration images for the ImageNet models")
+    eval_data.add_model_args(p, weights=False, input_size=False)
 
 
 def _calibration(name: str, num: int, args) -> list:
     """Calibration batches of float images for ``name``; random ones (with a warning) when no
     real images are available."""
-    from zsq_engine.models import get_model_info
-
     from .data_sources import fmnist_calibration, imagefolder_batches
 
-    if name == "fmnist_resnet":
+    if name == "fmnist_resnet" and not getattr(args, "input_size", None):
         return [x for x, _ in fmnist_calibration(num, args.data_dir, args.seed)]
+    info = eval_data.model_info(args, name)
     if args.calib_dir:
-        return [x for x, _ in imagefolder_batches(args.calib_dir, name, 64, num)]
+        return [x for x, _ in imagefolder_batches(args.calib_dir, name, 64, num, info=info)]
     print(f"warning: no --calib-dir for {name}: calibrating on {num} random images, so the quantized model is "
           "fine for latency and meaningless for accuracy", file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)
-    shape = get_model_info(name).input_shape
+    shape = info.input_shape
     return [torch.randn(min(64, num - i), *shape, generator=g) for i in range(0, num, 64)]
 
 
@@ -120,7 +125,8 @@ def source_models(args, need_calib: bool = False):
 
 
 def _no_check(name: str) -> None:
-    raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. --model fmnist_resnet (got {name})")
+    raise ValueError(f"--check for {name} needs --val-dir (an ImageFolder of validation images); only "
+                     "fmnist_resnet has a built-in test set")
 
 
 def _first(batches, limit: int) -> list:
@@ -138,30 +144,39 @@ def _first(batches, limit: int) -> list:
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.runtime import convert, save
     from zsq_engine.runtime.agreement import agreement
+    from zsq_engine.runtime.graph import UnsupportedLayerError
 
     device = common.resolve_device(args.device)
     torch.manual_seed(args.seed)
-    if args.check and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
+    if args.check and not args.val_dir and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
         _no_check(args.model)  # before spending time on the quantization
     name, _, qmodel, meta, _ = source_models(args)
+    test = None
+    if args.check:
+        test, _where = eval_data.val_batches(args, eval_data.model_info(args, name), args.check_limit)
+        if test is None:
+            _no_check(name)
     t0 = time.perf_counter()
-    int_model = convert(qmodel)
+    try:
+        int_model = convert(qmodel)
+    except UnsupportedLayerError as exc:
+        # the fake-quant model is still usable: report it rather than only failing
+        print(f"error: the integer runtime cannot convert {name}: {exc}", file=sys.stderr)
+        if test is not None:
+            acc = eval_data.accuracy(qmodel.to(device), test, device, desc="fake-quant",
+                                     show_progress=not args.no_progress)
+            print(f"fake-quant model (W{meta['wbits']}A{meta['abits']}) on {_where}: {eval_data.format_accuracy(acc)}")
+        print(f"no integer model written to {args.out}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - t0
     packed = sum(m.config["packed"] for m in int_model.layers.values())
     print(f"zsq convert: {name} ({meta['source']}, W{meta['wbits']}A{meta['abits']}) -> {len(int_model.layers)} integer "
           f"layers ({packed} with packed int4 weights), {len(int_model.program)} program steps in {seconds:.1f} s")
     if args.check:
-        if name != "fmnist_resnet":
-            _no_check(name)
-        from .data_sources import fmnist_batches
-
-        test = fmnist_batches("test", args.batch_size, args.data_dir)
-        if args.check_limit:
-            test = _first(test, args.check_limit)
         r = agreement(qmodel.to(device), int_model.to(device), test, device, show_progress=not args.no_progress)
         int_model.cpu()
         meta["check"] = r
-        print(f"check on {r['images']} test images: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
+        print(f"check on {r['images']} images of {_where}: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
               f"{r['fq_accuracy']:.2f} % / integer {r['int_accuracy']:.2f} % ({r['accuracy_delta']:+.2f}), "
               f"largest logit difference {r['max_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.2g})")
     save(int_model, Path(args.out), meta=meta)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, eval_data
 
 _EPILOG = """data:
-  real       N Fashion-MNIST TRAINING images (the real-data upper bound; fmnist_resnet only)
+  real       N real images (the real-data upper bound): Fashion-MNIST TRAINING images for
+             fmnist_resnet, a seeded random subset of the ImageFolder --calib-dir otherwise
   FILE.pt    synthetic images written by `zsq synthesize --model <same model> --out FILE.pt`
 presets (per unit: iterations, samples, batch size):
   paper      20000, 1024, 32 (the published settings)
@@ -25,7 +26,11 @@ def add_parser(subparsers) -> None:
         description="Quantize a pretrained model with AdaRound block reconstruction, calibrated on synthetic "
                     "(zero-shot) or real images, save it and print its test accuracy.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="fmnist_resnet", help="registered model name (default fmnist_resnet)")
+    p.add_argument("--model", default="fmnist_resnet",
+                   help="registered model name or package.module:factory (default fmnist_resnet)")
+    eval_data.add_model_args(p)
+    eval_data.add_val_args(p)
+    p.add_argument("--calib-dir", default=None, help="ImageFolder of real calibration images for --data real")
     p.add_argument("--data", required=True, help="'real' or a .pt file from `zsq synthesize`")
     p.add_argument("--wbits", type=int, default=4, help="weight bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--abits", type=int, default=4, help="activation bits of the inner layers, 2..8 (default 4)")
@@ -35,24 +40,27 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num", type=common.positive_int, default=None, help="calibration images (overrides preset)")
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
-                   help="evaluate on the first N test images only (default: all 10000)")
+                   help="evaluate on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
 
 
-def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int) -> torch.Tensor:
+def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int, info=None,
+                          calib_dir=None) -> torch.Tensor:
     """Images ``[N, C, H, W]`` for reconstruction: real training images or a synthesis output file.
 
     Raises ValueError for data of another model, empty data or an unusable file.
     """
     from zsq_engine.models import get_model_info
 
-    info = get_model_info(model_name)
+    info = info or get_model_info(model_name)
     if data == "real":
+        if calib_dir:
+            return eval_data.folder_images(calib_dir, info, num, seed)
         if model_name != "fmnist_resnet":
-            raise ValueError(f"--data real is only available for fmnist_resnet; for {model_name} pass a file "
-                             "from `zsq synthesize`")
+            raise ValueError(f"--data real for {model_name} needs --calib-dir (an ImageFolder of real images); "
+                             "or pass a file from `zsq synthesize`")
         from .data_sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
@@ -62,14 +70,16 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
     obj = load_output(path)
     meta = obj.get("meta") or {}
     images = obj["images"]
-    if meta.get("model") != model_name:
+    fingerprint = meta.get("model_fingerprint")
+    from zsq_engine.synth import api as synth_api
+
+    mine = getattr(synth_api, "_model_fingerprint", None)
+    # a model object synthesized from Python is recorded by class name: identical weights suffice
+    same_weights = fingerprint is not None and mine is not None and mine(model) == fingerprint
+    if meta.get("model") != model_name and not same_weights:
         raise ValueError(f"{path} was synthesized for model {meta.get('model')!r}, not {model_name!r}; "
                          f"run `zsq synthesize --model {model_name} --out FILE` first")
-    fingerprint = meta.get("model_fingerprint")
     if fingerprint is not None:
-        from zsq_engine.synth import api as synth_api
-
-        mine = getattr(synth_api, "_model_fingerprint", None)
         if mine is not None and mine(model) != fingerprint:
             raise ValueError(f"{path} was synthesized from different {model_name} weights (fingerprint "
                              f"{fingerprint} vs {mine(model)})")
@@ -82,20 +92,18 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsq_engine.evaluation import evaluate_accuracy
-    from zsq_engine.models import get_model
     from zsq_engine.quant import check_bits
     from zsq_engine.recon import PRESETS, reconstruct_model, save_quantized
-
-    from .data_sources import fmnist_batches
 
     check_bits(args.wbits, "--wbits")
     check_bits(args.abits, "--abits")
     device = common.resolve_device(args.device)
     torch.manual_seed(args.seed)
-    model = get_model(args.model, pretrained=True)
+    model, info = eval_data.load_model(args)
+    test, no_test = eval_data.val_batches(args, info, args.eval_limit)  # folder errors before the long run
     num = args.num or PRESETS[args.preset]["num"]
-    images = load_calibration_data(args.data, args.model, model, num, args.data_dir, args.seed)
+    images = load_calibration_data(args.data, args.model, model, num, args.data_dir, args.seed, info=info,
+                                   calib_dir=args.calib_dir)
     t0 = time.perf_counter()
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
@@ -103,12 +111,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
     acc = None
-    if args.model == "fmnist_resnet":
-        test = fmnist_batches("test", args.batch_size, args.data_dir)
-        if args.eval_limit:
-            test = [b for b in test][: -(-args.eval_limit // args.batch_size)]
-        acc = evaluate_accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
-        meta["accuracy"] = acc
+    if test is not None:
+        acc = eval_data.accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
+        meta["accuracy"], meta["top5"] = acc["top1"], acc["top5"]
     save_quantized(args.out, result.model, meta)
     bits = f"W{args.wbits}A{args.abits}"
     print(f"zsq quantize: {args.model} {bits} {args.method} (preset {args.preset}, {result.meta['num_samples']} "
@@ -116,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
     for u in result.units:
         print(f"  {u['name']:12s} {u['type']:12s} loss {u['mse_before']:.4g} -> {u['mse_after']:.4g} "
               f"({u['seconds']:.1f} s)")
+    for s in result.meta.get("skipped_units", []):
+        print(f"  {s['name']:12s} not reconstructed (kept naive rounding): {s['reason']}")
     if acc is not None:
-        print(f"test accuracy: {acc:.2f} %")
+        print(f"test accuracy on {no_test}: {eval_data.format_accuracy(acc)}")
     else:
-        print("(no built-in test set for this model: evaluate the saved file with your own data)")
+        print(f"({no_test})")
     return 0

@@ -32,6 +32,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -45,7 +46,7 @@ from ..quant.modules import QuantLayer
 from .blocks import Unit, partition
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
-__all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "make_config", "reconstruct_model",
+__all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitError", "make_config", "reconstruct_model",
            "reconstruct_unit", "capture_unit_io", "unit_mse"]
 
 METHODS = ("genie", "brecq", "qdrop")
@@ -134,6 +135,10 @@ class _Stop(Exception):
     pass
 
 
+class UnsupportedUnitError(RuntimeError):
+    """A unit whose input / output cannot be captured once per forward (named in the message)."""
+
+
 @torch.no_grad()
 def capture_unit_io(model: nn.Module, unit_name: str, data: torch.Tensor, *, chunk: int = 256,
                     want_output: bool = True, store_device: Optional[torch.device] = None):
@@ -162,7 +167,8 @@ def capture_unit_io(model: nn.Module, unit_name: str, data: torch.Tensor, *, chu
             except _Stop:
                 pass
             if len(ins) != n_before + 1:
-                raise RuntimeError(f"unit {unit_name!r} was not called exactly once per forward")
+                raise UnsupportedUnitError(f"unit {unit_name!r} ({type(unit).__name__}) is not called by the "
+                                           "model's forward; block reconstruction needs one call per forward")
     finally:
         handle.remove()
     return torch.cat(ins), (torch.cat(outs) if want_output else None)
@@ -380,10 +386,21 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
             offload = _estimate_cache_bytes(fp, unit_list, images[:2]) * images.shape[0] / 2 > 2 * 2 ** 30
     store = torch.device("cpu") if offload else device
 
-    reports = []
+    reports, skipped = [], []
+    calls = _call_counts(qmodel, [u.name for u in unit_list], images[:1].to(device))
     for k, unit in enumerate(unit_list):
-        x_fp, y_fp = capture_unit_io(fp, unit.name, images, store_device=store)
-        x_q, _ = capture_unit_io(qmodel, unit.name, images, want_output=False, store_device=store)
+        try:
+            if calls[unit.name] != 1:
+                raise UnsupportedUnitError(f"unit {unit.name!r} ({unit.type_name}) is called {calls[unit.name]} "
+                                           "times per forward; block reconstruction needs exactly one call")
+            x_fp, y_fp = capture_unit_io(fp, unit.name, images, store_device=store)
+            x_q, _ = capture_unit_io(qmodel, unit.name, images, want_output=False, store_device=store)
+        except UnsupportedUnitError as exc:
+            # e.g. a layer called twice per forward: its cached input / output are ambiguous, so it
+            # keeps its calibrated (naive) quantization and the other units still run
+            skipped.append({"name": unit.name, "type": unit.type_name, "reason": str(exc)})
+            warnings.warn(f"reconstruction skips unit {unit.name!r} ({unit.type_name}): {exc}", stacklevel=2)
+            continue
         info = reconstruct_unit(qmodel.get_submodule(unit.name), x_fp, y_fp, x_q, cfg, seed=seed,
                                 desc=f"{method} [{k + 1}/{len(unit_list)}] {unit.name}",
                                 show_progress=show_progress)
@@ -391,8 +408,22 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
         del x_fp, y_fp, x_q
     meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
-            "units": [u.name for u in unit_list], "seconds": round(time.perf_counter() - t_start, 2)}
+            "units": [u.name for u in unit_list], "skipped_units": skipped, "seconds": round(time.perf_counter() - t_start, 2)}
     return ReconResult(qmodel.eval(), reports, meta)
+
+
+@torch.no_grad()
+def _call_counts(model: nn.Module, names: List[str], sample: torch.Tensor) -> Dict[str, int]:
+    """How often each named submodule runs in one forward of ``sample`` (shared modules, loops)."""
+    counts = {n: 0 for n in names}
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _a, _o, n=n: counts.__setitem__(n, counts[n] + 1)) for n in names]
+    try:
+        model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
 
 
 @torch.no_grad()
