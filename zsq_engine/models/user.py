@@ -3,8 +3,8 @@
 A spec names any importable callable that returns an ``nn.Module`` (``mypkg.nets:build``,
 ``torchvision.models:resnet18``). What the pipelines need to know about it comes, in order,
 from explicit overrides (CLI flags ``--input-size`` / ``--num-classes``), from upper-case
-constants of the factory's module (``INPUT_SHAPE = (3, 224, 224)``, ``NUM_CLASSES``, ``MEAN``,
-``STD``, ``RESIZE_SIZE``), else from the model itself (class count = outputs of the last
+attributes of the factory itself or else constants of its module (``INPUT_SHAPE = (3, 224,
+224)``, ``NUM_CLASSES``, ``MEAN``, ``STD``, ``RESIZE_SIZE``), else from the model itself (class count = outputs of the last
 ``nn.Linear``) and the ImageNet defaults (3x224x224, ImageNet mean / std, resize 256).
 """
 from __future__ import annotations
@@ -76,12 +76,17 @@ def user_model_facts(spec: str, model: Optional[nn.Module] = None, input_size: O
     Raises ValueError when the class count can be found nowhere.
     """
     module = importlib.import_module(spec.partition(":")[0])
-    shape = tuple(getattr(module, "INPUT_SHAPE", (3, 224, 224)))
+    factory = import_factory(spec)
+
+    def declared(key, default=None):
+        return getattr(factory, key, getattr(module, key, default))
+
+    shape = tuple(declared("INPUT_SHAPE", (3, 224, 224)))
     if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ValueError(f"--model {spec!r}: INPUT_SHAPE must be (C, H, W) positive ints, got {shape!r}")
     if input_size is not None:
         shape = (shape[0], int(input_size), int(input_size))
-    classes = num_classes if num_classes is not None else getattr(module, "NUM_CLASSES", None)
+    classes = num_classes if num_classes is not None else declared("NUM_CLASSES")
     if classes is None:
         classes = _last_linear_outputs(model if model is not None else build_user_model(spec))
     if classes is None:
@@ -89,12 +94,12 @@ def user_model_facts(spec: str, model: Optional[nn.Module] = None, input_size: O
                          "--num-classes or define NUM_CLASSES in its module")
     from ..data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
-    mean = tuple(getattr(module, "MEAN", IMAGENET_MEAN))
-    std = tuple(getattr(module, "STD", IMAGENET_STD))
+    mean = tuple(declared("MEAN", IMAGENET_MEAN))
+    std = tuple(declared("STD", IMAGENET_STD))
     if len(mean) != shape[0] or len(std) != shape[0]:
         raise ValueError(f"--model {spec!r}: MEAN / STD need {shape[0]} values (one per input channel)")
     # 224 / 256 is the classic crop ratio; keep it for other sizes when the module says nothing
-    resize = getattr(module, "RESIZE_SIZE", None)
+    resize = declared("RESIZE_SIZE")
     if resize is None or input_size is not None:
         resize = int(round(shape[-1] / 0.875))
     return {"input_shape": shape, "num_classes": int(classes), "mean": mean, "std": std, "resize_size": int(resize)}
