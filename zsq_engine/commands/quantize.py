@@ -39,6 +39,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iters", type=common.positive_int, default=None, help="iterations per unit (overrides preset)")
     p.add_argument("--num", type=common.positive_int, default=None, help="calibration images (overrides preset)")
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
+    p.add_argument("--checkpoint", default=None,
+                   help="per-unit progress file, written after every unit (default <out>.ckpt; removed at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run in --checkpoint at the unit where it stopped (same result)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
@@ -98,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     check_bits(args.wbits, "--wbits")
     check_bits(args.abits, "--abits")
     device = common.resolve_device(args.device)
+    out = Path(args.out)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    if checkpoint.exists() and not args.resume:
+        raise ValueError(f"checkpoint {checkpoint} exists: pass --resume to continue that run, or delete it "
+                         "to start over")
     torch.manual_seed(args.seed)
     model, info = eval_data.load_model(args)
     test, no_test = eval_data.val_batches(args, info, args.eval_limit)  # folder errors before the long run
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
-                               show_progress=not args.no_progress)
+                               show_progress=not args.no_progress, checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
     acc = None
@@ -115,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
         acc = eval_data.accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
         meta["accuracy"], meta["top5"] = acc["top1"], acc["top5"]
     save_quantized(args.out, result.model, meta)
+    checkpoint.unlink(missing_ok=True)  # the output now holds everything it had
     bits = f"W{args.wbits}A{args.abits}"
     print(f"zsq quantize: {args.model} {bits} {args.method} (preset {args.preset}, {result.meta['num_samples']} "
           f"{'real' if args.data == 'real' else 'synthetic'} images) in {seconds:.1f} s -> {args.out}")
+    if result.meta.get("resumed_units"):
+        print(f"  (resumed: the first {result.meta['resumed_units']} units came from {checkpoint})")
     for u in result.units:
         print(f"  {u['name']:12s} {u['type']:12s} loss {u['mse_before']:.4g} -> {u['mse_after']:.4g} "
               f"({u['seconds']:.1f} s)")

@@ -34,7 +34,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -345,7 +345,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
                       batch_size: Optional[int] = None, seed: int = 0,
                       device: Union[str, torch.device] = "cpu", units: Optional[Sequence[str]] = None,
                       first_last_bits: Optional[int] = 8, offload: Optional[bool] = None,
-                      show_progress: bool = True, **overrides) -> ReconResult:
+                      show_progress: bool = True, checkpoint=None,
+                      on_unit_done: Optional[Callable[[int, int], None]] = None, **overrides) -> ReconResult:
     """Quantize a float model with block reconstruction (BRECQ / QDrop / Genie-M).
 
     Args:
@@ -358,8 +359,13 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
         units: optional module names to reconstruct as units (default: detected blocks).
         offload: keep the cached unit inputs / outputs on CPU (default: only for CUDA devices
             when the cache would exceed 2 GiB).
+        checkpoint: file for per-unit progress (:mod:`.resume`): written atomically after every
+            unit; when it exists for this same run (weights, images, settings), the finished units
+            are loaded and the run continues with the next one, giving the uninterrupted result.
+            A checkpoint of another run is refused (ValueError). The caller deletes it when done.
+        on_unit_done: called as ``f(units_done, num_units)`` after each unit (and its checkpoint).
         overrides: further :class:`ReconConfig` fields (e.g. ``round_weight=0.1``).
-    Returns a :class:`ReconResult`.
+    Returns a :class:`ReconResult` (``meta['resumed_units']``: units taken from the checkpoint).
     """
     check_bits(wbits, "wbits")
     check_bits(abits, "abits")
@@ -387,8 +393,22 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     store = torch.device("cpu") if offload else device
 
     reports, skipped = [], []
+    start = 0
+    fingerprint = None
+    if checkpoint is not None:
+        from .resume import load_progress, run_fingerprint
+
+        fingerprint = run_fingerprint(model, images, {
+            "method": method, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits, "seed": seed,
+            "config": asdict(cfg), "units": [u.name for u in unit_list]})
+        saved = load_progress(checkpoint, fingerprint)
+        if saved is not None:
+            qmodel.load_state_dict(saved["state_dict"], strict=True)
+            reports, skipped, start = list(saved["reports"]), list(saved["skipped"]), int(saved["done"])
     calls = _call_counts(qmodel, [u.name for u in unit_list], images[:1].to(device))
     for k, unit in enumerate(unit_list):
+        if k < start:
+            continue
         try:
             if calls[unit.name] != 1:
                 raise UnsupportedUnitError(f"unit {unit.name!r} ({unit.type_name}) is called {calls[unit.name]} "
@@ -400,16 +420,27 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
             # keeps its calibrated (naive) quantization and the other units still run
             skipped.append({"name": unit.name, "type": unit.type_name, "reason": str(exc)})
             warnings.warn(f"reconstruction skips unit {unit.name!r} ({unit.type_name}): {exc}", stacklevel=2)
+            _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done)
             continue
         info = reconstruct_unit(qmodel.get_submodule(unit.name), x_fp, y_fp, x_q, cfg, seed=seed,
                                 desc=f"{method} [{k + 1}/{len(unit_list)}] {unit.name}",
                                 show_progress=show_progress)
         reports.append({"name": unit.name, "type": unit.type_name, **info})
         del x_fp, y_fp, x_q
+        _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done)
     meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
-            "units": [u.name for u in unit_list], "skipped_units": skipped, "seconds": round(time.perf_counter() - t_start, 2)}
+            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start, "seconds": round(time.perf_counter() - t_start, 2)}
     return ReconResult(qmodel.eval(), reports, meta)
+
+
+def _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, done, total, on_unit_done) -> None:
+    if checkpoint is not None:
+        from .resume import save_progress
+
+        save_progress(checkpoint, fingerprint, qmodel, reports, skipped, done)
+    if on_unit_done is not None:
+        on_unit_done(done, total)
 
 
 @torch.no_grad()
