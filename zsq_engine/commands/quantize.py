@@ -15,7 +15,9 @@ _EPILOG = """data:
   FILE.pt    synthetic images written by `zsq synthesize --model <same model> --out FILE.pt`
 presets (per unit: iterations, samples, batch size):
   paper      20000, 1024, 32 (the published settings)
-  fast       250, 256, 32 (the Fashion-MNIST ResNet in about a minute on a 2-core CPU)"""
+  fast       250, 256, 32 (the Fashion-MNIST ResNet in about a minute on a 2-core CPU)
+data-parallel: `torchrun --nproc_per_node P -m zsq_engine.cli quantize ...` shares every batch
+between P processes (gloo on CPU, NCCL on GPUs, one GPU each); process 0 writes the output."""
 
 
 def add_parser(subparsers) -> None:
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
                                iters=args.iters, num=num, seed=args.seed, device=device,
                                show_progress=not args.no_progress, checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
+    if result.meta.get("rank", 0) != 0:  # under torchrun every process holds the same model
+        return 0
     meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
     acc = None
     if test is not None:

@@ -24,7 +24,8 @@ Pipeline of :func:`reconstruct_model`:
 The result is an ordinary quantized model (same structure and state-dict keys as
 ``quantize_model`` produces), so it loads into a fresh ``quantize_model`` skeleton.
 No host synchronisation inside the iteration loop except the progress-bar loss every
-``log_every`` iterations.
+``log_every`` iterations. Under ``torchrun`` the processes share every batch
+(:mod:`.distributed`); with a checkpoint file a killed run resumes at its next unit (:mod:`.resume`).
 """
 from __future__ import annotations
 
@@ -179,10 +180,11 @@ def _seed(*parts) -> int:
     return int.from_bytes(digest[:5], "little")  # 40 bits: + up to 2^23 steps stays distinct
 
 
-def mix_unit_input(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+def mix_unit_input(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor:
     """QDrop's unit-input mixing, one fused pass (a module-level name, so that benchmarks can
-    swap in the research code's ``torch.where(torch.rand_like(x) < p, ...)`` for comparison)."""
-    return ops.qdrop_mix(x_q, x_fp, p, seed=seed)
+    swap in the research code's ``torch.where(torch.rand_like(x) < p, ...)`` for comparison).
+    ``offset``: element offset of ``x_q[0]`` in the full batch (data-parallel shares)."""
+    return ops.qdrop_mix(x_q, x_fp, p, seed=seed, offset=offset)
 
 
 def _rec_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -213,7 +215,7 @@ def _beta(it: int, cfg: ReconConfig) -> Optional[float]:
 
 def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_q: torch.Tensor,
                      cfg: ReconConfig, *, seed: int = 0, desc: str = "unit", show_progress: bool = True,
-                     eval_samples: int = 256) -> dict:
+                     eval_samples: int = 256, world=None) -> dict:
     """Reconstruct one unit in place (its QuantLayers end up hard-rounded and baked).
 
     Args:
@@ -221,6 +223,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         x_fp, y_fp: FP inputs / outputs ``[N, ...]`` of the unit; x_q: the quantized model's
             unit inputs ``[N, ...]``. Any device (batches are moved to the unit's device).
         cfg: see :func:`make_config`.
+        world: a :class:`.distributed.ReconWorld` of several processes to share each batch
+            (None: this process alone).
     Returns a dict with iters, seconds, mse_before and mse_after (the loss on the first
     ``eval_samples`` cached samples with x_q as input, no dropping, hard weights after).
     """
@@ -278,24 +282,42 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
             gen = torch.Generator(device=x_q.device).manual_seed(_seed(seed, desc, "batches"))
             mix_seed = _seed(seed, desc, "mix")
             bar = progress(range(cfg.iters), total=cfg.iters, desc=desc, enabled=show_progress)
+            shared = world is not None and world.size > 1
+            params = [p for g in groups for p in g["params"]]
             for it in bar:
                 idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen, device=x_q.device)
+                full, row0 = idx.shape[0], 0
+                if shared:
+                    row0, row1 = world.rows(full)
+                    idx = idx[row0:row1]
+                    for q in aquants:
+                        q.row_offset = row0
                 xq = x_q.index_select(0, idx).to(device, non_blocking=True)
                 yf = y_fp.index_select(0, idx).to(device, non_blocking=True)
                 if cfg.input_mix_prob < 1.0:
                     xf = x_fp.index_select(0, idx).to(device, non_blocking=True)
                     # elementwise choice in one fused pass, a fresh counter stream per step
-                    xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it)
+                    if shared:
+                        xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it,
+                                             offset=row0 * (x_fp[0].numel()))
+                    else:
+                        xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it)
                 else:
                     xin = xq
-                rec = _rec_loss(unit(xin), yf)
+                if shared:  # this share's part of the full batch's mean: gradients sum over processes
+                    y = unit(xin)
+                    rec = (y - yf).pow(2).sum(1).sum() / (full * (y[0].numel() // y.shape[1]))
+                else:
+                    rec = _rec_loss(unit(xin), yf)
                 beta = _beta(it, cfg)
                 loss = rec
-                if beta is not None and wquants:
+                if beta is not None and wquants and (not shared or world.rank == 0):
                     reg = sum(q.regularizer(beta) for q in wquants)
                     loss = rec + cfg.round_weight * reg
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if shared:
+                    world.sum_gradients(params)
                 opt.step()
                 scheduler.step()
                 for q in aquants:
@@ -371,7 +393,22 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     check_bits(abits, "abits")
     cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=_is_mobilenet(model),
                       **overrides)
-    device = torch.device(device)
+    from .distributed import ReconWorld
+
+    world = ReconWorld(torch.device(device))
+    try:
+        return _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units,
+                            first_last_bits, offload, show_progress, checkpoint, on_unit_done)
+    finally:
+        world.close()
+
+
+def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units, first_last_bits, offload,
+                 show_progress, checkpoint, on_unit_done) -> ReconResult:
+    device = world.device
+    if world.size > 1 and cfg.batch_size < world.size:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world.size} processes sharing each batch")
+    show_progress = show_progress and world.rank == 0
     images = _as_images(data)
     num = PRESETS[preset]["num"] if num is None else int(num)
     if num < 1:
@@ -420,25 +457,28 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
             # keeps its calibrated (naive) quantization and the other units still run
             skipped.append({"name": unit.name, "type": unit.type_name, "reason": str(exc)})
             warnings.warn(f"reconstruction skips unit {unit.name!r} ({unit.type_name}): {exc}", stacklevel=2)
-            _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done)
+            _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
             continue
         info = reconstruct_unit(qmodel.get_submodule(unit.name), x_fp, y_fp, x_q, cfg, seed=seed,
                                 desc=f"{method} [{k + 1}/{len(unit_list)}] {unit.name}",
-                                show_progress=show_progress)
+                                show_progress=show_progress, world=world)
         reports.append({"name": unit.name, "type": unit.type_name, **info})
         del x_fp, y_fp, x_q
-        _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done)
+        _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
     meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
-            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start, "seconds": round(time.perf_counter() - t_start, 2)}
+            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
+            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2)}
     return ReconResult(qmodel.eval(), reports, meta)
 
 
-def _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, done, total, on_unit_done) -> None:
+def _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, done, total, on_unit_done, world) -> None:
     if checkpoint is not None:
         from .resume import save_progress
 
-        save_progress(checkpoint, fingerprint, qmodel, reports, skipped, done)
+        if world.rank == 0:  # every process holds the same model
+            save_progress(checkpoint, fingerprint, qmodel, reports, skipped, done)
+        world.barrier()
     if on_unit_done is not None:
         on_unit_done(done, total)
 
