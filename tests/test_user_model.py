@@ -211,6 +211,20 @@ def test_user_model_pipeline_quantize_eval_convert(user_module, tmp_path, capsys
     assert main(["eval", "--checkpoint", str(tmp_path / "q.pt"), "--val-dir", str(val)] + common) == 0
     assert f"top-1 {expect:.2f} %" in capsys.readouterr().out
 
+    # zero-shot naive PTQ: ranges from the synthetic file only, checked against the API
+    from zsq_engine.models import get_model
+    from zsq_engine.quant import naive_ptq
+    from zsq_engine.synth import load_output
+
+    assert main(["eval", "--model", spec, "--val-dir", str(val), "--calib-data", str(tmp_path / "syn.pt"),
+                 "--bits", "W4A4"] + common) == 0
+    out = capsys.readouterr().out
+    syn = load_output(tmp_path / "syn.pt")["images"]
+    naive = naive_ptq(get_model(spec), [(syn, None)], 4, 4, first_last_bits=8, progress=False)
+    row = next(line for line in out.splitlines() if "W4A4" in line)
+    assert "ranges from 8 synthetic images" in out
+    assert f"{evaluate_topk(naive, [(x, y)], show_progress=False)[1]:.2f}" in row
+
     assert main(["convert", "--checkpoint", str(tmp_path / "q.pt"), "--check", "--val-dir", str(val),
                  "--out", str(tmp_path / "int.pt")] + common) == 0
     check = load_with_meta(tmp_path / "int.pt")[1]["check"]

@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--int-model", default=None, help="evaluate this integer model file (from `zsq convert`) instead")
     p.add_argument("--calib-dir", default=None,
                    help="ImageFolder directory for calibration (ImageNet models; default: --val-dir)")
+    p.add_argument("--calib-data", default=None, metavar="FILE.pt",
+                   help="calibrate the activation ranges on synthetic images from `zsq synthesize` (zero-shot "
+                        "naive PTQ) instead of real ones")
     p.add_argument("--limit", type=common.positive_int, default=None,
                    help="evaluate only the first N images of --val-dir")
     common.add_device_args(p)
@@ -57,7 +60,15 @@ def run(args: argparse.Namespace) -> int:
         if args.val_dir is None:
             raise SystemExit(f"error: --val-dir is required for {args.model} (an ImageFolder of validation images)")
         test, where = eval_data.val_batches(args, info, args.limit)
-        calib = imagefolder_batches(args.calib_dir or args.val_dir, args.model, 64, args.calib_images, info=info)
+        calib = None if args.calib_data else imagefolder_batches(args.calib_dir or args.val_dir, args.model, 64,
+                                                                 args.calib_images, info=info)
+    if args.calib_data:
+        from .quantize import load_calibration_data
+
+        images = load_calibration_data(args.calib_data, args.model, model, args.calib_images, None, args.seed, info=info)
+        calib = [(images[i:i + 64], torch.zeros(images[i:i + 64].shape[0], dtype=torch.int64))
+                 for i in range(0, images.shape[0], 64)]
+        where += f", ranges from {images.shape[0]} synthetic images of {args.calib_data}"
     rows = accuracy_rows(model, configs, calib, test, device, show_progress=not args.no_progress,
                          first_last_bits=args.first_last_bits)
     print(f"{args.model} on {where} ({device}):")
