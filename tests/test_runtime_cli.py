@@ -99,10 +99,11 @@ def test_clear_errors(argv, message, code, capsys, tmp_path, monkeypatch):
     assert message in capsys.readouterr().err
 
 
-def test_check_needs_fashion_mnist(tmp_path, capsys, monkeypatch):
+def test_check_needs_val_dir_for_imagenet_models(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = main(["convert", "--model", "resnet18", "--calib-images", "2", "--out", "x.pt", "--check", "--no-progress"])
-    assert rc == 2 and "--check needs the Fashion-MNIST test set" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--check needs evaluation images" in err and "--val-dir" in err
 
 
 @needs_fmnist

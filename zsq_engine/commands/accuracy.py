@@ -7,35 +7,37 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from zsq_engine.evaluation import evaluate_accuracy
+from zsq_engine.evaluation import evaluate_topk
 
 
 def accuracy_rows(model: nn.Module, configs: Sequence[Tuple[int, int]], calib_batches: List,
                   test_batches: Iterable, device: torch.device, show_progress: bool = True,
                   first_last_bits: int = 8) -> List[Dict]:
-    """FP accuracy, then naive PTQ accuracy for each (wbits, abits); one dict per row."""
+    """FP accuracy, then naive PTQ accuracy for each (wbits, abits); one dict per row
+    (``accuracy`` is top-1, ``top5`` top-5, in percent)."""
     from zsq_engine.quant import naive_ptq
 
     model = model.to(device).eval()
     t0 = time.perf_counter()
-    fp = evaluate_accuracy(model, test_batches, device, desc="FP32", show_progress=show_progress)
-    rows = [{"method": "FP32", "wbits": 32, "abits": 32, "accuracy": fp, "delta": 0.0,
+    fp_acc = evaluate_topk(model, test_batches, device, desc="FP32", show_progress=show_progress)
+    fp = fp_acc[1]
+    rows = [{"method": "FP32", "wbits": 32, "abits": 32, "accuracy": fp, "top5": fp_acc[5], "delta": 0.0,
              "seconds": time.perf_counter() - t0}]
     calib = [(x.to(device), y) for x, y in calib_batches]
     for wbits, abits in configs:
         t0 = time.perf_counter()
         qmodel = naive_ptq(model, calib, wbits, abits, first_last_bits=first_last_bits, progress=False)
-        acc = evaluate_accuracy(qmodel, test_batches, device, desc=f"W{wbits}A{abits}",
-                                show_progress=show_progress)
-        rows.append({"method": "naive PTQ", "wbits": wbits, "abits": abits, "accuracy": acc,
-                     "delta": acc - fp, "seconds": time.perf_counter() - t0})
+        acc = evaluate_topk(qmodel, test_batches, device, desc=f"W{wbits}A{abits}", show_progress=show_progress)
+        rows.append({"method": "naive PTQ", "wbits": wbits, "abits": abits, "accuracy": acc[1], "top5": acc[5],
+                     "delta": acc[1] - fp, "seconds": time.perf_counter() - t0})
     return rows
 
 
-def rows_as_table(rows: List[Dict]) -> str:
+def rows_as_table(rows: List[Dict], top5: bool = False) -> str:
     from zsq_engine.evaluation import format_table
 
     body = [(r["method"], "FP32" if r["wbits"] == 32 else f"W{r['wbits']}A{r['abits']}",
-             f"{r['accuracy']:.2f}", "" if r["wbits"] == 32 else f"{r['delta']:+.2f}", f"{r['seconds']:.1f}")
-            for r in rows]
-    return format_table(("method", "bits", "top-1 %", "vs FP", "time s"), body)
+             f"{r['accuracy']:.2f}", "" if r["wbits"] == 32 else f"{r['delta']:+.2f}")
+            + ((f"{r['top5']:.2f}",) if top5 else ()) + (f"{r['seconds']:.1f}",) for r in rows]
+    header = ("method", "bits", "top-1 %", "vs FP") + (("top-5 %",) if top5 else ()) + ("time s",)
+    return format_table(header, body)

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from . import common, guard
+from . import common, eval_data, guard
 from .convert import add_source_args, check_source_args, source_models
 
 _EPILOG = """contenders (zsq_engine.runtime.latency):
@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.evaluation import format_table
-    from zsq_engine.models import get_model, get_model_info, list_models
+    from zsq_engine.models import get_model, list_models
     from zsq_engine.runtime import convert
     from zsq_engine.runtime.io import load_with_meta
     from zsq_engine.runtime.latency import (device_name, make_contenders, measure, plot_throughput,
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         name, fp_model, qmodel, meta, calib = source_models(args, need_calib=want_ao)
         int_model = convert(qmodel)
-    info = get_model_info(name)
+    info = eval_data.model_info(args, name)
     shape = tuple(info.input_shape)
     if args.input_size:
         shape = (shape[0], args.input_size, args.input_size)

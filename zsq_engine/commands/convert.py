@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import common, guard
+from . import common, eval_data, guard
 
 _EPILOG = """where the fake-quant model comes from:
   --checkpoint Q.pt   a model saved by `zsq quantize` or `zsq qat` (Genie / BRECQ / QDrop / GDFQ /
@@ -25,7 +25,9 @@ _EPILOG = """where the fake-quant model comes from:
                       meaningless for accuracy; a warning says so)
 the file (zsq_engine.runtime.save / load, torch.load(weights_only=True)) holds the integer
 weights, scales, zero points, the program and the format version; it loads without the float
-model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set.
+model. --check measures the agreement with the fake-quant model on the Fashion-MNIST test set
+(fmnist_resnet) or on --val-dir. A layer the integer runtime does not support is named, the
+fake-quant accuracy is still reported with --check, and no file is written (exit status 1).
 --out is never replaced without --overwrite, and never when it names the --checkpoint / --weights file.
 examples:
   zsq convert --model fmnist_resnet --wbits 4 --abits 4 --out int.pt --check
@@ -44,8 +46,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output file for the integer model (.pt)")
     common.add_overwrite_arg(p, "--out")
     p.add_argument("--check", action="store_true",
-                   help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet only): "
-                        "top-1 agreement, both accuracies, largest logit difference")
+                   help="compare with the fake-quant model on the Fashion-MNIST test set (fmnist_resnet) or on "
+                        "--val-dir: top-1 agreement, both accuracies, largest logit difference")
+    eval_data.add_val_args(p)
+    eval_data.add_input_size_arg(p)
     p.add_argument("--check-limit", type=common.positive_int, default=None,
                    help="--check on the first N test images only (default: all 10000)")
     common.add_device_args(p)
@@ -57,8 +61,8 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     """The arguments naming the fake-quant model (shared with ``zsq bench``)."""
     p.add_argument("--checkpoint", default=None, help="fake-quant model file from `zsq quantize` / `zsq qat`")
     p.add_argument("--model", default=None,
-                   help="registered model name for naive PTQ here (default fmnist_resnet when no --checkpoint); "
-                        "`zsq info` lists them")
+                   help="registered model name (`zsq info` lists them) or package.module:factory for naive PTQ "
+                        "here (default fmnist_resnet when no --checkpoint)")
     p.add_argument("--weights", default=None,
                    help="float state-dict file for --model (default: fmnist_resnet's committed weights; random "
                         "initialisation for the other models)")
@@ -71,6 +75,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-images", type=common.positive_int, default=None,
                    help=f"images calibrating the naive PTQ activation ranges (default {_CALIB_DEFAULT})")
     p.add_argument("--calib-dir", default=None, help="ImageFolder of calibration images for the ImageNet models")
+    eval_data.add_model_args(p, weights=False, input_size=False)
 
 
 _CALIB_DEFAULT = 256
@@ -109,18 +114,17 @@ def check_source_args(args, calib_with_checkpoint: bool = False) -> None:
 def _calibration(name: str, num: int, args) -> list:
     """Calibration batches of float images for ``name``; random ones (with a warning) when no
     real images are available."""
-    from zsq_engine.models import get_model_info
-
     from .data_sources import fmnist_calibration, imagefolder_batches
 
-    if name == "fmnist_resnet":
+    if name == "fmnist_resnet" and not getattr(args, "input_size", None):
         return [x for x, _ in fmnist_calibration(num, args.data_dir, args.seed)]
+    info = eval_data.model_info(args, name)
     if args.calib_dir:
-        return [x for x, _ in imagefolder_batches(args.calib_dir, name, 64, num)]
+        return [x for x, _ in imagefolder_batches(args.calib_dir, name, 64, num, info=info)]
     print(f"warning: no --calib-dir for {name}: calibrating on {num} random images, so the quantized model is "
           "fine for latency and meaningless for accuracy", file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)
-    shape = get_model_info(name).input_shape
+    shape = info.input_shape
     return [torch.randn(min(64, num - i), *shape, generator=g) for i in range(0, num, 64)]
 
 
@@ -175,56 +179,57 @@ def load_float_model(name: str, weights: Optional[str]):
 
 
 def _no_check(name: str) -> None:
-    raise guard.UsageError("--check needs the Fashion-MNIST test set", f"--model {name}",
-                           "only fmnist_resnet has a built-in test set", "drop --check")
-
-
-def _first(batches, limit: int) -> list:
-    """The first ``limit`` images of ``(x, y)`` batches, exactly."""
-    out, seen = [], 0
-    for x, y in batches:
-        if seen >= limit:
-            break
-        take = min(limit - seen, y.shape[0])
-        out.append((x[:take], y[:take]))
-        seen += take
-    return out
+    raise guard.UsageError("--check needs evaluation images", f"--model {name}",
+                           "only fmnist_resnet has a built-in test set",
+                           "pass --val-dir (an ImageFolder of validation images) or drop --check")
 
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.runtime import convert, save
     from zsq_engine.runtime.agreement import agreement
+    from zsq_engine.runtime.graph import UnsupportedLayerError
 
     check_source_args(args)
-    if args.check and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
+    if args.val_dir is not None and not Path(args.val_dir).is_dir():
+        raise guard.CommandError("cannot read --val-dir", args.val_dir, "it is not a folder",
+                                 "pass an ImageFolder (root/<class>/<image>)")
+    if args.check and not args.val_dir and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
         _no_check(args.model)  # before spending time on the quantization
     out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.checkpoint, args.weights])
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
-    if args.check or (not args.checkpoint and (args.model or "fmnist_resnet") == "fmnist_resnet"):
+    if (args.check and not args.val_dir) or (not args.checkpoint and (args.model or "fmnist_resnet") == "fmnist_resnet"):
         from .quantize import check_eval_data
 
         check_eval_data("fmnist_resnet", args.data_dir, need_train=not args.checkpoint)
     torch.manual_seed(args.seed)
     name, _, qmodel, meta, _ = source_models(args)
-    if args.check and name != "fmnist_resnet":
-        _no_check(name)  # the checkpoint's model, known once it is read: still before the conversion
+    test = where = None
+    if args.check:  # the checkpoint's model is known once it is read: still before the conversion
+        test, where = eval_data.val_batches(args, eval_data.model_info(args, name), args.check_limit)
+        if test is None:
+            _no_check(name)
     t0 = time.perf_counter()
-    int_model = convert(qmodel)
+    try:
+        int_model = convert(qmodel)
+    except UnsupportedLayerError as exc:
+        # the fake-quant model is still usable: report it rather than only failing
+        print(f"error: the integer runtime cannot convert {name}: {exc}", file=sys.stderr)
+        if test is not None:
+            acc = eval_data.accuracy(qmodel.to(device), test, device, desc="fake-quant",
+                                     show_progress=not args.no_progress)
+            print(f"fake-quant model (W{meta['wbits']}A{meta['abits']}) on {where}: {eval_data.format_accuracy(acc)}")
+        print(f"no integer model written to {args.out}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - t0
     packed = sum(m.config["packed"] for m in int_model.layers.values())
     print(f"zsq convert: {name} ({meta['source']}, W{meta['wbits']}A{meta['abits']}) -> {len(int_model.layers)} integer "
           f"layers ({packed} with packed int4 weights), {len(int_model.program)} program steps in {seconds:.1f} s")
     if args.check:
-        from .data_sources import fmnist_batches
-
-        test = fmnist_batches("test", args.batch_size, args.data_dir)
-        if args.check_limit:
-            test = _first(test, args.check_limit)
         r = agreement(qmodel.to(device), int_model.to(device), test, device, show_progress=not args.no_progress)
         int_model.cpu()
         meta["check"] = r
-        print(f"check on {r['images']} test images: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
+        print(f"check on {r['images']} images of {where}: top-1 agreement {r['agreement']:.2f} %, accuracy fake-quant "
               f"{r['fq_accuracy']:.2f} % / integer {r['int_accuracy']:.2f} % ({r['accuracy_delta']:+.2f}), "
               f"largest logit difference {r['max_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.2g})")
     with guard.writing(out):

@@ -24,11 +24,11 @@ def fmnist_calibration(num_images: int, data_dir: Optional[str], seed: int, batc
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
 
 
-def imagefolder_batches(root: str, model_name: str, batch_size: int, limit: Optional[int] = None):
+def imagefolder_batches(root: str, model_name: str, batch_size: int, limit: Optional[int] = None, info=None):
     from zsq_engine.data import imagefolder_loader
     from zsq_engine.models import get_model_info
 
-    info = get_model_info(model_name)
+    info = info or get_model_info(model_name)
     loader = imagefolder_loader(root, batch_size=batch_size, mean=info.mean, std=info.std,
                                 resize_size=info.resize_size, crop_size=info.input_shape[-1])
     if limit is None:

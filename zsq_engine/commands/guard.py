@@ -64,8 +64,17 @@ def check_bits(value: int, arg: str) -> None:
 
 
 def check_model(name: str, arg: str = "--model") -> None:
+    """A registered model name, or a ``package.module:factory`` spec whose factory can be imported."""
     from zsq_engine.models import list_models
+    from zsq_engine.models.user import import_factory, is_user_spec
 
+    if is_user_spec(name):
+        try:
+            import_factory(name)
+        except ValueError as exc:
+            raise UsageError("unusable model spec", f"{arg} {name}", str(exc).split(": ", 1)[-1],
+                             "pass package.module:factory of an importable callable, or a name from `zsq info`") from None
+        return
     if name not in list_models():
         raise UsageError(f"unknown model", f"{arg} {name}", f"valid models: {', '.join(list_models())}",
                          "`zsq info` lists them with their input shapes")

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import common, guard
+from . import common, eval_data, guard
 
 _EPILOG = """methods:
   gdfq   conditional generator (teacher CE + BN statistics) trained alongside the student;
@@ -39,7 +39,10 @@ def add_parser(subparsers) -> None:
         epilog=_EPILOG.format(presets=preset_table()), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS, help="QAT method (see below)")
     p.add_argument("--model", default="fmnist_resnet",
-                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
+                   help="registered model name (`zsq info` lists them) or package.module:factory "
+                        "(default fmnist_resnet)")
+    eval_data.add_model_args(p)
+    eval_data.add_val_args(p)
     p.add_argument("--wbits", type=int, default=4, help="weight bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--abits", type=int, default=4, help="activation bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--preset", default=common.DEFAULT_PRESET, choices=PRESET_NAMES, help=common.PRESET_HELP)
@@ -60,7 +63,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default <out>.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint (which must exist)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
-                   help="evaluate on the first N test images only (default: all 10000)")
+                   help="evaluate on the first N test / --val-dir images only (default: all)")
     p.add_argument("--no-start-eval", action="store_true",
                    help="skip measuring the naive-quantized starting accuracy")
     common.add_device_args(p)
@@ -68,11 +71,12 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _load_pool(path: str, model_name: str, model):
+def _load_pool(path: str, model_name: str, model, info=None):
     from .quantize import load_calibration_data, read_data_file
 
     obj = read_data_file(path, "--pool")
-    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0, arg="--pool", preloaded=obj)
+    images = load_calibration_data(path, model_name, model, 10 ** 9, None, 0, arg="--pool", preloaded=obj,
+                                   info=info)
     labels = obj["labels"]
     if labels is None:
         raise guard.CommandError("cannot use --pool", path, "it holds no labels; HAST needs labelled hard samples",
@@ -133,19 +137,20 @@ def _preparation_line(args, epochs_cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsq_engine.evaluation import evaluate_accuracy
-    from zsq_engine.models import get_model, get_model_info
     from zsq_engine.qat import make_config, train_qat
     from zsq_engine.recon import save_quantized
 
-    from .data_sources import fmnist_batches
     from .quantize import check_eval_data
 
     checkpoint = _check_args(args)
     out = Path(args.out)
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
-    check_eval_data(args.model, args.data_dir)
+    if args.val_dir is not None and not Path(args.val_dir).is_dir():
+        raise guard.CommandError("cannot read --val-dir", args.val_dir, "it is not a folder",
+                                 "pass an ImageFolder (root/<class>/<image>)")
+    if not args.val_dir:
+        check_eval_data(args.model, args.data_dir)
     overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.train_batch_size,
                  "lr": args.lr, "gen_warmup_iters": args.warmup_steps}
     try:
@@ -154,16 +159,10 @@ def run(args: argparse.Namespace) -> int:
         raise guard.UsageError("invalid QAT settings", None, str(exc), "see `zsq qat --help`") from None
     if args.resume:
         _say_resume(checkpoint, cfg.epochs)
-    info = get_model_info(args.model)
-    model = get_model(args.model, pretrained=True)
-    pool = _load_pool(args.pool, args.model, model) if args.pool else None
+    model, info = eval_data.load_model(args)
+    pool = _load_pool(args.pool, args.model, model, info) if args.pool else None
     show = not args.no_progress
-
-    test = None
-    if args.model == "fmnist_resnet":
-        test = fmnist_batches("test", args.batch_size, args.data_dir)
-        if args.eval_limit:
-            test = [b for b in test][: -(-args.eval_limit // args.batch_size)]
+    test, no_test = eval_data.val_batches(args, info, args.eval_limit)
 
     t0 = time.perf_counter()
     if not args.resume:
@@ -172,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     def on_prepared(trainer) -> None:
         print(f"prepared in {trainer.prepare_seconds:.1f} s", flush=True)
         if test is not None and not args.no_start_eval:
-            trainer.notes["start_accuracy"] = evaluate_accuracy(trainer.student, test, device, desc="start eval",
-                                                                show_progress=show)
+            trainer.notes["start_accuracy"] = eval_data.accuracy(trainer.student, test, device, desc="start eval",
+                                                                 show_progress=show)["top1"]
             print(f"naive-quantized start (ranges calibrated on synthetic data): "
                   f"{trainer.notes['start_accuracy']:.2f} %", flush=True)
 
@@ -191,19 +190,20 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": args.model, **result.meta, "history": result.history}
     acc = None
     if test is not None:
-        print("evaluating on the test set", flush=True)
-        acc = evaluate_accuracy(result.student, test, device, desc="test", show_progress=show)
-        meta["accuracy"] = acc
+        print(f"evaluating on {no_test}", flush=True)
+        acc5 = eval_data.accuracy(result.student, test, device, desc="test", show_progress=show)
+        acc = meta["accuracy"] = acc5["top1"]
+        meta["top5"] = acc5["top5"]
     with guard.writing(out):
         save_quantized(out, result.student, meta)
     print(f"zsq qat: {args.model} W{args.wbits}A{args.abits} {args.method} (preset {args.preset}, "
           f"{result.meta['epochs']} epochs, seed {args.seed}) in {seconds:.1f} s -> {out}")
     start = result.meta["notes"].get("start_accuracy")
     if acc is not None:
-        line = f"test accuracy: {acc:.2f} %"
+        line = f"test accuracy: {acc:.2f} % (top-5 {acc5['top5']:.2f} %)"
         if start is not None:
             line += f" (naive-quantized start {start:.2f} %, {acc - start:+.2f})"
         print(line)
     else:
-        print("(no built-in test set for this model: evaluate the saved file with your own data)")
+        print(f"({no_test})")
     return 0

@@ -8,16 +8,19 @@ from typing import Optional
 
 import torch
 
-from . import common, guard
+from . import common, eval_data, guard
 
 _EPILOG = """data:
-  real       N Fashion-MNIST TRAINING images (the real-data upper bound; fmnist_resnet only)
+  real       N real images (the real-data upper bound): Fashion-MNIST TRAINING images for
+             fmnist_resnet, a seeded random subset of the ImageFolder --calib-dir otherwise
   FILE.pt    synthetic images written by `zsq synthesize --model <same model> --out FILE.pt`
 presets (per unit: iterations, samples, batch size):
   fast       250, 256, 32 (default; the Fashion-MNIST ResNet in about a minute on a 2-core CPU)
   paper      20000, 1024, 32 (the published settings: hours on a CPU)
 A data file with fewer images than the preset asks is used whole (the run says so). --out is never
-replaced without --overwrite, and never when it names the --data file."""
+replaced without --overwrite, and never when it names the --data file.
+data-parallel: `torchrun --nproc_per_node P -m zsq_engine.cli quantize ...` shares every batch
+between P processes (gloo on CPU, NCCL on GPUs, one GPU each); process 0 writes the output."""
 
 
 def add_parser(subparsers) -> None:
@@ -29,7 +32,11 @@ def add_parser(subparsers) -> None:
                     "(zero-shot) or real images, save it and print its test accuracy.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fmnist_resnet",
-                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
+                   help="registered model name (`zsq info` lists them) or package.module:factory "
+                        "(default fmnist_resnet)")
+    eval_data.add_model_args(p)
+    eval_data.add_val_args(p)
+    p.add_argument("--calib-dir", default=None, help="ImageFolder of real calibration images for --data real")
     p.add_argument("--data", required=True, help="'real' or a .pt file from `zsq synthesize`")
     p.add_argument("--wbits", type=int, default=4, help="weight bits of the inner layers, 2..8 (default 4)")
     p.add_argument("--abits", type=int, default=4, help="activation bits of the inner layers, 2..8 (default 4)")
@@ -39,8 +46,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num", type=common.positive_int, default=None, help="calibration images (overrides preset)")
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
     common.add_overwrite_arg(p, "--out")
+    p.add_argument("--checkpoint", default=None,
+                   help="per-unit progress file, written after every unit (default <out>.ckpt; removed at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run in --checkpoint at the unit where it stopped (same result)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
-                   help="evaluate on the first N test images only (default: all 10000)")
+                   help="evaluate on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -54,18 +65,22 @@ def read_data_file(data: str, arg: str = "--data") -> dict:
 
 
 def load_calibration_data(data: str, model_name: str, model, num: int, data_dir, seed: int,
-                          arg: str = "--data", preloaded: Optional[dict] = None) -> torch.Tensor:
+                          arg: str = "--data", preloaded: Optional[dict] = None, info=None,
+                          calib_dir=None) -> torch.Tensor:
     """Images ``[N, C, H, W]`` for reconstruction: real training images or a synthesis output file
     (its first ``num``; ``preloaded``: that file as :func:`read_data_file` returned it). Raises
     :class:`.guard.CommandError` naming ``arg`` for a missing or unusable file, data of another
     model, empty data or images of the wrong shape."""
     from zsq_engine.models import get_model_info
 
-    info = get_model_info(model_name)
+    info = info or get_model_info(model_name)
     if data == "real":
+        if calib_dir:
+            return eval_data.folder_images(calib_dir, info, num, seed)
         if model_name != "fmnist_resnet":
-            raise guard.UsageError(f"{arg} real is only available for fmnist_resnet", f"--model {model_name}",
-                                   "there is no built-in real data for it", "pass a file from `zsq synthesize`")
+            raise guard.UsageError(f"{arg} real needs real images", f"--model {model_name}",
+                                   "there is no built-in real data for it",
+                                   "pass --calib-dir (an ImageFolder of real images) or a file from `zsq synthesize`")
         from .data_sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
@@ -77,14 +92,16 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
     def unusable(why: str, todo: str) -> guard.CommandError:
         return guard.CommandError(f"cannot use {arg}", str(path), why, todo)
 
-    if meta.get("model") != model_name:
+    fingerprint = meta.get("model_fingerprint")
+    from zsq_engine.synth import api as synth_api
+
+    mine = getattr(synth_api, "_model_fingerprint", None)
+    # a model object synthesized from Python is recorded by class name: identical weights suffice
+    same_weights = fingerprint is not None and mine is not None and mine(model) == fingerprint
+    if meta.get("model") != model_name and not same_weights:
         raise unusable(f"it was synthesized for model {meta.get('model')!r}, not {model_name!r}",
                        f"run `zsq synthesize --model {model_name} --out FILE` first")
-    fingerprint = meta.get("model_fingerprint")
     if fingerprint is not None:
-        from zsq_engine.synth import api as synth_api
-
-        mine = getattr(synth_api, "_model_fingerprint", None)
         if mine is not None and mine(model) != fingerprint:
             raise unusable(f"it was synthesized from different {model_name} weights (fingerprint {fingerprint} vs "
                            f"{mine(model)})", "synthesize again from the weights you quantize")
@@ -116,29 +133,36 @@ def check_eval_data(model_name: str, data_dir, need_train: bool = False) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsq_engine.evaluation import evaluate_accuracy
-    from zsq_engine.models import get_model
     from zsq_engine.recon import PRESETS, reconstruct_model, save_quantized
-
-    from .data_sources import fmnist_batches
 
     # everything that can fail is checked before the reconstruction
     guard.check_model(args.model)
     guard.check_bits(args.wbits, "--wbits")
     guard.check_bits(args.abits, "--abits")
     guard.check_positive(args, "batch_size")
-    if args.data == "real" and args.model != "fmnist_resnet":
-        raise guard.UsageError("--data real is only available for fmnist_resnet", f"--model {args.model}",
-                               "there is no built-in real data for it", "pass a file from `zsq synthesize`")
-    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.data])
+    if args.data == "real" and args.model != "fmnist_resnet" and not args.calib_dir:
+        raise guard.UsageError("--data real needs real images", f"--model {args.model}",
+                               "there is no built-in real data for it",
+                               "pass --calib-dir (an ImageFolder of real images) or a file from `zsq synthesize`")
+    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.data, args.weights])
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    if checkpoint.exists() and not args.resume:
+        raise guard.UsageError("a reconstruction checkpoint exists", str(checkpoint),
+                               "an earlier run of this output stopped before it finished",
+                               "pass --resume to continue it, or delete the file to start over")
+    if args.resume and not checkpoint.exists():
+        raise guard.UsageError("nothing to resume", str(checkpoint), "the checkpoint file does not exist",
+                               "run without --resume to start, or pass the --checkpoint of the stopped run")
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
-    check_eval_data(args.model, args.data_dir, need_train=args.data == "real")
+    check_eval_data(args.model, args.data_dir, need_train=args.data == "real" and not args.calib_dir)
     data = None if args.data == "real" else read_data_file(args.data)  # a bad file fails before the model
     torch.manual_seed(args.seed)
-    model = get_model(args.model, pretrained=True)
+    model, info = eval_data.load_model(args)
+    test, no_test = eval_data.val_batches(args, info, args.eval_limit)  # folder errors before the long run
     wanted = args.num or PRESETS[args.preset]["num"]
-    images = load_calibration_data(args.data, args.model, model, wanted, args.data_dir, args.seed, preloaded=data)
+    images = load_calibration_data(args.data, args.model, model, wanted, args.data_dir, args.seed, preloaded=data,
+                                   info=info, calib_dir=args.calib_dir)
     if images.shape[0] < wanted:
         print(f"note: --data {args.data} holds {images.shape[0]} images but "
               f"{'--num' if args.num else f'preset {args.preset}'} asks for {wanted}: using all {images.shape[0]} "
@@ -149,27 +173,31 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
-                               show_progress=not args.no_progress)
+                               show_progress=not args.no_progress, checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
+    if result.meta.get("rank", 0) != 0:  # under torchrun every process holds the same model
+        return 0
     meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
     acc = None
-    if args.model == "fmnist_resnet":
-        print(f"reconstruction done in {seconds:.1f} s; evaluating on the test set", flush=True)
-        test = fmnist_batches("test", args.batch_size, args.data_dir)
-        if args.eval_limit:
-            test = [b for b in test][: -(-args.eval_limit // args.batch_size)]
-        acc = evaluate_accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
-        meta["accuracy"] = acc
+    if test is not None:
+        print(f"reconstruction done in {seconds:.1f} s; evaluating on {no_test}", flush=True)
+        acc = eval_data.accuracy(result.model, test, device, desc="test", show_progress=not args.no_progress)
+        meta["accuracy"], meta["top5"] = acc["top1"], acc["top5"]
     with guard.writing(out):
         save_quantized(out, result.model, meta)
+    checkpoint.unlink(missing_ok=True)  # the output now holds everything it had
     bits = f"W{args.wbits}A{args.abits}"
     print(f"zsq quantize: {args.model} {bits} {args.method} (preset {args.preset}, {result.meta['num_samples']} "
           f"{'real' if args.data == 'real' else 'synthetic'} images) in {seconds:.1f} s -> {args.out}")
+    if result.meta.get("resumed_units"):
+        print(f"  (resumed: the first {result.meta['resumed_units']} units came from {checkpoint})")
     for u in result.units:
         print(f"  {u['name']:12s} {u['type']:12s} loss {u['mse_before']:.4g} -> {u['mse_after']:.4g} "
               f"({u['seconds']:.1f} s)")
+    for s in result.meta.get("skipped_units", []):
+        print(f"  {s['name']:12s} not reconstructed (kept naive rounding): {s['reason']}")
     if acc is not None:
-        print(f"test accuracy: {acc:.2f} %")
+        print(f"test accuracy on {no_test}: {eval_data.format_accuracy(acc)}")
     else:
-        print("(no built-in test set for this model: evaluate the saved file with your own data)")
+        print(f"({no_test})")
     return 0

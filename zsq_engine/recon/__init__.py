@@ -11,10 +11,10 @@ quantizers on the fused ops), :mod:`.reconstruct` (the per-unit optimisation), :
 from .blocks import BLOCK_TYPES, Unit, format_units, partition, register_block_type
 from .io import load_quantized, save_quantized
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
-from .reconstruct import (METHODS, PRESETS, ReconConfig, ReconResult, capture_unit_io, make_config,
+from .reconstruct import (METHODS, PRESETS, ReconConfig, ReconResult, UnsupportedUnitError, capture_unit_io, make_config,
                           reconstruct_model, reconstruct_unit, unit_mse)
 
 __all__ = ["BLOCK_TYPES", "Unit", "format_units", "partition", "register_block_type", "AdaRoundWeightQuantizer",
            "LSQActQuantizer", "bake_act", "bake_weight", "METHODS", "PRESETS", "ReconConfig", "ReconResult",
-           "capture_unit_io", "make_config", "reconstruct_model", "reconstruct_unit", "unit_mse", "load_quantized",
+           "UnsupportedUnitError", "capture_unit_io", "make_config", "reconstruct_model", "reconstruct_unit", "unit_mse", "load_quantized",
            "save_quantized"]

@@ -144,6 +144,9 @@ class LSQActQuantizer(SpecRange, nn.Module):
         self.dropping = False
         self.enabled = template.enabled
         self._step = 0
+        # first batch row this process holds in a data-parallel step: the QDrop mask is keyed by
+        # the element's position in the FULL batch, so each row keeps its 1-process mask
+        self.row_offset = 0
 
     def step(self) -> None:
         """Advance the QDrop seed: the next forward draws a fresh mask (host-side int, no sync)."""
@@ -155,8 +158,9 @@ class LSQActQuantizer(SpecRange, nn.Module):
         scale = self.scale.clamp_min(SCALE_EPS)
         if self.dropping and self.drop_prob < 1.0:
             seed = (self.base_seed + self._step) % (2 ** 63)
+            offset = self.row_offset * (x.numel() // max(1, x.shape[0])) if self.row_offset else 0
             return ops.qdrop_fake_quant(x, scale, self.zero_point, self.quant_min, self.quant_max, None,
-                                        p=self.drop_prob, seed=seed, offset=0, learnable=True,
+                                        p=self.drop_prob, seed=seed, offset=offset, learnable=True,
                                         grad_factor=self.grad_factor)
         return ops.lsq_fake_quant(x, scale, self.zero_point, self.quant_min, self.quant_max, None,
                                   grad_factor=self.grad_factor)

@@ -24,7 +24,8 @@ Pipeline of :func:`reconstruct_model`:
 The result is an ordinary quantized model (same structure and state-dict keys as
 ``quantize_model`` produces), so it loads into a fresh ``quantize_model`` skeleton.
 No host synchronisation inside the iteration loop except the progress-bar loss every
-``log_every`` iterations.
+``log_every`` iterations. Under ``torchrun`` the processes share every batch
+(:mod:`.distributed`); with a checkpoint file a killed run resumes at its next unit (:mod:`.resume`).
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -45,7 +47,7 @@ from ..quant.modules import QuantLayer
 from .blocks import Unit, partition
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
-__all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "make_config", "reconstruct_model",
+__all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitError", "make_config", "reconstruct_model",
            "reconstruct_unit", "capture_unit_io", "unit_mse"]
 
 METHODS = ("genie", "brecq", "qdrop")
@@ -134,6 +136,10 @@ class _Stop(Exception):
     pass
 
 
+class UnsupportedUnitError(RuntimeError):
+    """A unit whose input / output cannot be captured once per forward (named in the message)."""
+
+
 @torch.no_grad()
 def capture_unit_io(model: nn.Module, unit_name: str, data: torch.Tensor, *, chunk: int = 256,
                     want_output: bool = True, store_device: Optional[torch.device] = None):
@@ -162,7 +168,8 @@ def capture_unit_io(model: nn.Module, unit_name: str, data: torch.Tensor, *, chu
             except _Stop:
                 pass
             if len(ins) != n_before + 1:
-                raise RuntimeError(f"unit {unit_name!r} was not called exactly once per forward")
+                raise UnsupportedUnitError(f"unit {unit_name!r} ({type(unit).__name__}) is not called by the "
+                                           "model's forward; block reconstruction needs one call per forward")
     finally:
         handle.remove()
     return torch.cat(ins), (torch.cat(outs) if want_output else None)
@@ -173,10 +180,11 @@ def _seed(*parts) -> int:
     return int.from_bytes(digest[:5], "little")  # 40 bits: + up to 2^23 steps stays distinct
 
 
-def mix_unit_input(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+def mix_unit_input(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor:
     """QDrop's unit-input mixing, one fused pass (a module-level name, so that benchmarks can
-    swap in the research code's ``torch.where(torch.rand_like(x) < p, ...)`` for comparison)."""
-    return ops.qdrop_mix(x_q, x_fp, p, seed=seed)
+    swap in the research code's ``torch.where(torch.rand_like(x) < p, ...)`` for comparison).
+    ``offset``: element offset of ``x_q[0]`` in the full batch (data-parallel shares)."""
+    return ops.qdrop_mix(x_q, x_fp, p, seed=seed, offset=offset)
 
 
 def _rec_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -207,7 +215,7 @@ def _beta(it: int, cfg: ReconConfig) -> Optional[float]:
 
 def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_q: torch.Tensor,
                      cfg: ReconConfig, *, seed: int = 0, desc: str = "unit", show_progress: bool = True,
-                     eval_samples: int = 256) -> dict:
+                     eval_samples: int = 256, world=None) -> dict:
     """Reconstruct one unit in place (its QuantLayers end up hard-rounded and baked).
 
     Args:
@@ -215,6 +223,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         x_fp, y_fp: FP inputs / outputs ``[N, ...]`` of the unit; x_q: the quantized model's
             unit inputs ``[N, ...]``. Any device (batches are moved to the unit's device).
         cfg: see :func:`make_config`.
+        world: a :class:`.distributed.ReconWorld` of several processes to share each batch
+            (None: this process alone).
     Returns a dict with iters, seconds, mse_before and mse_after (the loss on the first
     ``eval_samples`` cached samples with x_q as input, no dropping, hard weights after).
     """
@@ -272,24 +282,42 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
             gen = torch.Generator(device=x_q.device).manual_seed(_seed(seed, desc, "batches"))
             mix_seed = _seed(seed, desc, "mix")
             bar = progress(range(cfg.iters), total=cfg.iters, desc=desc, enabled=show_progress)
+            shared = world is not None and world.size > 1
+            params = [p for g in groups for p in g["params"]]
             for it in bar:
                 idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen, device=x_q.device)
+                full, row0 = idx.shape[0], 0
+                if shared:
+                    row0, row1 = world.rows(full)
+                    idx = idx[row0:row1]
+                    for q in aquants:
+                        q.row_offset = row0
                 xq = x_q.index_select(0, idx).to(device, non_blocking=True)
                 yf = y_fp.index_select(0, idx).to(device, non_blocking=True)
                 if cfg.input_mix_prob < 1.0:
                     xf = x_fp.index_select(0, idx).to(device, non_blocking=True)
                     # elementwise choice in one fused pass, a fresh counter stream per step
-                    xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it)
+                    if shared:
+                        xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it,
+                                             offset=row0 * (x_fp[0].numel()))
+                    else:
+                        xin = mix_unit_input(xq, xf, cfg.input_mix_prob, mix_seed + it)
                 else:
                     xin = xq
-                rec = _rec_loss(unit(xin), yf)
+                if shared:  # this share's part of the full batch's mean: gradients sum over processes
+                    y = unit(xin)
+                    rec = (y - yf).pow(2).sum(1).sum() / (full * (y[0].numel() // y.shape[1]))
+                else:
+                    rec = _rec_loss(unit(xin), yf)
                 beta = _beta(it, cfg)
                 loss = rec
-                if beta is not None and wquants:
+                if beta is not None and wquants and (not shared or world.rank == 0):
                     reg = sum(q.regularizer(beta) for q in wquants)
                     loss = rec + cfg.round_weight * reg
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if shared:
+                    world.sum_gradients(params)
                 opt.step()
                 scheduler.step()
                 for q in aquants:
@@ -340,7 +368,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
                       batch_size: Optional[int] = None, seed: int = 0,
                       device: Union[str, torch.device] = "cpu", units: Optional[Sequence[str]] = None,
                       first_last_bits: Optional[int] = 8, offload: Optional[bool] = None,
-                      show_progress: bool = True, **overrides) -> ReconResult:
+                      show_progress: bool = True, checkpoint=None,
+                      on_unit_done: Optional[Callable[[int, int], None]] = None, **overrides) -> ReconResult:
     """Quantize a float model with block reconstruction (BRECQ / QDrop / Genie-M).
 
     Args:
@@ -353,14 +382,34 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
         units: optional module names to reconstruct as units (default: detected blocks).
         offload: keep the cached unit inputs / outputs on CPU (default: only for CUDA devices
             when the cache would exceed 2 GiB).
+        checkpoint: file for per-unit progress (:mod:`.resume`): written atomically after every
+            unit; when it exists for this same run (weights, images, settings), the finished units
+            are loaded and the run continues with the next one, giving the uninterrupted result.
+            A checkpoint of another run is refused (ValueError). The caller deletes it when done.
+        on_unit_done: called as ``f(units_done, num_units)`` after each unit (and its checkpoint).
         overrides: further :class:`ReconConfig` fields (e.g. ``round_weight=0.1``).
-    Returns a :class:`ReconResult`.
+    Returns a :class:`ReconResult` (``meta['resumed_units']``: units taken from the checkpoint).
     """
     check_bits(wbits, "wbits")
     check_bits(abits, "abits")
     cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=_is_mobilenet(model),
                       **overrides)
-    device = torch.device(device)
+    from .distributed import ReconWorld
+
+    world = ReconWorld(torch.device(device))
+    try:
+        return _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units,
+                            first_last_bits, offload, show_progress, checkpoint, on_unit_done)
+    finally:
+        world.close()
+
+
+def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units, first_last_bits, offload,
+                 show_progress, checkpoint, on_unit_done) -> ReconResult:
+    device = world.device
+    if world.size > 1 and cfg.batch_size < world.size:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world.size} processes sharing each batch")
+    show_progress = show_progress and world.rank == 0
     images = _as_images(data)
     num = PRESETS[preset]["num"] if num is None else int(num)
     if num < 1:
@@ -381,19 +430,72 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
             offload = _estimate_cache_bytes(fp, unit_list, images[:2]) * images.shape[0] / 2 > 2 * 2 ** 30
     store = torch.device("cpu") if offload else device
 
-    reports = []
+    reports, skipped = [], []
+    start = 0
+    fingerprint = None
+    if checkpoint is not None:
+        from .resume import load_progress, run_fingerprint
+
+        fingerprint = run_fingerprint(model, images, {
+            "method": method, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits, "seed": seed,
+            "config": asdict(cfg), "units": [u.name for u in unit_list]})
+        saved = load_progress(checkpoint, fingerprint)
+        if saved is not None:
+            qmodel.load_state_dict(saved["state_dict"], strict=True)
+            reports, skipped, start = list(saved["reports"]), list(saved["skipped"]), int(saved["done"])
+    calls = _call_counts(qmodel, [u.name for u in unit_list], images[:1].to(device))
     for k, unit in enumerate(unit_list):
-        x_fp, y_fp = capture_unit_io(fp, unit.name, images, store_device=store)
-        x_q, _ = capture_unit_io(qmodel, unit.name, images, want_output=False, store_device=store)
+        if k < start:
+            continue
+        try:
+            if calls[unit.name] != 1:
+                raise UnsupportedUnitError(f"unit {unit.name!r} ({unit.type_name}) is called {calls[unit.name]} "
+                                           "times per forward; block reconstruction needs exactly one call")
+            x_fp, y_fp = capture_unit_io(fp, unit.name, images, store_device=store)
+            x_q, _ = capture_unit_io(qmodel, unit.name, images, want_output=False, store_device=store)
+        except UnsupportedUnitError as exc:
+            # e.g. a layer called twice per forward: its cached input / output are ambiguous, so it
+            # keeps its calibrated (naive) quantization and the other units still run
+            skipped.append({"name": unit.name, "type": unit.type_name, "reason": str(exc)})
+            warnings.warn(f"reconstruction skips unit {unit.name!r} ({unit.type_name}): {exc}", stacklevel=2)
+            _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
+            continue
         info = reconstruct_unit(qmodel.get_submodule(unit.name), x_fp, y_fp, x_q, cfg, seed=seed,
                                 desc=f"{method} [{k + 1}/{len(unit_list)}] {unit.name}",
-                                show_progress=show_progress)
+                                show_progress=show_progress, world=world)
         reports.append({"name": unit.name, "type": unit.type_name, **info})
         del x_fp, y_fp, x_q
+        _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
     meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
-            "units": [u.name for u in unit_list], "seconds": round(time.perf_counter() - t_start, 2)}
+            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
+            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2)}
     return ReconResult(qmodel.eval(), reports, meta)
+
+
+def _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, done, total, on_unit_done, world) -> None:
+    if checkpoint is not None:
+        from .resume import save_progress
+
+        if world.rank == 0:  # every process holds the same model
+            save_progress(checkpoint, fingerprint, qmodel, reports, skipped, done)
+        world.barrier()
+    if on_unit_done is not None:
+        on_unit_done(done, total)
+
+
+@torch.no_grad()
+def _call_counts(model: nn.Module, names: List[str], sample: torch.Tensor) -> Dict[str, int]:
+    """How often each named submodule runs in one forward of ``sample`` (shared modules, loops)."""
+    counts = {n: 0 for n in names}
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _a, _o, n=n: counts.__setitem__(n, counts[n] + 1)) for n in names]
+    try:
+        model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
 
 
 @torch.no_grad()
