@@ -72,7 +72,7 @@ def test_quantize_cli_resumes_a_killed_run(user_module, tmp_path, monkeypatch, c
         main(argv + ["--out", str(tmp_path / "q.pt")])
     monkeypatch.setattr(recon, "reconstruct_model", real)
     assert (tmp_path / "q.pt.ckpt").exists() and not (tmp_path / "q.pt").exists()
-    assert main(argv + ["--out", str(tmp_path / "q.pt")]) == 1
+    assert main(argv + ["--out", str(tmp_path / "q.pt")]) == 2  # a usage error: the checkpoint of a stopped run exists
     assert "pass --resume" in capsys.readouterr().err
     assert main(argv + ["--out", str(tmp_path / "q.pt"), "--resume"]) == 0
     assert "resumed: the first 1 units" in capsys.readouterr().out

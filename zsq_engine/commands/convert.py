@@ -172,10 +172,23 @@ def load_float_model(name: str, weights: Optional[str]):
     try:
         return get_model(name, weights_path=weights)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]
+        detail = _mismatch_summary(str(exc)) or type(exc).__name__
         raise guard.CommandError("cannot use --weights", weights, f"they do not fit {name} ({detail})",
                                  f"pass a state dict of {name}") from None
+
+
+def _mismatch_summary(report: str, limit: int = 400) -> str:
+    """A multi-line state-dict mismatch report (its first line names the file) as one line:
+    groups ('2 keys missing from the file: a, b') separated by '; '."""
+    lines = [ln.strip() for ln in report.splitlines() if ln.strip()]
+    groups = []
+    for ln in lines[1:] if len(lines) > 1 else lines:
+        if ln.endswith(":") or not groups:
+            groups.append([ln])
+        else:
+            groups[-1].append(ln)
+    text = "; ".join(g[0] + (" " + ", ".join(g[1:]) if len(g) > 1 else "") for g in groups)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _no_check(name: str) -> None:
