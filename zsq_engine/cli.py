@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-_MODULES = {"info": "info", "eval": "eval_cmd", "demo": "demo", "synthesize": "synthesize", "quantize": "quantize", "qat": "qat", "convert": "convert", "bench": "bench"}
+_MODULES = {"info": "info", "eval": "eval_cmd", "demo": "demo", "synthesize": "synthesize", "quantize": "quantize", "qat": "qat", "convert": "convert", "bench": "bench", "export": "export"}
 
 
 def build_parser() -> argparse.ArgumentParser:
