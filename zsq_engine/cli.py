@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-_MODULES = {"info": "info", "eval": "eval_cmd", "demo": "demo", "synthesize": "synthesize", "quantize": "quantize", "qat": "qat", "convert": "convert", "bench": "bench"}
+_MODULES = {"info": "info", "eval": "eval_cmd", "demo": "demo", "synthesize": "synthesize", "quantize": "quantize", "qat": "qat", "convert": "convert", "bench": "bench", "export": "export"}
 
 _EPILOG = """Set ZSQ_BACKEND=reference|triton|cuda|cpu to force a kernel backend.
 Every command checks its arguments, inputs and output location before the expensive part; an
