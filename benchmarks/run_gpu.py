@@ -209,6 +209,14 @@ def _run(cmd: List[str], cap: float, env: Optional[dict] = None) -> Tuple[str, f
     return status, time.time() - t0
 
 
+def ensure_kernels_importable() -> None:
+    """``kernels/`` ships as ``zsq_engine.kernels`` through setup.py's package_dir; without an
+    install (this script only builds in place) the package needs the link a dev checkout has."""
+    link = ROOT / "zsq_engine" / "kernels"
+    if not link.exists():
+        link.symlink_to(Path("..") / "kernels")
+
+
 def _build(cap: float) -> Tuple[str, float]:
     arch = _arch_list()
     if arch is None:
@@ -265,6 +273,7 @@ def drive(args) -> int:
         print("run_gpu: no CUDA device here (use --dry-run to see the plan)", file=sys.stderr)
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
+    ensure_kernels_importable()
     start = time.time()
     before = _result_sizes()
     done = []

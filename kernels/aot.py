@@ -102,6 +102,7 @@ def scenarios() -> List[Scenario]:
         out.append(_sc("gemm", arch="sm80", configs="all" if kind == "w4a8" else "first", kind=kind, M=16,
                        N=8192, K=8192))
     out.append(_sc("int_mm", aligned=False, M=4096, N=4096, K=4096))  # b [K, N]: read transposed
+    out.append(_sc("gemm", arch="sm80", aligned=False, kind="int8", M=1000, N=1000, K=1001))
     # Implicit-GEMM conv (ResNet-50 3x3 stage-1 conv at batch 256) and depthwise.
     for kind in ("int8", "uint8"):
         out.append(_sc("conv", configs="all" if kind == "int8" else "first", kind=kind, B=256, H=56, C=64, O=64,
@@ -115,6 +116,8 @@ def scenarios() -> List[Scenario]:
     out.append(_sc("conv", aligned=False, kind="uint8", B=64, H=28, C=24, O=40, k=1, stride=1,
                    epilogue="requant_res_wzp"))
     out.append(_sc("conv", arch="sm80", kind="int8", B=256, H=56, C=64, O=64, k=3, stride=1,
+                   epilogue="requant_relu"))
+    out.append(_sc("conv", arch="sm80", aligned=False, kind="int8", B=64, H=56, C=40, O=24, k=3, stride=1,
                    epilogue="requant_relu"))
     for kind, ep in (("int8", "requant_relu"), ("uint8", "requant_res_wzp"), ("int8", "none")):
         out.append(_sc("depthwise", kind=kind, B=256, H=56, C=96, k=3, stride=1, epilogue=ep))
@@ -150,6 +153,8 @@ def scenarios() -> List[Scenario]:
         out.append(_sc("qdrop_mix", dtype=dtype))
     out.append(_sc("qdrop_mix", aligned=False, dtype="bf16"))
     out.append(_sc("uniform"))
+    for op, args in (("scale_search", {"p": 2.4}), ("qdrop_mix", {"dtype": "bf16"}), ("uniform", {})):
+        out.append(_sc(op, arch="sm80", **args))
     return out
 
 
@@ -589,7 +594,7 @@ def run_in_subprocess(out_path: str, jobs: int = 2, only: Optional[List[str]] = 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Compile every GPU-path Triton kernel for sm_90a / sm_80 (no GPU).")
-    parser.add_argument("--out", required=True, help="JSON file for the compile records")
+    parser.add_argument("--out", help="JSON file for the compile records (required unless --list)")
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument("--only", action="append", default=[], help="scenario id (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the scenario ids and exit")
@@ -601,6 +606,8 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join(sc.id for sc in selected))
         return 0
+    if not args.out:
+        parser.error("--out is required")
     if args.only:
         unknown = set(args.only) - {sc.id for sc in selected}
         if unknown:
