@@ -301,7 +301,8 @@ def drive(args) -> int:
             env = dict(os.environ)
             if mode == "quick":
                 env["ZSQ_AUTOTUNE"] = "first"
-            cmd = [sys.executable, "-m", "benchmarks.run_gpu", "--step", step] + (["--quick"] if mode == "quick" else [])
+            cmd = [sys.executable, "-m", "benchmarks.run_gpu", "--step", step]
+            cmd += ["--quick"] if mode == "quick" else []
             status, seconds = _run(cmd, cap, env)
         done.append({"step": step, "mode": mode, "status": status, "seconds": round(seconds, 1)})
         print(f"=== {step}: {status} in {seconds:.0f} s ===", flush=True)

@@ -14,12 +14,14 @@ an H100's 132 SMs, tile shapes chosen on the host), not a hand-written copy of i
 
 "Aligned" scenarios use allocator-aligned tensors and sizes divisible by 16 (the headline
 shapes); "unaligned" ones use what the ops also accept: odd K / channel counts, views with a
-storage offset, strided (NCHW-as-NHWC) inputs. Coverage (kept under ~3 minutes on 2 cores):
-every autotune config of every GEMM / conv kernel for the int8, W4A8 and W4A4 operand kinds at
-the aligned specialisation on sm_90a; the uint8 / unsigned-int4 operand kinds, every epilogue
-kind, the unaligned cases and sm_80 on a representative config subset (``configs="first"``:
-the first config of each autotune list). Elementwise / reduction kernels: every dtype,
-per-tensor / per-channel layout and mode the launchers request, on sm_90a, a subset on sm_80.
+storage offset, transposed weights, strided (NCHW-as-NHWC) inputs, C not a multiple of 16);
+they get their own autotune lists. Coverage (kept to ~70 s on 2 idle cores): every autotune
+config of the GEMM / conv kernels for the int8, W4A8 and W4A4 operand kinds at the aligned
+specialisation on sm_90a, every config of the unaligned lists, every config of the int8 GEMM,
+the small-M W4A8 GEMM and the conv on sm_80; the uint8 / unsigned-int4 operand kinds, every
+epilogue kind and the other sm_80 cases on the first config of each list (``configs="first"``).
+Elementwise / reduction kernels: every dtype, per-tensor / per-channel layout and mode the
+launchers request, on sm_90a; every kernel at least once on sm_80.
 
 Run ``python -m zsq_engine.kernels.aot --out results.json`` (it re-executes itself without
 ``TRITON_INTERPRET``: the interpreter's kernels are not the GPU's). :func:`problems` holds the
@@ -330,7 +332,8 @@ def _run_uniform(aligned):
     return rng.uniform(1, 2 ** 20, 0, device="meta")
 
 
-_BUILDERS = {"gemm": _run_gemm, "int_mm": _run_int_mm, "conv": _run_conv, "depthwise": _run_depthwise, "fake_quant": _run_fake_quant,
+_BUILDERS = {"gemm": _run_gemm, "int_mm": _run_int_mm, "conv": _run_conv, "depthwise": _run_depthwise,
+             "fake_quant": _run_fake_quant,
              "bn_stats": _run_bn_stats, "adaround": _run_adaround, "scale_search": _run_scale_search,
              "qdrop_mix": _run_qdrop_mix, "uniform": _run_uniform}
 
