@@ -523,11 +523,12 @@ def problems(rec: Dict[str, object], aligned: bool = True) -> List[str]:
 
 
 def config_label(rec: Dict[str, object]) -> str:
+    """GEMM / conv tiles as BMxBNxBK, other kernels' block constexprs by name, then warps / stages."""
     c = rec["constexprs"]
-    tiles = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in c)
-    if not tiles:
-        tiles = "x".join(str(c[k]) for k in ("BLOCK_N", "BLOCK_C", "BLOCK_J", "BLOCK", "BLOCK_G", "BLOCK_CAND",
-                                             "BLOCK_E") if k in c)
+    if all(k in c for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")):
+        tiles = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    else:
+        tiles = " ".join(f"{k[len('BLOCK_'):]}{v}" for k, v in c.items() if k.startswith("BLOCK"))
     return f"{tiles} w{rec['num_warps']} s{rec['num_stages']}"
 
 
