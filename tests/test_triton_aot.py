@@ -135,3 +135,22 @@ def test_scenario_ids_are_unique():
     ids = [sc.id for sc in SCENARIOS]
     assert len(ids) == len(set(ids))
     json.dumps([dict(sc.args) for sc in SCENARIOS])  # plain data, picklable for the pool
+
+
+def test_unaligned_operands_dispatch_to_their_own_tiles():
+    """The host decides which autotune list a launch uses from what the JIT will see: rows that
+    start and end on 16-byte boundaries get the pipelined tiles, anything else the small ones."""
+    import torch
+
+    from zsq_engine.kernels import int_conv, int_gemm
+    assert int_gemm.rows_aligned(torch.zeros(4, 64, dtype=torch.int8), 64)
+    assert int_gemm.rows_aligned(torch.zeros(1, 64, dtype=torch.int8), 64)
+    assert not int_gemm.rows_aligned(torch.zeros(4, 63, dtype=torch.int8), 63)  # odd K
+    assert not int_gemm.rows_aligned(torch.zeros(4, 65, dtype=torch.int8)[:, 1:], 64)  # offset view
+    assert not int_gemm.rows_aligned(torch.zeros(64, 4, dtype=torch.int8).t(), 64)  # K-strided
+    x = torch.zeros(2, 8, 8, 32, dtype=torch.int8)
+    w = torch.zeros(16, 3, 3, 32, dtype=torch.int8)
+    assert int_conv._channels_aligned(x, w)
+    assert not int_conv._channels_aligned(torch.zeros(2, 8, 8, 40, dtype=torch.int8),
+                                          torch.zeros(16, 3, 3, 40, dtype=torch.int8))  # C = 40
+    assert not int_conv._channels_aligned(torch.zeros(2, 32, 8, 8, dtype=torch.int8).permute(0, 2, 3, 1), w)
