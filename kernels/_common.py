@@ -208,6 +208,13 @@ def needs_int64(outer: int, channels: int, inner: int, bn: int, bc: int, bj: int
     return (cdiv(outer, bn) * bn) * (cdiv(channels, bc) * bc) * (cdiv(inner, bj) * bj) >= 2 ** 31 - 1
 
 
+def device_capability(device: torch.device):
+    """(major, minor) of a CUDA device (cached by torch), None for other devices."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)
+    return None
+
+
 def target_programs(device: torch.device) -> int:
     if device.type == "cuda":
         # Cached by torch after the first call; no synchronisation.

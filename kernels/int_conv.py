@@ -32,21 +32,29 @@ from zsq_engine.ops.epilogue import Epilogue
 from . import _common as cm
 from . import epilogue as epi
 from .epilogue import epilogue_store
-from .int_gemm import _config, _m_bucket, grouped_tile
+from .int_gemm import _config, _m_bucket, grouped_tile, prune_configs
 
 IntPair = Union[int, Tuple[int, int]]
 
 if cm.INTERPRET:
     CONV_CONFIGS = [_config(16, 16, 32, 1, 4, group=2)]
+    CONV_UNALIGNED_CONFIGS = CONV_CONFIGS
     DW_BLOCKS = (16, 16, 4)  # BLOCK_M, BLOCK_C, num_warps
 else:  # pragma: no cover - GPU only
     CONV_CONFIGS = [
-        _config(128, 128, 64, 4, 8),
+        _config(128, 128, 64, 3, 8),  # 4 stages spill 8 B on sm_80
         _config(128, 128, 128, 3, 8),
         _config(128, 256, 64, 3, 8),
         _config(64, 128, 64, 4, 4),
         _config(128, 64, 64, 4, 4),
         _config(64, 64, 32, 4, 4),
+    ]
+    # Inputs whose pixel rows are not 16-byte aligned (C not a multiple of 16, e.g. 3, 24, 40;
+    # NCHW views): channel runs are loaded byte by byte without cp.async, and every tile above
+    # spills there (up to 1.7 KB at C = 40 on sm_90a). These two stay in registers.
+    CONV_UNALIGNED_CONFIGS = [
+        _config(64, 64, 32, 4, 4),
+        _config(128, 64, 32, 3, 8),
     ]
     DW_BLOCKS = (64, 64, 4)
 
@@ -135,8 +143,11 @@ def _conv_gemm_kernel(
                    RES_KIND, ACT, OUT_KIND)
 
 
-_conv_gemm = triton.autotune(configs=CONV_CONFIGS, key=["M_BUCKET", "O", "C", "KH", "KW", "A_UINT8"])(
-    _conv_gemm_kernel)
+_CONV_KEY = ["M_BUCKET", "O", "C", "KH", "KW", "A_UINT8"]
+_conv_gemm = triton.autotune(configs=CONV_CONFIGS, key=_CONV_KEY,
+                             prune_configs_by={"early_config_prune": prune_configs})(_conv_gemm_kernel)
+_conv_gemm_unaligned = triton.autotune(configs=CONV_UNALIGNED_CONFIGS, key=_CONV_KEY,
+                                       prune_configs_by={"early_config_prune": prune_configs})(_conv_gemm_kernel)
 
 
 @triton.jit
@@ -269,11 +280,20 @@ def int8_conv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: IntPair = 1, padd
                                  lambda: w.reshape(O, -1).sum(dim=1, dtype=torch.int32), res2d)
     pad_eff = pad_value - 128 if is_u8 else pad_value
     grid = lambda meta: (cm.cdiv(M, meta["BLOCK_M"]) * cm.cdiv(O, meta["BLOCK_N"]),)  # noqa: E731
+    kernel = _conv_gemm if _channels_aligned(x, w) else _conv_gemm_unaligned
     with cm.on_device(x):
-        _conv_gemm[grid](x, w, out, B, H, W, C, OH, OW, O, KH, KW, sh, sw, ph, pw, dh, dw, pad_eff, _m_bucket(M),
+        kernel[grid](x, w, out, B, H, W, C, OH, OW, O, KH, KW, sh, sw, ph, pw, dh, dw, pad_eff, _m_bucket(M),
                          *x.stride(), w.stride(0), w.stride(1), w.stride(2), w.stride(3),
                          *ep_args, **flags, A_UINT8=is_u8, USE_WHILE=cm.INTERPRET)
     return out
+
+
+def _channels_aligned(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether every pixel's channel run of x and every weight tap's starts on a 16-byte
+    boundary and holds a multiple of 16 channels (what the large tiles need for cp.async)."""
+    return (x.stride(3) == 1 and w.stride(3) == 1 and x.shape[3] % 16 == 0
+            and all(s % 16 == 0 for s in x.stride()[:3] + w.stride()[:3])
+            and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
 
 
 def _depthwise(x, w, out, epilogue, res2d, stride, padding, dilation, pad_value, M):

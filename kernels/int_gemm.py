@@ -20,6 +20,8 @@ Tiles (``triton.autotune``, key: log2 bucket of M, N, K and the operand kinds):
 * M > 16: Hopper configs 128x128x128 (4 stages) / 128x256x128 and 256x128x128 (3 stages),
   8 warps, plus 64-row tiles for medium M. 128x256x128 int8 uses (16+32) KB of shared memory
   per stage.
+* operands whose rows are not 16-byte aligned (odd K, offset views): two smaller tiles that
+  stay in registers without cp.async (the large ones spill there).
 * M <= 16 (batch-1 style, weight-bandwidth bound): 16-row tiles, BLOCK_N 32-128,
   BLOCK_K 128-256, and split-K chosen on the host so that ~2 programs per SM stream the
   weight; the int32 partials [SPLIT_K, M, N] (tiny) are summed by a second kernel that applies
@@ -32,6 +34,7 @@ both call the same ``_gemm_k_step``.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -52,19 +55,43 @@ MIN_K_PER_SPLIT = 512
 SPLIT_PROGRAMS_PER_SM = 2
 
 
-def _config(bm, bn, bk, stages, warps, group=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
-                         num_stages=stages, num_warps=warps)
+_HOPPER_ONLY = []
 
 
+def _config(bm, bn, bk, stages, warps, group=8, hopper_only=False):
+    config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
+                           num_stages=stages, num_warps=warps)
+    if hopper_only:
+        _HOPPER_ONLY.append(config)
+    return config
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """Autotune pruning: tiles marked ``hopper_only`` are dropped below compute capability 9
+    (they spill there: wgmma keeps the accumulator where mma.sync cannot), and
+    ``ZSQ_AUTOTUNE=first`` keeps only the first config (quick benchmark runs: no tuning)."""
+    tensor = next((v for v in named_args.values() if isinstance(v, torch.Tensor)), None)
+    cap = None if tensor is None else cm.device_capability(tensor.device)
+    if cap is not None and cap[0] < 9:
+        configs = [c for c in configs if not any(c is h for h in _HOPPER_ONLY)]
+    if os.environ.get("ZSQ_AUTOTUNE", "") == "first":
+        configs = configs[:1]
+    return configs
+
+
+# Every GPU config below compiles for sm_90a and sm_80 without register spills and within the
+# shared-memory limit, and the K loop of the aligned ones is pipelined with cp.async
+# (tests/test_triton_aot.py, figures in docs/gpu.md).
 if cm.INTERPRET:
     LARGE_CONFIGS = [_config(16, 16, 32, 1, 4, group=2)]
+    UNALIGNED_CONFIGS = LARGE_CONFIGS
     SMALL_M_CONFIGS = [_config(16, 16, 32, 1, 4, group=1)]
+    SMALL_M_UNALIGNED_CONFIGS = SMALL_M_CONFIGS
 else:  # pragma: no cover - GPU only
     LARGE_CONFIGS = [
         _config(128, 128, 128, 4, 8),
-        _config(128, 256, 128, 3, 8),
-        _config(256, 128, 128, 3, 8),
+        _config(128, 256, 128, 3, 8, hopper_only=True),  # sm_80: 32 B spills
+        _config(256, 128, 128, 3, 8, hopper_only=True),  # sm_80: 52 B spills
         _config(128, 128, 64, 5, 8),
         _config(64, 128, 128, 4, 4),
         _config(64, 256, 128, 3, 8),
@@ -74,8 +101,17 @@ else:  # pragma: no cover - GPU only
         _config(16, 32, 256, 4, 4, group=1),
         _config(16, 64, 128, 5, 4, group=1),
         _config(16, 64, 256, 4, 4, group=1),
-        _config(16, 128, 128, 4, 4, group=1),
+        _config(16, 128, 128, 4, 8, group=1),  # 4 warps: 12 B spills with packed int4 activations
         _config(16, 128, 256, 3, 8, group=1),
+    ]
+    # small M with rows not 16-byte aligned: the BLOCK_K = 256 tiles with N >= 64 spill there
+    SMALL_M_UNALIGNED_CONFIGS = [SMALL_M_CONFIGS[i] for i in (0, 1, 3)]
+    # Operands whose rows are not 16-byte aligned (odd K, offset views, transposed weights) are
+    # loaded byte by byte with one 64-bit address each: no cp.async, and the large tiles above
+    # spill (128x128x128: 1140 B on sm_90a). These tiles stay in registers.
+    UNALIGNED_CONFIGS = [
+        _config(128, 128, 32, 3, 8),
+        _config(128, 64, 64, 3, 8, hopper_only=True),  # sm_80: 28 B spills
     ]
 
 _KEY = ["M_BUCKET", "N", "K", "A_KIND", "B_PACKED", "SPLIT"]
@@ -221,14 +257,28 @@ def _split_k_epilogue_kernel(
                    RES_KIND, ACT, OUT_KIND)
 
 
-_gemm_large = triton.autotune(configs=LARGE_CONFIGS, key=_KEY)(_int_gemm_kernel)
-_gemm_small_m = triton.autotune(configs=SMALL_M_CONFIGS, key=_KEY)(_int_gemm_kernel)
+def _autotuned(configs):
+    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": prune_configs})(
+        _int_gemm_kernel)
+
+
+_gemm_large = _autotuned(LARGE_CONFIGS)
+_gemm_small_m = _autotuned(SMALL_M_CONFIGS)
+_gemm_unaligned = _autotuned(UNALIGNED_CONFIGS)
+_gemm_small_m_unaligned = _autotuned(SMALL_M_UNALIGNED_CONFIGS)
 
 
 # ----------------------------------------------------------------------------- host side
 
 def _m_bucket(m: int) -> int:
     return cm.next_pow2(m).bit_length()
+
+
+def rows_aligned(t: torch.Tensor, k_extent: int) -> bool:
+    """Whether the K-contiguous rows of operand ``t`` (``k_extent`` elements, bytes here) start on
+    16-byte boundaries and end on a multiple of 16: what the large tiles need for cp.async."""
+    return (t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) % 16 == 0 or t.shape[0] == 1)
+            and k_extent % 16 == 0)
 
 
 def choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
@@ -279,9 +329,13 @@ def _gemm(a, b, M, N, K, a_kind, b_packed, epilogue, split_k, b_colsum_fn):
     split = choose_split_k(M, N, K, dev) if split_k is None else max(1, int(split_k))
     k_per_split = cm.cdiv(cm.cdiv(max(K, 1), split), SPLIT_K_ALIGN) * SPLIT_K_ALIGN
     split = max(1, cm.cdiv(K, k_per_split))
-    kernel = _gemm_small_m if M <= SMALL_M else _gemm_large
     kp_a = a.shape[1] if a_kind >= 2 else K
     kp_b = b.shape[1] if b_packed else K
+    aligned = rows_aligned(a, kp_a) and rows_aligned(b, kp_b) and K % 16 == 0
+    if M <= SMALL_M:
+        kernel = _gemm_small_m if aligned else _gemm_small_m_unaligned
+    else:
+        kernel = _gemm_large if aligned else _gemm_unaligned
     if split > 1:
         part = torch.empty((split, M, N), dtype=torch.int32, device=dev)
         rowpart = torch.empty((split, M), dtype=torch.int32, device=dev) if flags["HAS_WZP"] else part

@@ -46,13 +46,52 @@ def compiled(tmp_path_factory):
     results = {}
     for source in CU_FILES:
         obj = out_dir / (source.stem + ".o")
-        cmd = [NVCC, "-c", "-std=c++17", "-O3", *GENCODES, f"-I{CSRC}", str(source), "-o", str(obj)]
+        cmd = [NVCC, "-c", "-std=c++17", "-O3", *GENCODES, "-Xptxas", "-v", f"-I{CSRC}", str(source), "-o", str(obj)]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S)
         error = None
         if run.returncode != 0:
             error = f"nvcc exit {run.returncode}:\n{' '.join(cmd)}\n{run.stdout}\n{run.stderr}"
         results[source.name] = (obj, error)
+        PTXAS_LOGS[source.name] = run.stdout + run.stderr
     return results
+
+
+PTXAS_LOGS = {}
+# Opt-in shared memory per block (CUDA C++ Programming Guide, technical specifications).
+SMEM_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90a": 227 * 1024}
+_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\w+)'")
+_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def parse_ptxas(log: str):
+    """{(kernel, arch): {registers, stack, spill_stores, spill_loads, smem}} from ``ptxas -v``."""
+    out, current = {}, None
+    for line in log.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            current = (m.group(1), m.group(2))
+            out[current] = {"registers": None, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0}
+            continue
+        if current is None:
+            continue
+        m = _SPILLS.search(line)
+        if m:
+            out[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = _USED.search(line)
+        if m:
+            out[current]["registers"] = int(m.group(1))
+            out[current]["smem"] = int(m.group(2) or 0)
+    return out
+
+
+def test_parse_ptxas_reads_spills_and_smem():
+    log = ("ptxas info    : Compiling entry function '_Z1kPi' for 'sm_90a'\n"
+           "ptxas info    : Function properties for _Z1kPi\n"
+           "    16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
+           "ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem, 384 bytes cmem[0]\n")
+    assert parse_ptxas(log) == {("_Z1kPi", "sm_90a"): {"registers": 40, "stack": 16, "spill_stores": 12,
+                                                      "spill_loads": 8, "smem": 2048}}
 
 
 @needs_nvcc
@@ -84,3 +123,19 @@ def test_declared_launchers_are_defined(compiled):
         defined |= {line.split()[-1] for line in symbols.stdout.splitlines() if " T " in line}
     missing = declared - defined
     assert not missing, f"launchers declared in launchers.h but not defined extern \"C\": {missing}"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
+def test_ptxas_resources_within_limits(source, compiled):
+    """``nvcc -Xptxas -v``: every kernel of the file, for both archs, spills nothing, uses no
+    stack (local memory) and fits the per-block shared memory."""
+    _obj, error = compiled[source.name]
+    assert error is None, error
+    report = parse_ptxas(PTXAS_LOGS[source.name])
+    archs = {arch for _kernel, arch in report}
+    assert archs == {"sm_80", "sm_90a"}, f"ptxas reported {sorted(archs)} for {source.name}"
+    for (kernel, arch), r in report.items():
+        assert r["registers"] is not None and 0 < r["registers"] <= 255, (kernel, arch, r)
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack"] == 0, (kernel, arch, r)
+        assert r["smem"] <= SMEM_PER_BLOCK[arch], (kernel, arch, r)
