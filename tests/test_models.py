@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -285,7 +284,6 @@ def test_committed_fmnist_weights_file():
 def test_committed_fmnist_weights_accuracy(monkeypatch):
     monkeypatch.delenv(fm.FMNIST_ENV_VAR, raising=False)
     model = get_model("fmnist_resnet", pretrained=True)
-    start = time.time()
     correct = total = 0
     with torch.no_grad():
         for x, y in fashion_mnist_loader("test", batch_size=1000):
@@ -294,4 +292,3 @@ def test_committed_fmnist_weights_accuracy(monkeypatch):
     assert total == 10000
     accuracy = correct / total
     assert accuracy >= 0.92, f"test accuracy {accuracy:.4f} < 0.92"
-    assert time.time() - start < 20
