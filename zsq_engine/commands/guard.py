@@ -55,7 +55,7 @@ def check_positive(args, *names: str, minimum: int = 1) -> None:
         v = getattr(args, name, None)
         if v is not None and v < minimum:
             flag = "--" + name.replace("_", "-")
-            raise bad_value(flag, v, f"must be >= {minimum}", f"pass {flag} {max(minimum, 1)} or more")
+            raise bad_value(flag, v, f"must be >= {minimum}", f"pass {flag} {minimum} or more")
 
 
 def check_bits(value: int, arg: str) -> None:
