@@ -67,7 +67,7 @@ def check_model(name: str, arg: str = "--model") -> None:
     from zsq_engine.models import list_models
 
     if name not in list_models():
-        raise UsageError(f"unknown model", f"{arg} {name}", f"valid models: {', '.join(list_models())}",
+        raise UsageError("unknown model", f"{arg} {name}", f"valid models: {', '.join(list_models())}",
                          "`zsq info` lists them with their input shapes")
 
 
