@@ -70,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         test = imagefolder_batches(args.val_dir, args.model, args.batch_size, args.limit)
         calib = imagefolder_batches(args.calib_dir or args.val_dir, args.model, 64, args.calib_images)
         where = args.val_dir
+    def on_row(r: dict) -> None:  # one line per measured row, also with --no-progress
+        bits = "FP32" if r["wbits"] == 32 else f"W{r['wbits']}A{r['abits']}"
+        print(f"  {r['method']} {bits}: {r['accuracy']:.2f} % ({r['seconds']:.1f} s)", flush=True)
+
     rows = accuracy_rows(model, configs, calib, test, device, show_progress=not args.no_progress,
-                         first_last_bits=args.first_last_bits)
+                         first_last_bits=args.first_last_bits, on_row=on_row)
     print(f"{args.model} on {where} ({device}):")
     print(rows_as_table(rows))
     return 0
