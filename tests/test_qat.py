@@ -368,11 +368,14 @@ def test_cli_end_to_end_resume_and_errors(tmp_path, capsys):
     model, meta = load_quantized(out)
     assert meta["method"] == "zaq" and meta["epochs"] == 1 and len(meta["history"]) == 1
     assert (tmp_path / "z.pt.ckpt").exists()
-    # the finished run's checkpoint is not overwritten without --resume; with it the run is complete
-    assert cli_main(argv) == 1
+    # the finished run's checkpoint is not overwritten without --resume (exit 2: a wrong command line);
+    # with it the run is complete, and its output is replaced only with --overwrite
+    assert cli_main(argv) == 2
     assert "--resume" in capsys.readouterr().err
-    assert cli_main(argv + ["--resume"]) == 0
+    assert cli_main(argv + ["--resume"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(argv + ["--resume", "--overwrite"]) == 0
     for extra, msg in ((["--pool", "x.pt"], "--pool is only used by --method hast"), (["--wbits", "9"], "--wbits"),
-                       (["--lr", "0"], "--lr must be > 0")):
-        assert cli_main(argv[:-1] + [str(tmp_path / "other.pt")] + extra) == 1
+                       (["--lr", "0"], "--lr (0.0): must be > 0")):
+        assert cli_main(argv[:-1] + [str(tmp_path / "other.pt")] + extra) == 2
         assert msg in capsys.readouterr().err

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -12,9 +12,10 @@ from zsq_engine.evaluation import evaluate_topk
 
 def accuracy_rows(model: nn.Module, configs: Sequence[Tuple[int, int]], calib_batches: List,
                   test_batches: Iterable, device: torch.device, show_progress: bool = True,
-                  first_last_bits: int = 8) -> List[Dict]:
+                  first_last_bits: int = 8, on_row: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """FP accuracy, then naive PTQ accuracy for each (wbits, abits); one dict per row
-    (``accuracy`` is top-1, ``top5`` top-5, in percent)."""
+    (``accuracy`` is top-1, ``top5`` top-5, in percent), each also handed to ``on_row`` as soon
+    as it is measured."""
     from zsq_engine.quant import naive_ptq
 
     model = model.to(device).eval()
@@ -23,6 +24,8 @@ def accuracy_rows(model: nn.Module, configs: Sequence[Tuple[int, int]], calib_ba
     fp = fp_acc[1]
     rows = [{"method": "FP32", "wbits": 32, "abits": 32, "accuracy": fp, "top5": fp_acc[5], "delta": 0.0,
              "seconds": time.perf_counter() - t0}]
+    if on_row is not None:
+        on_row(rows[-1])
     calib = [(x.to(device), y) for x, y in calib_batches]
     for wbits, abits in configs:
         t0 = time.perf_counter()
@@ -30,6 +33,8 @@ def accuracy_rows(model: nn.Module, configs: Sequence[Tuple[int, int]], calib_ba
         acc = evaluate_topk(qmodel, test_batches, device, desc=f"W{wbits}A{abits}", show_progress=show_progress)
         rows.append({"method": "naive PTQ", "wbits": wbits, "abits": abits, "accuracy": acc[1], "top5": acc[5],
                      "delta": acc[1] - fp, "seconds": time.perf_counter() - t0})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 

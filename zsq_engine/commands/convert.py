@@ -92,7 +92,7 @@ def check_source_args(args, calib_with_checkpoint: bool = False) -> None:
             given += [n for n in ("calib_images", "calib_dir") if getattr(args, n) is not None]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise guard.UsageError(f"--checkpoint already names its model and bits", flags,
+            raise guard.UsageError("--checkpoint already names its model and bits", flags,
                                    "these flags would be ignored", f"drop {flags}")
         guard.input_file(args.checkpoint, "--checkpoint")
     else:

@@ -100,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
         calib = [(images[i:i + 64], torch.zeros(images[i:i + 64].shape[0], dtype=torch.int64))
                  for i in range(0, images.shape[0], 64)]
         where += f", ranges from {images.shape[0]} synthetic images of {args.calib_data}"
+    def on_row(r: dict) -> None:  # one line per measured row, also with --no-progress
+        bits = "FP32" if r["wbits"] == 32 else f"W{r['wbits']}A{r['abits']}"
+        print(f"  {r['method']} {bits}: {r['accuracy']:.2f} % ({r['seconds']:.1f} s)", flush=True)
+
     rows = accuracy_rows(model, configs, calib, test, device, show_progress=not args.no_progress,
-                         first_last_bits=args.first_last_bits)
+                         first_last_bits=args.first_last_bits, on_row=on_row)
     print(f"{args.model} on {where} ({device}):")
     print(rows_as_table(rows, top5=bool(args.val_dir)))
     return 0

@@ -55,7 +55,7 @@ def check_positive(args, *names: str, minimum: int = 1) -> None:
         v = getattr(args, name, None)
         if v is not None and v < minimum:
             flag = "--" + name.replace("_", "-")
-            raise bad_value(flag, v, f"must be >= {minimum}", f"pass {flag} {max(minimum, 1)} or more")
+            raise bad_value(flag, v, f"must be >= {minimum}", f"pass {flag} {minimum} or more")
 
 
 def check_bits(value: int, arg: str) -> None:
@@ -76,7 +76,7 @@ def check_model(name: str, arg: str = "--model") -> None:
                              "pass package.module:factory of an importable callable, or a name from `zsq info`") from None
         return
     if name not in list_models():
-        raise UsageError(f"unknown model", f"{arg} {name}", f"valid models: {', '.join(list_models())}",
+        raise UsageError("unknown model", f"{arg} {name}", f"valid models: {', '.join(list_models())}",
                          "`zsq info` lists them with their input shapes")
 
 

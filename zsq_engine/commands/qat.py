@@ -96,15 +96,21 @@ def _check_args(args) -> Path:
     if args.pool is not None and args.method != "hast":
         raise guard.UsageError("--pool is only used by --method hast", f"--method {args.method}",
                                "it would be ignored", "drop --pool")
-    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.pool, args.checkpoint])
+    if not str(args.out).strip():
+        raise guard.bad_value("--out", repr(args.out), "needs a file name", "e.g. --out q.pt")
+    out = Path(args.out)
+    if out.is_dir() or not out.name:
+        guard.output_file(out, "--out")  # says it is a folder
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
-    guard.output_file(checkpoint, "--checkpoint", overwrite=True, inputs=[args.pool, args.out])
+    # the checkpoint first: an earlier run's checkpoint says more about what to do than its output
     if args.resume:
         guard.input_file(checkpoint, "--checkpoint (--resume)")
     elif checkpoint.exists():
         raise guard.UsageError("the checkpoint of an earlier run exists", str(checkpoint),
                                "starting over would replace it", "pass --resume to continue that run, or delete it "
                                "(or choose another --checkpoint) to start over")
+    guard.output_file(out, "--out", overwrite=args.overwrite, inputs=[args.pool, args.checkpoint])
+    guard.output_file(checkpoint, "--checkpoint", overwrite=True, inputs=[args.pool, args.out])
     return checkpoint
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -99,11 +100,13 @@ def _say_resume(args) -> None:
     batch_size = args.batch_size or p["batch_size"]
     total = -(-num // batch_size)
     done = store.done_batches()
-    wanted = {"method": args.method, "preset": args.preset, "seed": args.seed, "num": num, "batch_size": batch_size,
-              "settings": resolve_settings(args.method, args.preset, args.iters)}
-    if all(stored.get(k) == v for k, v in wanted.items()) and stored.get("model") == args.model:
+    wanted = json.loads(json.dumps({"method": args.method, "preset": args.preset, "seed": args.seed, "num": num,
+                                    "batch_size": batch_size, "model": args.model,
+                                    "settings": resolve_settings(args.method, args.preset, args.iters)}))
+    if all(stored.get(k) == v for k, v in wanted.items()):  # else synthesize() refuses, naming the differences
+        first = next((b for b in range(total) if not store.has_batch(b)), total - 1)
         print(f"resuming the unfinished run in {store.dir}: {done} of {total} batches done, continuing at batch "
-              f"{min(done + 1, total)} of {total}", flush=True)
+              f"{first + 1} of {total}", flush=True)
 
 
 def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -> None:
