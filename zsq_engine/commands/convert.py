@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     eval_data.add_val_args(p)
     eval_data.add_input_size_arg(p)
     p.add_argument("--check-limit", type=common.positive_int, default=None,
-                   help="--check on the first N test images only (default: all 10000)")
+                   help="--check on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -127,18 +127,6 @@ def source_models(args, need_calib: bool = False):
 def _no_check(name: str) -> None:
     raise ValueError(f"--check for {name} needs --val-dir (an ImageFolder of validation images); only "
                      "fmnist_resnet has a built-in test set")
-
-
-def _first(batches, limit: int) -> list:
-    """The first ``limit`` images of ``(x, y)`` batches, exactly."""
-    out, seen = [], 0
-    for x, y in batches:
-        if seen >= limit:
-            break
-        take = min(limit - seen, y.shape[0])
-        out.append((x[:take], y[:take]))
-        seen += take
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
