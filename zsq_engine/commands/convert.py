@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
     eval_data.add_val_args(p)
     eval_data.add_input_size_arg(p)
     p.add_argument("--check-limit", type=common.positive_int, default=None,
-                   help="--check on the first N test images only (default: all 10000)")
+                   help="--check on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
