@@ -293,3 +293,25 @@ def test_cli_export_and_bench_row(tmp_path, capsys):
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     assert {r["impl"] for r in rows} >= {"fp32", "zsq int", "onnxruntime"}
     assert all(r["ms"] > 0 for r in rows)
+
+
+def test_qat_student_with_learnable_ranges(tmp_path):
+    """A QAT student (learnable LSQ ranges, trained float weights) exports like any fake-quant model
+    (the Genie / QAT checkpoint rows of docs/export.md were measured with `zsq export --check`)."""
+    from zsq_engine.models import get_model
+    from zsq_engine.qat.student import build_student
+
+    torch.manual_seed(0)
+    student = build_student(get_model("fmnist_resnet", pretrained=True), 4, 4, weight_method="minmax")
+    calibrate_activations(student, [torch.randn(8, 1, 28, 28)], progress=False)
+    with torch.no_grad():  # a training step's worth of change to weights and ranges
+        for name, p in student.named_parameters():
+            if "scale" in name or "weight" in name:
+                p.mul_(1.0 + 0.01 * torch.randn_like(p))
+    student.eval()
+    x = torch.randn(8, 1, 28, 28)
+    info = to_onnx(student, x[:1], tmp_path / "exact.onnx", float_bias=True)
+    ref, out, _ = _check_codes(student, tmp_path / "exact.onnx", info, x)
+    assert (ref.argmax(1) == out.argmax(1)).all()
+    info = to_onnx(student, x[:1], tmp_path / "m.onnx")
+    _fused(tmp_path / "m.onnx", info)
