@@ -16,7 +16,7 @@ ZSQ_TORCH_SPEC, ZSQ_TRITON_SPEC, ZSQ_SKIP_EXT, TORCH_CUDA_ARCH_LIST settings):
      torch/triton, e.g. on a GPU image, is reused)
   2. torch (only if `import torch` fails), triton (only if `import triton` fails; optional),
      and whichever of setuptools, wheel, ninja, numpy, tqdm, pytest, pytest-benchmark,
-     matplotlib, pillow are missing
+     matplotlib, pillow, onnx, onnxruntime are missing
   3. the Debian package dataset-fashion-mnist, if /usr/share/datasets/fashion-mnist is
      missing and apt-get can be run as root (or with passwordless sudo)
   4. `pip install -e . --no-build-isolation` (builds the C++/CUDA extension zsq_engine._C;
@@ -107,7 +107,9 @@ install_python_packages() {
     missing="$("$PY" - <<'EOF'
 import importlib.util, shutil
 want = {"numpy": "numpy", "tqdm": "tqdm", "pytest": "pytest",
-        "pytest_benchmark": "pytest-benchmark", "matplotlib": "matplotlib", "PIL": "pillow"}
+        "pytest_benchmark": "pytest-benchmark", "matplotlib": "matplotlib", "PIL": "pillow",
+        # zsq export and its tests (ONNX Runtime checks the exported graphs)
+        "onnx": "onnx==1.23.2", "onnxruntime": "onnxruntime==1.31.1"}
 missing = [pkg for mod, pkg in want.items() if importlib.util.find_spec(mod) is None]
 if shutil.which("ninja") is None:
     missing.append("ninja")

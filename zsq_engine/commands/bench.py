@@ -15,6 +15,8 @@ _EPILOG = """contenders (zsq_engine.runtime.latency):
   zsq int            the integer model (from --int-model, or converted here from the fake-quant model)
   torch.ao int8      torch.ao FX prepare/convert with the x86 qconfig mapping, calibrated on the same
                      images (CPU only; --no-torch-ao skips it)
+  onnxruntime        with --onnxruntime: the fake-quant model exported as QDQ ONNX (zsq export), ONNX
+                     Runtime CPU provider, --threads (or torch's) intra-op threads
 timing: per batch size the contenders run round-robin (one call each per round, so a change in
 machine load hits all alike), median of --repeats rounds after --warmup calls (CPU wall clock,
 CUDA events); all get the same images, prepared (dtype, layout) outside the timed call; the
@@ -46,6 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--repeats", type=common.positive_int, default=10, help="timed calls, median taken (default 10)")
     p.add_argument("--threads", type=common.positive_int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--no-torch-ao", action="store_true", help="skip PyTorch's x86 int8 model")
+    p.add_argument("--onnxruntime", action="store_true",
+                   help="add the model exported to ONNX (zsq export) run by ONNX Runtime's CPU provider (CPU only)")
     p.add_argument("--cuda-graph", type=int, default=0, metavar="N",
                    help="on CUDA, replay a captured CUDA graph at batch sizes <= N (default 0: off)")
     p.add_argument("--out", default=None, help="output folder for bench.json and bench.png (default runs/bench, the "
@@ -108,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
         shape = (shape[0], args.input_size, args.input_size)
     ao = torch_ao_x86_int8(fp_model, calib) if want_ao else None
     contenders = make_contenders(fp_model, int_model, device, ao_model=ao)
+    if args.onnxruntime:
+        if args.int_model or device.type != "cpu":
+            raise ValueError("--onnxruntime needs the fake-quant model (--model / --checkpoint, not --int-model) "
+                             "and --device cpu")
+        from zsq_engine.export.ort import onnxruntime_contender
+
+        contenders.append(onnxruntime_contender(qmodel, shape, args.threads))
     rows = measure(contenders, shape, args.batch_sizes, device, warmup=args.warmup, repeats=args.repeats,
                    cuda_graph_max_batch=args.cuda_graph, seed=args.seed, show_progress=not args.no_progress)
     dev_name = device_name(device)

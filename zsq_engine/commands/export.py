@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="export a fake-quant model as a QDQ ONNX graph",
         description="Write the fake-quant model (from `zsq quantize`, `zsq qat` or naive PTQ done here) as a "
-                    "standard QDQ ONNX graph computing the same function.",
+                    "standard QDQ ONNX graph of the same function (the bias of a layer an engine fuses is "
+                    "rounded onto the int32 accumulator grid, as the engines do; see docs/export.md).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx file (written only when the export succeeds)")

@@ -33,7 +33,8 @@ class GraphBuilder:
     def const(self, base: str, array: np.ndarray) -> str:
         """An initializer holding ``array`` (its numpy dtype becomes the ONNX element type)."""
         name = self.name(base)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.array, not np.ascontiguousarray: the latter turns a scalar (per-tensor grid) into shape [1]
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def const_4bit(self, base: str, codes: np.ndarray, kind: str) -> str:

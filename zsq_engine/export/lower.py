@@ -6,18 +6,20 @@ is emitted as the standard ONNX operators that compute the same function in floa
 
 * a quantized layer's input: ``QuantizeLinear -> DequantizeLinear`` with that layer's own grid
   (per tensor, uint8 / int8 zero point as quantized), one pair per (value, grid) shared by every
-  consumer with that grid; a grid narrower than its 8-bit container (4-bit activations) clips
-  the CODES between the pair (``Clip`` on uint8 / int8), which is exact and keeps the pair
-  around the producing and consuming layers intact for the engines' fusions;
-* its weight: an int8 (or, on request, INT4 / UINT4) per-output-channel initializer ->
-  ``DequantizeLinear(axis=0)``, BatchNorm folded in (:mod:`zsq_engine.export.weights`), int32
-  bias through ``DequantizeLinear``; conv -> ``Conv``, linear -> ``Gemm(transB=1)``;
-* zero padding right before convs is folded into the convs' pads (``DQ(Q(0)) == 0``);
-* ReLU -> ``Relu``, ReLU6 -> ``Clip(0, 6)``, add -> ``Add`` (float, as the fake-quant model
-  adds), pools -> ``MaxPool`` / ``AveragePool`` / ``GlobalAveragePool``, flatten -> ``Flatten``.
+  consumer with that grid; a grid narrower than its 8-bit container (4-bit activations) clamps
+  the CODES between the pair (``Clip`` on uint8 / int8) and is then re-quantized on a grid 2^k
+  times finer (exact), which makes the consumer's int32 bias grid finer;
+* its weight: int8 (or, on request, INT4) per-output-channel codes -> ``DequantizeLinear(axis=0)``,
+  BatchNorm folded in (:mod:`zsq_engine.export.weights`); conv -> ``Conv``, linear ->
+  ``Gemm(transB=1)``; an int32 bias through ``DequantizeLinear`` where engines fuse the layer
+  into an integer kernel (its output is read only through quantizers), else the exact fp32 bias;
+* ReLU -> ``Relu``, ReLU6 -> ``Clip(0, 6)``, left out before a quantizer whose clamp does the same;
+  add -> ``Add`` (float, as the fake-quant model adds); pools -> ``MaxPool`` / ``AveragePool`` /
+  ``GlobalAveragePool``; flatten -> ``Flatten``; zero padding right before convs is folded into
+  their pads (``DQ(Q(0)) == 0``).
 
 Everything the fake-quant model keeps in float (the first layer's input by default, residual
-operands, pooling inputs, the logits) stays float in the graph.
+operands, pooling inputs, the logits) stays float in the graph. docs/export.md says why.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``to_onnx``: check arguments, lower, validate with ``onnx.checker``, write atomically."""
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -68,6 +69,8 @@ def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, int4_weight
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path: folder {path.parent} does not exist")
+    if any(t.device.type != "cpu" for t in list(qmodel.parameters()) + list(qmodel.buffers())):
+        qmodel = copy.deepcopy(qmodel).cpu()  # the graph is built from CPU tensors; the caller's model stays put
     was_training = qmodel.training
     qmodel.eval()
     try:

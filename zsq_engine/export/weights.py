@@ -5,7 +5,7 @@ channel ``o`` by ``f[o]`` and adds a shift. Folding keeps the integer codes and 
 the scale (computed in fp64, rounded once, as the integer runtime does) and the sign of ``f``
 into the codes, so every exported scale is positive (TensorRT requires it). The zero point is
 folded into the codes (``d = sign * (q - z)``, zero point 0: the symmetric form every engine
-fuses) whenever ``d`` fits the container; otherwise the codes keep a per-channel zero point.
+fuses) in every channel where ``d`` fits the container; other channels keep their zero point.
 Folded codes of a narrow grid (e.g. 4-bit) are then spread over the container by a power of two
 per channel (``d * 2^k`` with scale ``s / 2^k``: the same weights exactly), which makes the int32
 bias grid below ``2^k`` times finer.
@@ -82,21 +82,21 @@ def export_weight(layer: nn.Module, where: str, bn: Optional[nn.BatchNorm2d], co
     d = s * (q - z)  # dequantized weight / scale, exact integers
     flat = d.reshape(out_ch, -1)
     fits = (flat.min(1).values >= lo) & (flat.max(1).values <= hi)
-    if bool(fits.all()):
-        # spread narrow grids over the container by a power of two (exact: the scale is divided by
-        # it): the int32 bias lives on the grid input_scale * weight_scale, so this makes its
-        # rounding that much finer
-        peak = flat.abs().max(1).values.clamp_min(1)
-        spread = torch.ones(out_ch, dtype=torch.int64)
-        while bool(((2 * spread * peak <= hi) & (spread < 2 ** 7)).any()):
-            spread = torch.where((2 * spread * peak <= hi) & (spread < 2 ** 7), 2 * spread, spread)
-        out_codes, out_zp = d * spread.view(view), torch.zeros(out_ch, dtype=torch.int64)
-        scale64 = scale64 / spread.double()
-    else:
-        # keep a zero point: codes sign*q shifted so the whole grid lands inside the container
-        shift = torch.where(sign > 0, lo - qmin, lo + qmax).to(torch.int64)
-        out_codes = s * q + shift.view(view)
-        out_zp = sign.to(torch.int64) * zp.to(torch.int64) + shift
+    # channels whose folded codes do not fit keep a zero point: codes sign*q shifted so the whole
+    # grid lands inside the container
+    shift = torch.where(sign > 0, lo - qmin, lo + qmax).to(torch.int64)
+    kept_codes = s * q + shift.view(view)
+    kept_zp = sign.to(torch.int64) * zp.to(torch.int64) + shift
+    peak = flat.abs().max(1).values.clamp_min(1)
+    spread = torch.ones(out_ch, dtype=torch.int64)
+    grow = (2 * spread * peak <= hi) & fits
+    while bool(grow.any()):
+        spread = torch.where(grow, 2 * spread, spread)
+        grow = (2 * spread * peak <= hi) & fits
+    cmask = fits.view(view)
+    out_codes = torch.where(cmask, d * spread.view(view), kept_codes)
+    out_zp = torch.where(fits, torch.zeros_like(kept_zp), kept_zp)
+    scale64 = scale64 / spread.double()
     scale32 = scale64.float()
     # a channel whose codes are all zero has weight 0 at any scale: give it one that keeps its
     # bias inside int32 (a dead channel's calibrated scale is ~1e-8)
