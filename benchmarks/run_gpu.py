@@ -223,9 +223,20 @@ def _build(cap: float) -> Tuple[str, float]:
         return "failed (no CUDA device)", 0.0
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST=arch, MAX_JOBS=str(os.cpu_count() or 1))
     status, seconds = _run([sys.executable, "setup.py", "build_ext", "--inplace"], cap, env)
-    if status == "ok":
-        BUILD_STAMP.parent.mkdir(exist_ok=True)
-        BUILD_STAMP.write_text(json.dumps({"arch": arch, "torch": _torch_version()}))
+    if status != "ok":
+        return status, seconds
+    # setup.py falls back to a CPU-only extension when the CUDA part fails: only a build with
+    # the CUDA kernels is worth reusing
+    probe = subprocess.run([sys.executable, "-c", "from zsq_engine._ext import extension_status as s; "
+                            "import json; print(json.dumps(s()))"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        ext = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        ext = {"cuda": False, "error": probe.stderr[-500:]}
+    if not ext.get("cuda"):
+        return f"built without CUDA ({ext.get('error')})", seconds
+    BUILD_STAMP.parent.mkdir(exist_ok=True)
+    BUILD_STAMP.write_text(json.dumps({"arch": arch, "torch": _torch_version()}))
     return status, seconds
 
 
