@@ -281,9 +281,13 @@ def test_cli_export_and_bench_row(tmp_path, capsys):
     assert rc == 0 and out.is_file(), text
     assert "top-1 agreement" in text and "QLinearConv" in text
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    # a failing export writes nothing and reports one line
-    rc = main(["export", "--model", "fmnist_resnet", "--calib-images", "32", "--out", str(tmp_path / "no" / "x.onnx")])
-    assert rc == 1 and "does not exist" in capsys.readouterr().err
+    # an existing output is refused before any work, reported in one line and left as it was
+    keep = tmp_path / "keep.onnx"
+    keep.write_bytes(b"earlier result")
+    rc = main(["export", "--model", "fmnist_resnet", "--calib-images", "32", "--out", str(keep)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert keep.read_bytes() == b"earlier result"
     rc = main(["bench", "--model", "fmnist_resnet", "--calib-images", "32", "--batch-sizes", "2", "--warmup", "1",
                "--repeats", "1", "--no-torch-ao", "--onnxruntime", "--device", "cpu", "--no-progress",
                "--out", str(tmp_path / "bench")])

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from . import common
-from .convert import add_source_args, source_models
+from . import common, eval_data, guard
+from .convert import add_source_args, check_source_args, source_models
 
 _EPILOG = """the fake-quant model comes from --checkpoint (zsq quantize / zsq qat) or naive PTQ here
 (--model, --wbits, --abits; see `zsq convert --help`). The graph: QuantizeLinear / DequantizeLinear
@@ -32,6 +31,7 @@ def add_parser(subparsers) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx file (written only when the export succeeds)")
+    common.add_overwrite_arg(p, "--out")
     p.add_argument("--int4-weights", action="store_true",
                    help="store weights of <= 4 bits as INT4 initializers (opset 21); default: int8 holding the codes")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 13, 21 with --int4-weights)")
@@ -48,23 +48,37 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.export import to_onnx
-    from zsq_engine.models import get_model_info
 
+    check_source_args(args)
+    guard.check_positive(args, "batch_size")
+    if args.check and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
+        _no_check(args.model)  # before the quantization
+    out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.checkpoint, args.weights])
+    if args.check or (not args.checkpoint and (args.model or "fmnist_resnet") == "fmnist_resnet"):
+        from .quantize import check_eval_data
+
+        check_eval_data("fmnist_resnet", args.data_dir, need_train=not args.checkpoint)
     torch.manual_seed(args.seed)
     name, _, qmodel, meta, _ = source_models(args)
-    shape = list(get_model_info(name).input_shape)
+    if args.check and name != "fmnist_resnet":
+        _no_check(name)
+    shape = list(eval_data.model_info(args, name).input_shape)
     if args.input_size:
         shape[1:] = [args.input_size, args.input_size]
-    info = to_onnx(qmodel, torch.zeros(1, *shape), Path(args.out), int4_weights=args.int4_weights, opset=args.opset)
+    with guard.writing(out):
+        info = to_onnx(qmodel, torch.zeros(1, *shape), out, int4_weights=args.int4_weights, opset=args.opset)
     print(f"zsq export: {name} ({meta['source']}, W{meta['wbits']}A{meta['abits']}) -> {args.out}: opset "
           f"{info['opset']}, {info['nodes']} nodes, {info['layers']} quantized layers "
           f"({len(info['int_bias_layers'])} with int32 bias for fused integer kernels, {info['int4_weights']} INT4 "
           f"weights), {info['quantize_pairs']} activation QDQ pairs")
     if args.check:
-        if name != "fmnist_resnet":
-            raise ValueError(f"--check needs the Fashion-MNIST test set, i.e. the fmnist_resnet model (got {name})")
         _check(qmodel, args)
     return 0
+
+
+def _no_check(name: str) -> None:
+    raise guard.UsageError("--check needs the Fashion-MNIST test set", f"--model {name}",
+                           "only fmnist_resnet has a built-in test set here", "drop --check")
 
 
 def _check(qmodel, args) -> None:
