@@ -235,3 +235,14 @@ def test_no_requires_grad_scalar_warning_from_synthesis_or_reconstruction():
         r = synthesize("fmnist_resnet", "zeroq", num=4, batch_size=2, iters=1, preset="fast", show_progress=True)
         reconstruct_model(get_model("fmnist_resnet", pretrained=True), r.images, 4, 4, method="genie", iters=1,
                           num=4, show_progress=True)
+
+
+@needs_fmnist
+def test_eval_prints_a_line_per_row_without_progress_bars(capsys, monkeypatch):
+    from zsq_engine.commands import data_sources
+
+    real = data_sources.fmnist_batches
+    monkeypatch.setattr(data_sources, "fmnist_batches", lambda split, bs, root: [next(iter(real(split, 64, root)))])
+    assert main(["eval", "--bits", "W8A8", "--calib-images", "16", "--no-progress", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  FP32 FP32: ") and lines[1].startswith("  naive PTQ W8A8: ")
