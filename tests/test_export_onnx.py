@@ -13,7 +13,6 @@ Two oracles, both the fake-quant model itself:
   step and so flips a few requantized codes; docs/export.md gives the measured cost.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
