@@ -13,7 +13,6 @@ Two oracles, both the fake-quant model itself:
   step and so flips a few requantized codes; docs/export.md gives the measured cost.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -133,6 +132,9 @@ def test_graph_is_qdq_and_computes_the_fake_quant_model(tmp_path, wbits, abits, 
     q = _tiny(wbits, abits, symmetric_acts=symmetric_acts)
     path = tmp_path / "m.onnx"
     info = to_onnx(q, torch.randn(1, 3, 12, 12), path, float_bias=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask  # as a plain open() would create it
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 13 and info["opset"] == 13

@@ -84,6 +84,10 @@ def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, int4_weight
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

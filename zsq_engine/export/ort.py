@@ -5,13 +5,12 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
-import time
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["session", "run", "optimized_op_counts", "INTEGER_OPS", "time_session", "onnxruntime_contender"]
+__all__ = ["session", "run", "optimized_op_counts", "INTEGER_OPS", "onnxruntime_contender"]
 
 # operators that compute on integer codes (ONNX and ONNX Runtime's com.microsoft domain)
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "QLinearAdd",
@@ -58,20 +57,6 @@ def optimized_op_counts(path) -> Dict[str, int]:
         session(path, threads=1, optimized_path=out)
         model = onnx.load(out)
     return dict(collections.Counter(n.op_type for n in model.graph.node))
-
-
-def time_session(sess, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall-clock milliseconds of one ``sess.run`` on ``x`` (input prepared outside the timing)."""
-    name = sess.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(x.detach().cpu().float().numpy())}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
 
 
 def onnxruntime_contender(qmodel, input_shape, threads: Optional[int] = None):
