@@ -79,6 +79,7 @@ class ReconConfig:
     input_mix_prob: float = 0.5     # probability of taking the QUANTIZED unit input per element
     act_drop_prob: float = 0.5      # QDrop: probability of quantizing an activation element
     log_every: int = 50
+    rounding_init: str = "nearest"  # or 'squant': AdaRound starts from the SQuant rounding
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -244,7 +245,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         wq = aq = None
         if wt is not None and wt.enabled:
             wq = AdaRoundWeightQuantizer(layer.weight, wt, learn_scale=cfg.learn_weight_scale,
-                                         search_scale=cfg.search_weight_scale).to(device)
+                                         search_scale=cfg.search_weight_scale,
+                                         rounding_init=cfg.rounding_init).to(device)
             layer.weight_quantizer = wq
             wquants.append(wq)
         if at is not None and at.enabled:
