@@ -42,6 +42,7 @@ from .. import ops
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
+from ..quant.bit_allocation import apply_bit_plan
 from .blocks import Unit, partition
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
@@ -341,7 +342,7 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
                       batch_size: Optional[int] = None, seed: int = 0,
                       device: Union[str, torch.device] = "cpu", units: Optional[Sequence[str]] = None,
                       first_last_bits: Optional[int] = 8, offload: Optional[bool] = None,
-                      show_progress: bool = True, **overrides) -> ReconResult:
+                      show_progress: bool = True, layer_bits: Optional[dict] = None, **overrides) -> ReconResult:
     """Quantize a float model with block reconstruction (BRECQ / QDrop / Genie-M).
 
     Args:
@@ -354,6 +355,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
         units: optional module names to reconstruct as units (default: detected blocks).
         offload: keep the cached unit inputs / outputs on CPU (default: only for CUDA devices
             when the cache would exceed 2 GiB).
+        layer_bits: per-layer ``{name: (weight bits, act bits)}`` overriding wbits / abits (a plan
+            from :func:`zsq_engine.quant.bit_allocation.plan_bits`).
         overrides: further :class:`ReconConfig` fields (e.g. ``round_weight=0.1``).
     Returns a :class:`ReconResult`.
     """
@@ -372,6 +375,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     fp = fold_model_bn(copy.deepcopy(model)).to(device).eval()
     qmodel = quantize_model(model, wbits, abits, first_last_bits=first_last_bits, weight_method="mse",
                             act_method="mse").to(device).eval()
+    if layer_bits:
+        apply_bit_plan(qmodel, layer_bits, weight_method="mse")
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     calibrate_activations(qmodel, calib, progress=False)
     unit_list: List[Unit] = partition(qmodel, units)

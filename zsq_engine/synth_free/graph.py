@@ -108,6 +108,16 @@ class EqualizationPair:
     through_pool: bool = False
 
 
+def _skip_pass(node: fx.Node, modules) -> Optional[fx.Node]:
+    """The first node from ``node`` on that is not an identity-like single-consumer step (None
+    where such a step has several consumers)."""
+    while node_kind(node, modules) == "pass":
+        if len(node.users) != 1:
+            return None
+        node = next(iter(node.users))
+    return node
+
+
 def find_equalization_pairs(model: nn.Module) -> Optional[List[EqualizationPair]]:
     """Every equalisable pair of ``model`` in graph order; None if the model cannot be traced."""
     graph = try_symbolic_trace(model)
@@ -120,13 +130,15 @@ def find_equalization_pairs(model: nn.Module) -> Optional[List[EqualizationPair]
         if node_kind(node, modules) != "conv" or calls.get(node.target) != 1 or len(node.users) != 1:
             continue
         first = modules[node.target]
-        cur = next(iter(node.users))
+        cur = _skip_pass(next(iter(node.users)), modules)
         bn = None
-        if node_kind(cur, modules) == "bn":
+        if cur is not None and node_kind(cur, modules) == "bn":
             if calls.get(cur.target) != 1 or len(cur.users) != 1 or modules[cur.target].weight is None:
                 continue
             bn = cur.target
-            cur = next(iter(cur.users))
+            cur = _skip_pass(next(iter(cur.users)), modules)
+        if cur is None:
+            continue
         kind = node_kind(cur, modules)
         if kind not in ("relu", "relu6", "clamp") or len(cur.users) != 1:
             continue
