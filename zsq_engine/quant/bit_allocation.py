@@ -46,7 +46,8 @@ class LayerCost(NamedTuple):
 
 @torch.no_grad()
 def layer_costs(qmodel: nn.Module, example: torch.Tensor) -> Dict[str, LayerCost]:
-    """``{name: LayerCost}`` of every quantized layer, measured by hooks on ``example[:1]``."""
+    """``{name: LayerCost}`` of every quantized layer, measured by hooks on ``example[:1]``
+    (one float forward; the quantizers' enabled flags are restored)."""
     costs = {}
     handles = []
 
@@ -61,8 +62,14 @@ def layer_costs(qmodel: nn.Module, example: torch.Tensor) -> Dict[str, LayerCost
             costs[name] = LayerCost(mod.weight.numel(), x[0].numel(), int(macs), mod.act_quantizer is None)
         return fn
 
+    # sizes only: run in float, so an uncalibrated model works too
+    states = []
     for name, layer in quant_layers(qmodel):
         handles.append(layer.register_forward_hook(hook(name)))
+        for q in (layer.weight_quantizer, layer.act_quantizer):
+            if q is not None:
+                states.append((q, q.enabled))
+                q.enabled = False
     was = qmodel.training
     qmodel.eval()
     try:
@@ -70,6 +77,8 @@ def layer_costs(qmodel: nn.Module, example: torch.Tensor) -> Dict[str, LayerCost
     finally:
         for h in handles:
             h.remove()
+        for q, enabled in states:
+            q.enabled = enabled
         qmodel.train(was)
     return costs
 
