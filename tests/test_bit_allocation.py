@@ -134,3 +134,27 @@ def test_fmnist_plan_meets_its_budget():
     assert got["weight"] <= target["weight"] + 1e-9
     assert got["act"] <= target["weight"] + 1e-9
     assert len({w for w, _ in plan.values()}) > 1          # really mixed
+
+
+def test_cli_quantize_with_equalize_and_bits_budget_round_trips(tmp_path, capsys):
+    from zsq_engine.cli import main
+    from zsq_engine.quant import list_quant_layers
+    from zsq_engine.recon import load_quantized
+
+    synth = tmp_path / "synth.pt"
+    torch.save({"images": torch.randn(8, 1, 28, 28), "labels": None,
+                "meta": {"model": "fmnist_resnet", "method": "genie", "seed": 0, "preset": "fast", "num": 8}}, synth)
+    out = tmp_path / "q.pt"
+    rc = main(["quantize", "--data", str(synth), "--equalize", "--bits-budget", "5", "--iters", "2", "--num", "8",
+               "--eval-limit", "256", "--no-progress", "--device", "cpu", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "per-layer bits for an average of 5" in text, text
+    qmodel, meta = load_quantized(out)
+    assert meta["equalize"] == "dfq" and meta["bits_budget"] == 5.0
+    bits = {r.name: (r.weight_bits, r.act_bits) for r in list_quant_layers(qmodel)}
+    assert bits == {n: tuple(v) for n, v in meta["layer_bits"].items()}
+    costs = layer_costs(qmodel, torch.randn(1, 1, 28, 28))
+    assert average_bits(qmodel, costs)["weight"] <= 5.0 + 1e-9
+    rc = main(["quantize", "--data", str(synth), "--bits-budget", "0", "--out", str(tmp_path / "x.pt"),
+               "--no-progress", "--device", "cpu"])
+    assert rc == 1 and "--bits-budget" in capsys.readouterr().err

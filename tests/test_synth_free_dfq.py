@@ -261,3 +261,17 @@ def test_dfq_improves_per_tensor_ptq_on_wild_ranges():
     torch.testing.assert_close(f(x), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
     with_dfq = err(f, f)
     assert with_dfq < 0.2 * naive, (naive, with_dfq)
+
+
+def test_relu6_bookkeeping_rebuilds_the_equalised_architecture():
+    from zsq_engine.synth_free import relu6_replaced, replace_relu6
+
+    net = _small_mobilenet()
+    eq = dfq(net, absorb_bias=False)
+    names = relu6_replaced(net, eq)
+    assert names and set(names) == {n for n, m in net.named_modules() if isinstance(m, nn.ReLU6)}
+    rebuilt = replace_relu6(copy.deepcopy(net), names)
+    with torch.no_grad():
+        _assert_same(eq, rebuilt, torch.randn(2, 3, 33, 33))
+    with pytest.raises(ValueError, match="ReLU6"):
+        replace_relu6(rebuilt, names[:1])

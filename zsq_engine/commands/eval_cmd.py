@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from . import common
+from . import common, synth_free_args
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
                    help="ImageFolder directory for calibration (ImageNet models; default: --val-dir)")
     p.add_argument("--limit", type=common.positive_int, default=None,
                    help="evaluate only the first N images of --val-dir")
+    synth_free_args.add_equalize_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = get_model(args.model, pretrained=args.weights is None, weights_path=args.weights)
+    model, _ = synth_free_args.maybe_equalize(args, model)
     if args.model == "fmnist_resnet":
         test = fmnist_batches("test", args.batch_size, args.data_dir)
         calib = fmnist_calibration(args.calib_images, args.data_dir, args.seed)

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import common
+from . import common, synth_free_args
 
 _EPILOG = """methods:
   gdfq   conditional generator (teacher CE + BN statistics) trained alongside the student;
@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
                    help="evaluate on the first N test images only (default: all 10000)")
     p.add_argument("--no-start-eval", action="store_true",
                    help="skip measuring the naive-quantized starting accuracy")
+    synth_free_args.add_equalize_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     info = get_model_info(args.model)
     model = get_model(args.model, pretrained=True)
     pool = _load_pool(args.pool, args.model, model) if args.pool else None
+    model, extra = synth_free_args.maybe_equalize(args, model)
     show = not args.no_progress
 
     test = None
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                        on_epoch_end=on_epoch_end, on_prepared=on_prepared, epochs=args.epochs,
                        iters_per_epoch=args.iters_per_epoch, batch_size=args.train_batch_size, lr=args.lr)
     seconds = time.perf_counter() - t0
-    meta = {"model": args.model, **result.meta, "history": result.history}
+    meta = {"model": args.model, **result.meta, "history": result.history, **extra}
     acc = None
     if test is not None:
         acc = evaluate_accuracy(result.student, test, device, desc="test", show_progress=show)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import common
+from . import common, synth_free_args
 
 _EPILOG = """data:
   real       N Fashion-MNIST TRAINING images (the real-data upper bound; fmnist_resnet only)
@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output file for the quantized model (.pt)")
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test images only (default: all 10000)")
+    synth_free_args.add_equalize_arg(p)
+    synth_free_args.add_bits_budget_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -97,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
     num = args.num or PRESETS[args.preset]["num"]
     images = load_calibration_data(args.data, args.model, model, num, args.data_dir, args.seed)
     t0 = time.perf_counter()
+    model, extra = synth_free_args.maybe_equalize(args, model)
+    layer_bits, plan_meta = synth_free_args.maybe_plan_bits(args, model, images)
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
-                               show_progress=not args.no_progress)
+                               show_progress=not args.no_progress, layer_bits=layer_bits)
     seconds = time.perf_counter() - t0
-    meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
+    meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units, **extra,
+            **plan_meta}
     acc = None
     if args.model == "fmnist_resnet":
         test = fmnist_batches("test", args.batch_size, args.data_dir)

@@ -29,7 +29,7 @@ from .modules import QuantLayer
 from .quantizer import QuantSpec, UniformQuantizer, check_bits
 
 __all__ = ["LayerCost", "layer_costs", "layer_sensitivity", "allocate", "plan_bits", "apply_bit_plan",
-           "average_bits", "BUDGET_MODES", "FLOAT_INPUT_BITS"]
+           "average_bits", "plan_for_budget", "format_plan", "BUDGET_MODES", "FLOAT_INPUT_BITS"]
 
 BUDGET_MODES = ("size", "bops")
 FLOAT_INPUT_BITS = 8
@@ -91,8 +91,8 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def layer_sensitivity(model: nn.Module, images: torch.Tensor, *, weight_bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
-                      act_bits: Sequence[int] = (3, 4, 5, 6, 8), batch_size: int = 128,
+def layer_sensitivity(model: nn.Module, images: torch.Tensor, *, weight_bits: Sequence[int] = (2, 3, 4, 6, 8),
+                      act_bits: Sequence[int] = (4, 6, 8), batch_size: int = 128,
                       **quant_kwargs) -> Dict[str, Dict[Tuple[str, int], float]]:
     """``{layer: {('w', b): KL, ('a', b): KL}}`` with only that layer's weights / input at ``b`` bits.
 
@@ -274,3 +274,22 @@ def apply_bit_plan(qmodel: nn.Module, plan: Dict[str, Tuple[Optional[int], Optio
             new.calibration_method = old.calibration_method
             layer.act_quantizer = new
     return qmodel
+
+
+def plan_for_budget(model: nn.Module, images: torch.Tensor, budget_bits: float, *, mode: str = "size",
+                    weight_bits: Sequence[int] = (2, 3, 4, 6, 8), act_bits: Sequence[int] = (4, 6, 8),
+                    **quant_kwargs) -> Dict[str, Tuple[int, Optional[int]]]:
+    """Sensitivities on ``images`` + layer sizes + the exact solver: ``{layer: (w bits, a bits)}``.
+
+    ``quant_kwargs`` go to :func:`quantize_model` for the sensitivity models (e.g.
+    ``weight_method``). Every quantized layer, first and last included, is allocated.
+    """
+    sens = layer_sensitivity(model, images, weight_bits=weight_bits, act_bits=act_bits, **quant_kwargs)
+    costs = layer_costs(quantize_model(model, 8, 8, first_last_bits=None), images)
+    return plan_bits(sens, costs, budget_bits, mode=mode)
+
+
+def format_plan(plan: Dict[str, Tuple[int, Optional[int]]]) -> str:
+    """One line per layer: ``name  W<w>A<a|float>``."""
+    width = max((len(n) for n in plan), default=0)
+    return "\n".join(f"  {n.ljust(width)}  W{w}A{'float' if a is None else a}" for n, (w, a) in plan.items())

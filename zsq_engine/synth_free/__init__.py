@@ -24,7 +24,7 @@ from .clamp import ChannelClamp
 from .equalize import RELU6_POLICIES, cross_layer_equalize, equalization_scales
 from .graph import EqualizationPair, find_equalization_pairs
 
-__all__ = ["dfq", "cross_layer_equalize", "absorb_high_bias", "absorbable_shift", "bias_correct",
+__all__ = ["dfq", "relu6_replaced", "replace_relu6", "cross_layer_equalize", "absorb_high_bias", "absorbable_shift", "bias_correct",
            "clipped_normal_moments", "expected_layer_inputs", "equalization_scales", "find_equalization_pairs",
            "EqualizationPair", "ChannelClamp", "RELU6_POLICIES", "NUM_SIGMAS"]
 
@@ -54,4 +54,23 @@ def dfq(model: nn.Module, *, relu6: str = "relu", absorb_bias: bool = True, num_
     model, pairs = cross_layer_equalize(model, relu6=relu6, max_sweeps=max_sweeps, inplace=True)
     if absorb_bias:
         absorb_high_bias(model, pairs, num_sigmas)
+    return model
+
+
+def relu6_replaced(before: nn.Module, after: nn.Module) -> list:
+    """Names of the ``nn.ReLU6`` modules of ``before`` that are plain ``nn.ReLU`` in ``after``
+    (what ``dfq(..., relu6='relu')`` changed; saved with a model so it can be rebuilt)."""
+    mods = dict(after.named_modules())
+    return [n for n, m in before.named_modules()
+            if isinstance(m, nn.ReLU6) and isinstance(mods.get(n), nn.ReLU) and not isinstance(mods.get(n), nn.ReLU6)]
+
+
+def replace_relu6(model: nn.Module, names) -> nn.Module:
+    """Turn the named ``nn.ReLU6`` modules of ``model`` into ``nn.ReLU`` in place (see :func:`relu6_replaced`)."""
+    from ..quant.graph import replace_module
+
+    for name in names:
+        if not isinstance(model.get_submodule(name), nn.ReLU6):
+            raise ValueError(f"module {name!r} is not an nn.ReLU6")
+        replace_module(model, name, nn.ReLU())
     return model
