@@ -275,3 +275,33 @@ def test_relu6_bookkeeping_rebuilds_the_equalised_architecture():
         _assert_same(eq, rebuilt, torch.randn(2, 3, 33, 33))
     with pytest.raises(ValueError, match="ReLU6"):
         replace_relu6(rebuilt, names[:1])
+
+
+@torch.no_grad()
+def test_bn_activation_ranges_by_hand_and_data_free_calibration():
+    from zsq_engine.synth_free import bn_activation_ranges, set_bn_activation_ranges
+
+    bn = nn.BatchNorm2d(2)
+    bn.weight.copy_(torch.tensor([1.0, 0.5]))
+    bn.bias.copy_(torch.tensor([10.0, 1.0]))
+    m = Chain(torch.tensor([[1.0], [1.0]]), torch.tensor([[1.0, 1.0]]), bn=bn, act=nn.ReLU6()).eval()
+    # channel 0 ~ N(10, 1) clipped to [0, 6]: mean ~6, tiny std, support cap 6;
+    # channel 1 ~ N(1, 0.25) barely clipped: 1 - 6 * 0.5 < 0 -> low 0
+    lo, hi = bn_activation_ranges(m)["conv2"]
+    assert lo == 0.0 and hi == pytest.approx(6.0)
+    m2 = Chain(torch.tensor([[1.0], [1.0]]), torch.tensor([[1.0, 1.0]]), bn=bn, act=nn.ReLU()).eval()
+    lo, hi = bn_activation_ranges(m2, num_std=3)["conv2"]
+    assert lo == pytest.approx(0.0, abs=1e-6) and hi == pytest.approx(10.0 + 3.0, rel=1e-4)
+    # end to end: a data-free 8-bit model of the wild net stays close to float
+    net = _wild_net()
+    f = dfq(net)
+    q = quantize_model(f, 8, 8, first_last_bits=None)
+    bias_correct(q, f)
+    calibrate_activations(q, [torch.randn(8, 3, 12, 12)], progress=False)  # for the pool-fed linear
+    done = set_bn_activation_ranges(q, f)              # overrides the data ranges where BN knows
+    assert set(done) == {"3", "6"}                      # the two layers fed by BN -> ReLU
+    s, z = q[3].act_quantizer.qparams()
+    assert int(z) == 0 and float(s) == pytest.approx(done["3"][1] / 255, rel=1e-6)
+    x = torch.randn(32, 3, 12, 12)
+    ref = net(x)
+    assert ((q(x) - ref) ** 2).mean() < 0.05 * (ref ** 2).mean()

@@ -12,7 +12,7 @@ image, a max-pool, ...) are left uncorrected.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,9 +22,8 @@ from ..quant.modules import QuantLayer
 from .absorb import weighted_channel_sum
 from .graph import node_kind
 
-__all__ = ["clipped_normal_moments", "expected_layer_inputs", "bias_correct"]
+__all__ = ["clipped_normal_moments", "expected_layer_inputs", "expected_layer_stats", "InputStats", "bias_correct"]
 
-Moments = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (mean, variance or None)
 
 
 def _phi(z: torch.Tensor) -> torch.Tensor:
@@ -77,49 +76,68 @@ def _act_bounds(kind: str, module: Optional[nn.Module]):
     return module.upper.detach().double()
 
 
+class InputStats(NamedTuple):
+    """Per-channel statistics of a layer's input derived from BN layers: ``mean``, ``var`` (None
+    when unknown, e.g. after a pool) and the support ``[lower, upper]`` (possibly infinite)."""
+
+    mean: torch.Tensor
+    var: Optional[torch.Tensor]
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
 @torch.no_grad()
-def expected_layer_inputs(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """``{conv / linear name: E[input] per channel (float64)}`` for the layers whose input
-    statistics follow from the BN layers of ``model`` (see the module docstring)."""
+def expected_layer_stats(model: nn.Module) -> Dict[str, InputStats]:
+    """``{conv / linear name: InputStats}`` for the layers whose input statistics follow from the
+    BN layers of ``model`` (see the module docstring)."""
     graph = try_symbolic_trace(model)
     if graph is None:
         raise ValueError("bias correction needs a model torch.fx can trace (it follows the BN statistics "
                          "through the graph)")
     modules = dict(model.named_modules())
-    moments: Dict[str, Optional[Moments]] = {}
-    result: Dict[str, torch.Tensor] = {}
+    stats: Dict[str, Optional[InputStats]] = {}
+    result: Dict[str, InputStats] = {}
 
-    def get(arg) -> Optional[Moments]:
-        return moments.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+    def get(arg) -> Optional[InputStats]:
+        return stats.get(arg.name) if isinstance(arg, torch.fx.Node) else None
 
     for node in graph.nodes:
         kind = node_kind(node, modules)
         src = get(node.args[0]) if node.args else None
-        out: Optional[Moments] = None
+        out: Optional[InputStats] = None
         if kind in ("conv", "linear"):
             if src is not None and len(node.args) == 1:
-                result[node.target] = src[0]
+                result[node.target] = src
         elif kind == "bn":
             bn = modules[node.target]
             beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(bn.num_features,
                                                                                   dtype=torch.float64)
             gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(beta)
-            out = (beta, gamma ** 2)
+            inf = torch.full_like(beta, math.inf)
+            out = InputStats(beta, gamma ** 2, -inf, inf)
         elif kind in ("relu", "relu6", "clamp"):
-            if src is not None and src[1] is not None:
+            if src is not None and src.var is not None:
                 upper = _act_bounds(kind, modules.get(node.target) if node.op == "call_module" else None)
-                out = clipped_normal_moments(src[0], src[1].sqrt(), 0.0, upper)
+                mean, var = clipped_normal_moments(src.mean, src.var.sqrt(), 0.0, upper)
+                hi = torch.full_like(mean, math.inf) if upper is None else \
+                    torch.as_tensor(upper, dtype=torch.float64).expand_as(mean).clone()
+                out = InputStats(mean, var, torch.zeros_like(mean), hi)
         elif kind in ("pass", "flatten"):
             out = src
         elif kind == "avgpool":
-            out = (src[0], None) if src is not None else None
+            out = InputStats(src.mean, None, src.lower, src.upper) if src is not None else None
         elif kind == "add":
             other = get(node.args[1])
-            if src is not None and other is not None and src[0].shape == other[0].shape:
-                var = src[1] + other[1] if src[1] is not None and other[1] is not None else None
-                out = (src[0] + other[0], var)
-        moments[node.name] = out
+            if src is not None and other is not None and src.mean.shape == other.mean.shape:
+                var = src.var + other.var if src.var is not None and other.var is not None else None
+                out = InputStats(src.mean + other.mean, var, src.lower + other.lower, src.upper + other.upper)
+        stats[node.name] = out
     return result
+
+
+def expected_layer_inputs(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``{conv / linear name: E[input] per channel (float64)}``, see :func:`expected_layer_stats`."""
+    return {name: st.mean for name, st in expected_layer_stats(model).items()}
 
 
 @torch.no_grad()
