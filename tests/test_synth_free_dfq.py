@@ -297,7 +297,7 @@ def test_bn_activation_ranges_by_hand_and_data_free_calibration():
     f = dfq(net)
     q = quantize_model(f, 8, 8, first_last_bits=None)
     bias_correct(q, f)
-    calibrate_activations(q, [torch.randn(8, 3, 12, 12)], progress=False)  # for the pool-fed linear
+    calibrate_activations(q, [torch.randn(8, 3, 12, 12)], progress=False)  # for the conv-fed linear
     done = set_bn_activation_ranges(q, f)              # overrides the data ranges where BN knows
     assert set(done) == {"3", "6"}                      # the two layers fed by BN -> ReLU
     s, z = q[3].act_quantizer.qparams()

@@ -5,8 +5,8 @@ surely) in ``beta_i +- n gamma_i``, cut to the support of what follows the BN (`
 after a ReLU, ``[0, 6]`` after a ReLU6). Here the per-channel statistics come from
 :func:`expected_layer_stats` (through ReLU / ReLU6 as clipped normals, through residual adds as
 sums), and a per-tensor grid covers ``[min_i(mean_i - n std_i), max_i(mean_i + n std_i)]``
-clipped to the support. A layer after a global pool (variance unknown) takes the finite support
-of its input (e.g. ``[0, 6]`` after ReLU6); layers with nothing known are left as they are.
+clipped to the support. After a global pool the per-pixel variance is used (an upper bound, so
+the range is conservative); layers with nothing known are left as they are.
 """
 from __future__ import annotations
 

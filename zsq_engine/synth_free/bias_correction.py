@@ -6,7 +6,7 @@ the graph of the float model: a BN output of channel ``i`` is modelled as ``N(be
 and pushed through what follows it - ReLU / ReLU6 / ChannelClamp (moments of the clipped normal,
 :func:`clipped_normal_moments`), identities and zero padding (unchanged; the border is ignored
 as in the paper), residual adds (means and variances add, the branches taken as independent) and
-a global average pool (mean unchanged). Layers whose input cannot be reached this way (the
+a global average pool (mean unchanged, the per-pixel variance kept as an upper bound). Layers whose input cannot be reached this way (the
 image, a max-pool, ...) are left uncorrected.
 """
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _act_bounds(kind: str, module: Optional[nn.Module]):
 
 class InputStats(NamedTuple):
     """Per-channel statistics of a layer's input derived from BN layers: ``mean``, ``var`` (None
-    when unknown, e.g. after a pool) and the support ``[lower, upper]`` (possibly infinite)."""
+    when unknown; after a global average pool the per-pixel variance, an upper bound) and the
+    support ``[lower, upper]`` (possibly infinite)."""
 
     mean: torch.Tensor
     var: Optional[torch.Tensor]
@@ -125,7 +126,8 @@ def expected_layer_stats(model: nn.Module) -> Dict[str, InputStats]:
         elif kind in ("pass", "flatten"):
             out = src
         elif kind == "avgpool":
-            out = InputStats(src.mean, None, src.lower, src.upper) if src is not None else None
+            # averaging pixels keeps the mean; the per-pixel variance stays as an UPPER bound
+            out = src
         elif kind == "add":
             other = get(node.args[1])
             if src is not None and other is not None and src.mean.shape == other.mean.shape:
