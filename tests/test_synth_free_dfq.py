@@ -122,6 +122,11 @@ def test_equalization_keeps_depthwise_nets_equivalent(build):
             torch.testing.assert_close(r1, r2, rtol=1e-3, atol=1e-9)
         skipped, kept = cross_layer_equalize(net, relu6="skip")
         assert not kept                                   # every pair of these nets goes through a ReLU6
+        # 'auto' equalises exactly the pairs whose BN keeps beta + 3 |gamma| <= 6
+        auto, auto_pairs = cross_layer_equalize(net, relu6="auto")
+        inactive = [p.first for p in pairs
+                    if float((net.get_submodule(p.bn).bias + 3 * net.get_submodule(p.bn).weight.abs()).max()) <= 6]
+        assert [p.first for p in auto_pairs] == inactive
 
 
 def test_dfq_on_the_fashion_mnist_resnet_is_equivalent():
@@ -267,7 +272,7 @@ def test_relu6_bookkeeping_rebuilds_the_equalised_architecture():
     from zsq_engine.synth_free import relu6_replaced, replace_relu6
 
     net = _small_mobilenet()
-    eq = dfq(net, absorb_bias=False)
+    eq = dfq(net, absorb_bias=False, relu6="relu")
     names = relu6_replaced(net, eq)
     assert names and set(names) == {n for n, m in net.named_modules() if isinstance(m, nn.ReLU6)}
     rebuilt = replace_relu6(copy.deepcopy(net), names)

@@ -10,8 +10,9 @@ from torch import nn
 
 def add_equalize_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--equalize", action="store_true",
-                   help="DFQ first (no data): cross-layer equalisation + high-bias absorption; ReLU6s of "
-                        "equalised pairs become ReLUs, as in the DFQ paper")
+                   help="DFQ first (no data): cross-layer equalisation + high-bias absorption; pairs through "
+                        "a ReLU6 are equalised only where the BN statistics say the clip is inactive (the "
+                        "ReLU6 then becomes a ReLU, which the integer runtime and saved files support)")
 
 
 def add_bits_budget_arg(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def maybe_equalize(args: argparse.Namespace, model: nn.Module) -> Tuple[nn.Modul
         return model, {}
     from zsq_engine.synth_free import dfq, relu6_replaced
 
-    equalized = dfq(model)
+    equalized = dfq(model, relu6="auto")
     return equalized, {"equalize": "dfq", "relu6_as_relu": relu6_replaced(model, equalized)}
 
 

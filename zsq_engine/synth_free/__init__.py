@@ -31,23 +31,25 @@ __all__ = ["dfq", "relu6_replaced", "replace_relu6", "cross_layer_equalize", "ab
            "EqualizationPair", "ChannelClamp", "RELU6_POLICIES", "NUM_SIGMAS"]
 
 
-def dfq(model: nn.Module, *, relu6: str = "relu", absorb_bias: bool = True, num_sigmas: float = NUM_SIGMAS,
+def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num_sigmas: float = NUM_SIGMAS,
         max_sweeps: int = 50, inplace: bool = False) -> nn.Module:
     """Cross-layer equalisation, then high-bias absorption: a float model ready for quantization.
 
     Args:
         model: float model with its BatchNorm layers (eval-mode semantics); must be traceable
             by ``torch.fx``.
-        relu6: ReLU6 policy of :func:`cross_layer_equalize` ('relu' as the paper, 'clamp'
-            exact, 'skip').
+        relu6: ReLU6 policy of :func:`cross_layer_equalize`: 'clamp' (exact, per-channel clamp
+            modules the integer runtime cannot lower), 'relu' (the paper), 'auto' (ReLU where BN
+            says the clip is inactive, else skip: runtime-lowerable) or 'skip'.
         absorb_bias: also absorb high biases (needs BN statistics; see :mod:`.absorb`).
         num_sigmas: ``c = max(0, beta - num_sigmas |gamma|)``.
         max_sweeps: equalisation passes at most.
         inplace: modify ``model`` instead of a deep copy.
     Returns:
         The transformed model in ``model``'s train/eval mode. Equalisation alone is exact up to
-        float rounding (with ``relu6='relu'``: relative to the model whose equalised ReLU6s are
-        ReLUs); absorption is exact where the 3-sigma assumption holds, away from padded borders.
+        float rounding (with ``relu6='relu'`` / ``'auto'``: relative to the model whose equalised
+        ReLU6s are ReLUs); absorption is exact where the 3-sigma assumption holds, away from
+        padded borders.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
