@@ -122,14 +122,14 @@ def test_mixed_int8_int4_model_runs_on_the_integer_runtime():
 
 def test_fmnist_plan_meets_its_budget():
     model = get_model("fmnist_resnet", pretrained=True).eval()
-    images = torch.randn(32, 1, 28, 28)
-    sens = layer_sensitivity(model, images, weight_bits=(2, 4, 8), act_bits=(4, 8))
-    ref = quantize_model(model, 4, 4)
+    images = torch.randn(16, 1, 28, 28)
+    sens = layer_sensitivity(model, images, weight_bits=(2, 4, 8), act_bits=(4, 8), weight_method="minmax")
+    ref = quantize_model(model, 4, 4, weight_method="minmax")
     costs = layer_costs(ref, images)
     target = average_bits(ref, costs)
     plan = plan_bits(sens, costs, target["weight"], mode="size")
-    q = quantize_model(model, 8, 8, first_last_bits=None)
-    apply_bit_plan(q, plan)
+    q = quantize_model(model, 8, 8, first_last_bits=None, weight_method="minmax")
+    apply_bit_plan(q, plan, weight_method="minmax")
     got = average_bits(q, costs)
     assert got["weight"] <= target["weight"] + 1e-9
     assert got["act"] <= target["weight"] + 1e-9
