@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import common, eval_data, guard
+from . import common, eval_data, guard, synth_free_args
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
                         "naive PTQ) instead of real ones")
     p.add_argument("--limit", type=common.positive_int, default=None,
                    help="evaluate only the first N images of --val-dir")
+    synth_free_args.add_equalize_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_float_model(args.model, args.weights)
     info = eval_data.model_info(args, model=model)
+    model, _ = synth_free_args.maybe_equalize(args, model)
     if fmnist_test:
         test = fmnist_batches("test", args.batch_size, args.data_dir)
         calib = None if args.calib_data else fmnist_calibration(args.calib_images, args.data_dir, args.seed)

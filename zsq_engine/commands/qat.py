@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import common, eval_data, guard
+from . import common, eval_data, guard, synth_free_args
 
 _EPILOG = """methods:
   gdfq   conditional generator (teacher CE + BN statistics) trained alongside the student;
@@ -66,6 +66,7 @@ def add_parser(subparsers) -> None:
                    help="evaluate on the first N test / --val-dir images only (default: all)")
     p.add_argument("--no-start-eval", action="store_true",
                    help="skip measuring the naive-quantized starting accuracy")
+    synth_free_args.add_equalize_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         _say_resume(checkpoint, cfg.epochs)
     model, info = eval_data.load_model(args)
     pool = _load_pool(args.pool, args.model, model, info) if args.pool else None
+    model, extra = synth_free_args.maybe_equalize(args, model)
     show = not args.no_progress
     test, no_test = eval_data.val_batches(args, info, args.eval_limit)
 
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                            checkpoint=checkpoint, resume=args.resume, pool=pool, show_progress=show,
                            on_epoch_end=on_epoch_end, on_prepared=on_prepared, **overrides)
     seconds = time.perf_counter() - t0
-    meta = {"model": args.model, **result.meta, "history": result.history}
+    meta = {"model": args.model, **result.meta, "history": result.history, **extra}
     acc = None
     if test is not None:
         print(f"evaluating on {no_test}", flush=True)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from . import common, eval_data, guard
+from . import common, eval_data, guard, synth_free_args
 
 _EPILOG = """data:
   real       N real images (the real-data upper bound): Fashion-MNIST TRAINING images for
@@ -50,6 +50,8 @@ def add_parser(subparsers) -> None:
                    help="per-unit progress file, written after every unit (default <out>.ckpt; removed at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the killed run in --checkpoint at the unit where it stopped (same result)")
+    synth_free_args.add_equalize_arg(p)
+    synth_free_args.add_bits_budget_arg(p)
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test / --val-dir images only (default: all)")
     common.add_device_args(p)
@@ -140,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     guard.check_bits(args.wbits, "--wbits")
     guard.check_bits(args.abits, "--abits")
     guard.check_positive(args, "batch_size")
+    if args.bits_budget is not None and not args.bits_budget > 0:
+        raise guard.bad_value("--bits-budget", args.bits_budget, "must be a positive number of bits", "e.g. --bits-budget 4.5")
     if args.data == "real" and args.model != "fmnist_resnet" and not args.calib_dir:
         raise guard.UsageError("--data real needs real images", f"--model {args.model}",
                                "there is no built-in real data for it",
@@ -171,13 +175,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"reconstructing {args.model} W{args.wbits}A{args.abits} ({args.method}, preset {args.preset}) on "
           f"{num} images", flush=True)
     t0 = time.perf_counter()
+    model, extra = synth_free_args.maybe_equalize(args, model)
+    layer_bits, plan_meta = synth_free_args.maybe_plan_bits(args, model, images)
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
-                               show_progress=not args.no_progress, checkpoint=checkpoint)
+                               show_progress=not args.no_progress, checkpoint=checkpoint, layer_bits=layer_bits)
     seconds = time.perf_counter() - t0
     if result.meta.get("rank", 0) != 0:  # under torchrun every process holds the same model
         return 0
-    meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units}
+    meta = {"model": args.model, "data": args.data, **result.meta, "units_report": result.units, **extra,
+            **plan_meta}
     acc = None
     if test is not None:
         print(f"reconstruction done in {seconds:.1f} s; evaluating on {no_test}", flush=True)

@@ -48,8 +48,14 @@ def load_quantized(path, device="cpu"):
         raise FileFormatError(path, f"is a quantized model without {', '.join(missing)} in its meta", hint)
     try:
         model = get_model(meta["model"], pretrained=False)
+        if meta.get("relu6_as_relu"):  # DFQ equalisation replaced these ReLU6s (synth_free.dfq)
+            from ..synth_free import replace_relu6
+            replace_relu6(model, meta["relu6_as_relu"])
         qmodel = quantize_model(model, meta["wbits"], meta["abits"], first_last_bits=meta.get("first_last_bits", 8),
                                 weight_method="minmax")
+        if meta.get("layer_bits"):  # per-layer bits (quant.bit_allocation)
+            from ..quant.bit_allocation import apply_bit_plan
+            apply_bit_plan(qmodel, {k: tuple(v) for k, v in meta["layer_bits"].items()}, weight_method="minmax")
         qmodel.load_state_dict(obj["state_dict"], strict=True)
     except (ValueError, TypeError, RuntimeError) as exc:
         why = str(exc).splitlines()[0][:300]

@@ -24,6 +24,7 @@ both can be baked back into a plain ``UniformQuantizer`` (:func:`bake_weight`, :
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -31,10 +32,13 @@ from torch import nn
 
 from .. import ops
 from ..quant.quantizer import SCALE_EPS, SpecRange, UniformQuantizer
+from ..quant.squant import squant_round
 
-__all__ = ["AdaRoundWeightQuantizer", "LSQActQuantizer", "bake_weight", "bake_act", "GENIE_SEARCH_CANDIDATES"]
+__all__ = ["AdaRoundWeightQuantizer", "LSQActQuantizer", "bake_weight", "bake_act", "GENIE_SEARCH_CANDIDATES",
+           "ROUNDING_INITS"]
 
 GENIE_SEARCH_CANDIDATES = 100
+ROUNDING_INITS = ("nearest", "squant")
 SEARCH_P = 2.4
 
 
@@ -47,14 +51,20 @@ class AdaRoundWeightQuantizer(SpecRange, nn.Module):
             (bits, range, per-channel) and, unless ``search_scale``, the initial ``(s0, z)``.
         learn_scale: make the step ``s`` an ``nn.Parameter`` (Genie-M); else a fixed buffer.
         search_scale: re-initialise ``(s0, z)`` by the ``num_candidates``-ratio Lp(2.4) search.
+        rounding_init: 'nearest' (AdaRound: ``h`` = the fractional part of ``W / s``) or 'squant'
+            (``h`` = the SQuant rounding decision, 0 or 1, see :mod:`zsq_engine.quant.squant`;
+            ``alpha`` sits just inside the rectified sigmoid's saturation so gradients still flow).
 
     State: ``w_floor`` (buffer, same shape as ``weight``), ``alpha`` (Parameter), ``scale``
     ``[C]`` fp32 (Parameter or buffer), ``zero_point`` ``[C]`` fp32 integers (buffer), ``hard``.
     """
 
     def __init__(self, weight: torch.Tensor, template: UniformQuantizer, *, learn_scale: bool = False,
-                 search_scale: bool = False, num_candidates: int = GENIE_SEARCH_CANDIDATES) -> None:
+                 search_scale: bool = False, num_candidates: int = GENIE_SEARCH_CANDIDATES,
+                 rounding_init: str = "nearest") -> None:
         super().__init__()
+        if rounding_init not in ROUNDING_INITS:
+            raise ValueError(f"rounding_init must be one of {ROUNDING_INITS}, got {rounding_init!r}")
         if not isinstance(template, UniformQuantizer):
             raise TypeError(f"template must be a UniformQuantizer, got {type(template).__name__}")
         spec = template.spec
@@ -69,6 +79,8 @@ class AdaRoundWeightQuantizer(SpecRange, nn.Module):
         scale = scale.detach().float().reshape(-1).clamp_min(SCALE_EPS).to(w.device)
         zp = torch.round(zp.detach().float().reshape(-1)).clamp(spec.quant_min, spec.quant_max).to(w.device)
         w_floor, alpha = ops.adaround_init(w, scale, axis=self.axis)
+        if rounding_init == "squant":
+            alpha = _squant_alpha(w, w_floor, scale, zp, spec, self.axis).to(alpha.dtype)
         self.register_buffer("w_floor", w_floor)
         self.register_buffer("zero_point", zp)
         self.alpha = nn.Parameter(alpha)
@@ -101,6 +113,19 @@ class AdaRoundWeightQuantizer(SpecRange, nn.Module):
     def extra_repr(self) -> str:
         return (f"bits={self.spec.bits}, range=[{self.quant_min}, {self.quant_max}], "
                 f"learn_scale={self.learn_scale}, hard={self.hard}")
+
+
+def _squant_alpha(w, w_floor, scale, zp, spec, axis) -> torch.Tensor:
+    """Logits whose soft and hard ``h`` both equal SQuant's decision ``codes - z - floor(W/s)``."""
+    shape = _channel_shape(w.dim(), axis)
+    s = scale.double().reshape(shape)
+    z = zp.double().reshape(shape)
+    codes = squant_round(w.double() / s + z, spec.quant_min, spec.quant_max)
+    up = (codes - z - w_floor.double()) > 0.5
+    # sigmoid(log 11) * (zeta - gamma) + gamma = 1: a hair below keeps h in the live range
+    a = math.log(11.0) * (1.0 - 1e-6)
+    ones = torch.ones_like(w_floor, dtype=torch.float64)
+    return torch.where(up, a * ones, -a * ones)
 
 
 def _channel_shape(ndim: int, axis: Optional[int]):

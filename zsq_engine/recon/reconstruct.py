@@ -44,6 +44,7 @@ from .. import ops
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
+from ..quant.bit_allocation import apply_bit_plan
 from .blocks import Unit, partition
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
@@ -81,6 +82,7 @@ class ReconConfig:
     input_mix_prob: float = 0.5     # probability of taking the QUANTIZED unit input per element
     act_drop_prob: float = 0.5      # QDrop: probability of quantizing an activation element
     log_every: int = 50
+    rounding_init: str = "nearest"  # or 'squant': AdaRound starts from the SQuant rounding
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -254,7 +256,8 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         wq = aq = None
         if wt is not None and wt.enabled:
             wq = AdaRoundWeightQuantizer(layer.weight, wt, learn_scale=cfg.learn_weight_scale,
-                                         search_scale=cfg.search_weight_scale).to(device)
+                                         search_scale=cfg.search_weight_scale,
+                                         rounding_init=cfg.rounding_init).to(device)
             layer.weight_quantizer = wq
             wquants.append(wq)
         if at is not None and at.enabled:
@@ -369,7 +372,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
                       device: Union[str, torch.device] = "cpu", units: Optional[Sequence[str]] = None,
                       first_last_bits: Optional[int] = 8, offload: Optional[bool] = None,
                       show_progress: bool = True, checkpoint=None,
-                      on_unit_done: Optional[Callable[[int, int], None]] = None, **overrides) -> ReconResult:
+                      on_unit_done: Optional[Callable[[int, int], None]] = None,
+                      layer_bits: Optional[dict] = None, **overrides) -> ReconResult:
     """Quantize a float model with block reconstruction (BRECQ / QDrop / Genie-M).
 
     Args:
@@ -387,6 +391,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
             are loaded and the run continues with the next one, giving the uninterrupted result.
             A checkpoint of another run is refused (ValueError). The caller deletes it when done.
         on_unit_done: called as ``f(units_done, num_units)`` after each unit (and its checkpoint).
+        layer_bits: per-layer ``{name: (weight bits, act bits)}`` overriding wbits / abits (a plan
+            from :func:`zsq_engine.quant.bit_allocation.plan_bits`).
         overrides: further :class:`ReconConfig` fields (e.g. ``round_weight=0.1``).
     Returns a :class:`ReconResult` (``meta['resumed_units']``: units taken from the checkpoint).
     """
@@ -399,13 +405,13 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     world = ReconWorld(torch.device(device))
     try:
         return _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units,
-                            first_last_bits, offload, show_progress, checkpoint, on_unit_done)
+                            first_last_bits, offload, show_progress, checkpoint, on_unit_done, layer_bits)
     finally:
         world.close()
 
 
 def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units, first_last_bits, offload,
-                 show_progress, checkpoint, on_unit_done) -> ReconResult:
+                 show_progress, checkpoint, on_unit_done, layer_bits) -> ReconResult:
     device = world.device
     if world.size > 1 and cfg.batch_size < world.size:
         raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world.size} processes sharing each batch")
@@ -420,6 +426,8 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
     fp = fold_model_bn(copy.deepcopy(model)).to(device).eval()
     qmodel = quantize_model(model, wbits, abits, first_last_bits=first_last_bits, weight_method="mse",
                             act_method="mse").to(device).eval()
+    if layer_bits:
+        apply_bit_plan(qmodel, layer_bits, weight_method="mse")
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     calibrate_activations(qmodel, calib, progress=False)
     unit_list: List[Unit] = partition(qmodel, units)
@@ -438,7 +446,8 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
 
         fingerprint = run_fingerprint(model, images, {
             "method": method, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits, "seed": seed,
-            "config": asdict(cfg), "units": [u.name for u in unit_list]})
+            "config": asdict(cfg), "units": [u.name for u in unit_list],
+            "layer_bits": {k: list(v) for k, v in sorted((layer_bits or {}).items())}})
         saved = load_progress(checkpoint, fingerprint)
         if saved is not None:
             qmodel.load_state_dict(saved["state_dict"], strict=True)

@@ -1,0 +1,97 @@
+"""Accuracy of the synthesis-free methods on the Fashion-MNIST ResNet (docs/accuracy.md rows).
+
+One row per call::
+
+    python benchmarks/synth_free_accuracy.py --method naive|dfq|squant|dfq-squant|genie|dfq-genie \
+        --bits W4A4 --synth synth.pt [--mixed] [--seed 0]
+
+* naive: quantize_model (weights: Lp search, activations: 'mse' observer) + activation ranges
+  calibrated on the synthetic images - the zero-shot naive baseline every row shares.
+* dfq: synth_free.dfq (equalisation + high-bias absorption) + bias correction, then as naive.
+* squant: naive with SQuant-rounded weights (quant.squant.apply_squant); dfq-squant: both.
+* genie / dfq-genie: Genie-M block reconstruction (fast preset) from the same images.
+* --mixed: per-layer bits from bit_allocation (KL sensitivities on the synthetic images, exact
+  solver) at the average bits ('size' budget) of the uniform configuration given by --bits,
+  first/last layer included in that average.
+Weights are never fitted to the images except by Genie; the test split is only evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from zsq_engine.commands.data_sources import fmnist_batches
+from zsq_engine.evaluation import evaluate_accuracy
+from zsq_engine.models import get_model
+from zsq_engine.quant import calibrate_activations, quantize_model
+from zsq_engine.quant.bit_allocation import apply_bit_plan, average_bits, layer_costs, layer_sensitivity, plan_bits
+from zsq_engine.quant.squant import apply_squant
+from zsq_engine.recon import reconstruct_model
+from zsq_engine.synth.io import load_output
+from zsq_engine.synth_free import bias_correct, dfq
+
+METHODS = ("naive", "dfq", "squant", "dfq-squant", "genie", "dfq-genie")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--bits", default="W4A4")
+    p.add_argument("--synth", required=True, help="file from `zsq synthesize --model fmnist_resnet`")
+    p.add_argument("--num", type=int, default=256, help="synthetic images used (default 256)")
+    p.add_argument("--mixed", action="store_true", help="per-layer bits at the average bits of --bits")
+    p.add_argument("--budget-mode", default="size", choices=("size", "bops"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-limit", type=int, default=None)
+    args = p.parse_args()
+    wbits, abits = (int(v) for v in args.bits.upper().lstrip("W").split("A"))
+    torch.manual_seed(args.seed)
+    model = get_model("fmnist_resnet", pretrained=True).eval()
+    images = load_output(args.synth)["images"][: args.num].float()
+    calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
+    t0 = time.perf_counter()
+    base = dfq(model) if args.method.startswith("dfq") else model
+    plan = None
+    info = {}
+    if args.mixed:
+        ref = quantize_model(base, wbits, abits).eval()
+        costs = layer_costs(ref, images)
+        target = average_bits(ref, costs)
+        budget = target["weight"] if args.budget_mode == "size" else target["bops_bits"]
+        sens = layer_sensitivity(base, images, weight_method="mse", act_method="mse")
+        plan = plan_bits(sens, costs, budget, mode=args.budget_mode)
+        # the activation budget of 'size' mode is the uniform model's activation average
+        if args.budget_mode == "size":
+            act_plan = plan_bits(sens, costs, target["act"], mode="size")
+            plan = {n: (plan[n][0], act_plan[n][1]) for n in plan}
+        info["target_bits"] = target
+        info["plan"] = plan
+    if args.method.endswith("genie"):
+        q = reconstruct_model(base, images, wbits, abits, method="genie", preset="fast", seed=args.seed,
+                              show_progress=False, layer_bits=plan).model
+    else:
+        q = quantize_model(base, wbits, abits, weight_method="mse", act_method="mse").eval()
+        if plan:
+            apply_bit_plan(q, plan)
+        if args.method.endswith("squant"):
+            info["squant_flips"] = sum(apply_squant(q).values())
+        if args.method.startswith("dfq"):
+            bias_correct(q, base)
+        calibrate_activations(q, calib, progress=False)
+    seconds = time.perf_counter() - t0
+    if plan:
+        info["achieved_bits"] = average_bits(q, layer_costs(q, images))
+    test = fmnist_batches("test", 256, None)
+    if args.eval_limit:
+        test = [b for b in test][: -(-args.eval_limit // 256)]
+    acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
+    row = {"method": args.method, "bits": args.bits, "mixed": args.mixed, "accuracy": round(acc, 2),
+           "seconds": round(seconds, 1), **info}
+    print(json.dumps(row, default=str))
+
+
+if __name__ == "__main__":
+    main()

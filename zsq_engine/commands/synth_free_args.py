@@ -1,0 +1,46 @@
+"""The ``--equalize`` and ``--bits-budget`` options shared by quantize / qat / eval."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def add_equalize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--equalize", action="store_true",
+                   help="DFQ first (no data): cross-layer equalisation + high-bias absorption; pairs through "
+                        "a ReLU6 are equalised only where the BN statistics say the clip is inactive (the "
+                        "ReLU6 then becomes a ReLU, which the integer runtime and saved files support)")
+
+
+def add_bits_budget_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits-budget", type=float, default=None, metavar="B",
+                   help="mixed precision: per-layer weight/activation bits chosen from KL sensitivities on the "
+                        "calibration images, average weight bits (by parameters) and activation bits (by "
+                        "elements) at most B; every layer, first and last included, is allocated")
+
+
+def maybe_equalize(args: argparse.Namespace, model: nn.Module) -> Tuple[nn.Module, dict]:
+    """``(model, meta)``: ``dfq(model)`` and what to record when ``--equalize``, else unchanged."""
+    if not getattr(args, "equalize", False):
+        return model, {}
+    from zsq_engine.synth_free import dfq, relu6_replaced
+
+    equalized = dfq(model, relu6="auto")
+    return equalized, {"equalize": "dfq", "relu6_as_relu": relu6_replaced(model, equalized)}
+
+
+def maybe_plan_bits(args: argparse.Namespace, model: nn.Module, images: torch.Tensor) -> Tuple[Optional[dict], dict]:
+    """``(layer_bits or None, meta)`` for ``--bits-budget``; prints the plan."""
+    budget = getattr(args, "bits_budget", None)
+    if budget is None:
+        return None, {}
+    from zsq_engine.quant.bit_allocation import format_plan, plan_for_budget
+
+    if budget <= 0:
+        raise ValueError(f"--bits-budget must be a positive number of bits, got {budget}")
+    plan = plan_for_budget(model, images, budget, weight_method="mse", act_method="mse")
+    print(f"per-layer bits for an average of {budget:g}:\n{format_plan(plan)}", flush=True)
+    return plan, {"layer_bits": plan, "bits_budget": budget}

@@ -1,0 +1,31 @@
+"""``ChannelClamp``: ``clamp(x, 0, upper[c])`` per channel, what a ReLU6 becomes after equalisation."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ChannelClamp"]
+
+
+class ChannelClamp(nn.Module):
+    """``y[:, c] = clamp(x[:, c], 0, upper[c])`` for ``x`` of shape ``[N, C, ...]``.
+
+    Equalisation divides channel ``c`` of a ReLU6's input by ``s[c] > 0``; since
+    ``relu6(x) / s = clamp(x / s, 0, 6 / s)``, the exact replacement is this module with
+    ``upper = 6 / s``. ``upper`` is a buffer, so it travels with the state dict.
+    """
+
+    def __init__(self, upper: torch.Tensor) -> None:
+        super().__init__()
+        if not isinstance(upper, torch.Tensor) or upper.dim() != 1:
+            raise ValueError(f"upper must be a 1-D tensor of per-channel bounds, got {upper!r}")
+        self.register_buffer("upper", upper.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.upper.numel():
+            raise ValueError(f"x must be [N, {self.upper.numel()}, ...], got shape {tuple(x.shape)}")
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return torch.minimum(torch.relu(x), self.upper.to(x.dtype).reshape(shape))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.upper.numel()}"
