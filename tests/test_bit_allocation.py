@@ -157,4 +157,4 @@ def test_cli_quantize_with_equalize_and_bits_budget_round_trips(tmp_path, capsys
     assert average_bits(qmodel, costs)["weight"] <= 5.0 + 1e-9
     rc = main(["quantize", "--data", str(synth), "--bits-budget", "0", "--out", str(tmp_path / "x.pt"),
                "--no-progress", "--device", "cpu"])
-    assert rc == 1 and "--bits-budget" in capsys.readouterr().err
+    assert rc == 2 and "--bits-budget" in capsys.readouterr().err
