@@ -15,11 +15,12 @@ an H100's 132 SMs, tile shapes chosen on the host), not a hand-written copy of i
 "Aligned" scenarios use allocator-aligned tensors and sizes divisible by 16 (the headline
 shapes); "unaligned" ones use what the ops also accept: odd K / channel counts, views with a
 storage offset, transposed weights, strided (NCHW-as-NHWC) inputs, C not a multiple of 16);
-they get their own autotune lists. Coverage (kept to ~70 s on 2 idle cores): every autotune
-config of the GEMM / conv kernels for the int8, W4A8 and W4A4 operand kinds at the aligned
-specialisation on sm_90a, every config of the unaligned lists, every config of the int8 GEMM,
-the small-M W4A8 GEMM and the conv on sm_80; the uint8 / unsigned-int4 operand kinds, every
-epilogue kind and the other sm_80 cases on the first config of each list (``configs="first"``).
+they get their own autotune lists. Coverage (about 80 s on 2 idle cores): every autotune
+config that survives pruning, for every operand kind (int8, uint8, W4A8, W4A4 and their unsigned
+forms) and every epilogue kind of the GEMM, and for both activation kinds and the residual
+epilogues of the conv, at the aligned specialisation on sm_90a; every config of the unaligned
+lists; every config of the int8 / W4A8 / W4A4 GEMMs and the conv on sm_80. The other sm_80 and
+unaligned cases run on the first config of each list (``configs="first"``).
 Elementwise / reduction kernels: every dtype, per-tensor / per-channel layout and mode the
 launchers request, on sm_90a; every kernel at least once on sm_80.
 
@@ -89,27 +90,25 @@ def scenarios() -> List[Scenario]:
         out.append(_sc("gemm", kind=kind, M=8192, N=8192, K=8192))
         out.append(_sc("gemm", kind=kind, M=16, N=8192, K=8192))
     for kind in ("uint8", "w4a8_u8", "w4a4_u"):
-        out.append(_sc("gemm", configs="first", kind=kind, M=8192, N=8192, K=8192))
-        out.append(_sc("gemm", configs="first", kind=kind, M=16, N=8192, K=8192))
+        out.append(_sc("gemm", kind=kind, M=8192, N=8192, K=8192))
+        out.append(_sc("gemm", kind=kind, M=16, N=8192, K=8192))
     for ep in EPILOGUES:
-        out.append(_sc("gemm", configs="first", kind="int8", M=8192, N=8192, K=8192, epilogue=ep))
-        out.append(_sc("gemm", configs="first", kind="w4a8", M=16, N=8192, K=8192, epilogue=ep))
+        out.append(_sc("gemm", kind="int8", M=8192, N=8192, K=8192, epilogue=ep))
+        out.append(_sc("gemm", kind="w4a8", M=16, N=8192, K=8192, epilogue=ep))
     out.append(_sc("gemm", configs="first", kind="w4a8", M=1, N=8192, K=8192))
     for kind in GEMM_KINDS:
         out.append(_sc("gemm", aligned=False, kind=kind, M=1000, N=1000, K=1001))
         out.append(_sc("gemm", aligned=False, configs="all" if kind == "int8" else "first", kind=kind, M=7, N=1000,
                        K=1001))
-        out.append(_sc("gemm", arch="sm80", configs="all" if kind == "int8" else "first", kind=kind, M=8192,
-                       N=8192, K=8192))
-        out.append(_sc("gemm", arch="sm80", configs="all" if kind == "w4a8" else "first", kind=kind, M=16,
-                       N=8192, K=8192))
+        out.append(_sc("gemm", arch="sm80", kind=kind, M=8192, N=8192, K=8192))
+        out.append(_sc("gemm", arch="sm80", kind=kind, M=16, N=8192, K=8192))
     out.append(_sc("int_mm", aligned=False, M=4096, N=4096, K=4096))  # b [K, N]: read transposed
     out.append(_sc("gemm", arch="sm80", aligned=False, kind="int8", M=1000, N=1000, K=1001))
     # Implicit-GEMM conv (ResNet-50 3x3 stage-1 conv at batch 256) and depthwise.
     for kind in ("int8", "uint8"):
-        out.append(_sc("conv", configs="all" if kind == "int8" else "first", kind=kind, B=256, H=56, C=64, O=64,
+        out.append(_sc("conv", kind=kind, B=256, H=56, C=64, O=64,
                        k=3, stride=1, epilogue="requant_res_wzp" if kind == "uint8" else "requant_relu"))
-    out.append(_sc("conv", configs="first", kind="int8", B=256, H=56, C=64, O=256, k=1, stride=1,
+    out.append(_sc("conv", kind="int8", B=256, H=56, C=64, O=256, k=1, stride=1,
                    epilogue="fp16_res_relu6"))
     out.append(_sc("conv", aligned=False, configs="first", kind="uint8", B=1, H=224, C=3, O=64, k=7, stride=2,
                    epilogue="requant_relu"))

@@ -56,24 +56,38 @@ SPLIT_PROGRAMS_PER_SM = 2
 
 
 _HOPPER_ONLY = []
+_NO_RESIDUAL = []           # the residual epilogue's extra live registers make these spill
+_HOPPER_ONLY_PACKED_A = []  # widening packed int4 activations makes these spill on sm_80
 
 
-def _config(bm, bn, bk, stages, warps, group=8, hopper_only=False):
+def _config(bm, bn, bk, stages, warps, group=8, hopper_only=False, no_residual=False, hopper_only_packed_a=False):
     config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
                            num_stages=stages, num_warps=warps)
-    if hopper_only:
-        _HOPPER_ONLY.append(config)
+    for flag, marked in ((hopper_only, _HOPPER_ONLY), (no_residual, _NO_RESIDUAL),
+                         (hopper_only_packed_a, _HOPPER_ONLY_PACKED_A)):
+        if flag:
+            marked.append(config)
     return config
+
+
+def _is_in(config, marked) -> bool:
+    return any(config is m for m in marked)
 
 
 def prune_configs(configs, named_args, **kwargs):
     """Autotune pruning: tiles marked ``hopper_only`` are dropped below compute capability 9
-    (they spill there: wgmma keeps the accumulator where mma.sync cannot), and
-    ``ZSQ_AUTOTUNE=first`` keeps only the first config (quick benchmark runs: no tuning)."""
+    (they spill there: wgmma keeps the accumulator where mma.sync cannot), ``hopper_only_packed_a``
+    ones too when the activations are packed int4, ``no_residual`` ones when the epilogue adds a
+    residual; ``ZSQ_AUTOTUNE=first`` keeps only the first config (quick runs: no tuning)."""
+    args = {**named_args, **kwargs}
     tensor = next((v for v in named_args.values() if isinstance(v, torch.Tensor)), None)
     cap = None if tensor is None else cm.device_capability(tensor.device)
     if cap is not None and cap[0] < 9:
-        configs = [c for c in configs if not any(c is h for h in _HOPPER_ONLY)]
+        configs = [c for c in configs if not _is_in(c, _HOPPER_ONLY)]
+        if args.get("A_KIND", 0) == 2:
+            configs = [c for c in configs if not _is_in(c, _HOPPER_ONLY_PACKED_A)]
+    if args.get("RES_KIND", 0) != 0:
+        configs = [c for c in configs if not _is_in(c, _NO_RESIDUAL)]
     if os.environ.get("ZSQ_AUTOTUNE", "") == "first":
         configs = configs[:1]
     return configs
@@ -90,9 +104,10 @@ if cm.INTERPRET:
 else:  # pragma: no cover - GPU only
     LARGE_CONFIGS = [
         _config(128, 128, 128, 4, 8),
-        _config(128, 256, 128, 3, 8, hopper_only=True),  # sm_80: 32 B spills
-        _config(256, 128, 128, 3, 8, hopper_only=True),  # sm_80: 52 B spills
-        _config(128, 128, 64, 5, 8),
+        # sm_80: 32 / 52 B spills; with a residual epilogue 280-400 B spills on sm_90a too
+        _config(128, 256, 128, 3, 8, hopper_only=True, no_residual=True),
+        _config(256, 128, 128, 3, 8, hopper_only=True, no_residual=True),
+        _config(128, 128, 64, 5, 8, hopper_only_packed_a=True),  # sm_80, packed int4 activations: 20 B spills
         _config(64, 128, 128, 4, 4),
         _config(64, 256, 128, 3, 8),
         _config(128, 64, 128, 4, 4),
@@ -114,7 +129,7 @@ else:  # pragma: no cover - GPU only
         _config(128, 64, 64, 3, 8, hopper_only=True),  # sm_80: 28 B spills
     ]
 
-_KEY = ["M_BUCKET", "N", "K", "A_KIND", "B_PACKED", "SPLIT"]
+_KEY = ["M_BUCKET", "N", "K", "A_KIND", "B_PACKED", "SPLIT", "RES_KIND"]  # RES_KIND: it prunes configs
 
 
 @triton.jit
