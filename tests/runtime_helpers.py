@@ -109,3 +109,19 @@ def compare(qmodel, int_model, x, max_flip_fraction=1e-3, max_code_diff=3):
             tol = tol + s * dcodes @ last.quantized_weight().abs().t()
     assert bool(((out - ref).abs() <= tol).all()), f"logits differ by {float((out - ref).abs().max()):.3g}"
     return {"flips": flips, "codes": total, "max_logit_diff": float((out - ref).abs().max())}
+
+
+def perturbed_qat_student():
+    """A W4A4 QAT student of the committed model (learnable LSQ ranges) after a training step's
+    worth of change to its weights and ranges, in eval mode."""
+    from zsq_engine.models import get_model
+    from zsq_engine.qat.student import build_student
+    from zsq_engine.quant import calibrate_activations
+
+    student = build_student(get_model("fmnist_resnet", pretrained=True), 4, 4, weight_method="minmax")
+    calibrate_activations(student, [torch.randn(8, 1, 28, 28)], progress=False)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "scale" in name or "weight" in name:
+                p.mul_(1.0 + 0.01 * torch.randn_like(p))
+    return student.eval()

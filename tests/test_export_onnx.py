@@ -22,7 +22,7 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 rt = pytest.importorskip("onnxruntime")
 
-from runtime_helpers import fq_input_codes, healthy, needs_fmnist, ptq  # noqa: E402
+from runtime_helpers import fq_input_codes, healthy, needs_fmnist, perturbed_qat_student, ptq  # noqa: E402
 from zsq_engine.export import UnsupportedLayerError, to_onnx  # noqa: E402
 from zsq_engine.export import ort  # noqa: E402
 from zsq_engine.quant import quantize_model  # noqa: E402
@@ -304,17 +304,8 @@ def test_cli_export_and_bench_row(tmp_path, capsys):
 def test_qat_student_with_learnable_ranges(tmp_path):
     """A QAT student (learnable LSQ ranges, trained float weights) exports like any fake-quant model
     (the Genie / QAT checkpoint rows of docs/export.md were measured with `zsq export --check`)."""
-    from zsq_engine.models import get_model
-    from zsq_engine.qat.student import build_student
-
     torch.manual_seed(0)
-    student = build_student(get_model("fmnist_resnet", pretrained=True), 4, 4, weight_method="minmax")
-    calibrate_activations(student, [torch.randn(8, 1, 28, 28)], progress=False)
-    with torch.no_grad():  # a training step's worth of change to weights and ranges
-        for name, p in student.named_parameters():
-            if "scale" in name or "weight" in name:
-                p.mul_(1.0 + 0.01 * torch.randn_like(p))
-    student.eval()
+    student = perturbed_qat_student()
     x = torch.randn(8, 1, 28, 28)
     info = to_onnx(student, x[:1], tmp_path / "exact.onnx", float_bias=True)
     ref, out, _ = _check_codes(student, tmp_path / "exact.onnx", info, x)

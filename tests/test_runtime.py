@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime_helpers import compare, healthy, ptq
+from runtime_helpers import compare, healthy, perturbed_qat_student, ptq
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import SamePad2d
 from zsq_engine.quant import QuantConv2d
@@ -226,16 +226,7 @@ def test_reconstruction_quantizers_use_hard_rounding():
 
 def test_qat_student_with_learnable_ranges():
     """A QAT student (learnable LSQ ranges, trained float weights) converts like any fake-quant model."""
-    from zsq_engine.qat.student import build_student
-    from zsq_engine.quant import calibrate_activations
-
-    student = build_student(get_model("fmnist_resnet", pretrained=True), 4, 4, weight_method="minmax")
-    calibrate_activations(student, [torch.randn(8, 1, 28, 28)], progress=False)
-    with torch.no_grad():  # a training step's worth of change to weights and ranges
-        for name, p in student.named_parameters():
-            if "scale" in name or "weight" in name:
-                p.mul_(1.0 + 0.01 * torch.randn_like(p))
-    student.eval()
+    student = perturbed_qat_student()
     im = convert(student)
     assert im.layers["layer1_0_conv1"].config["packed"]
     compare(student, im, torch.randn(3, 1, 28, 28))
