@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -106,9 +105,7 @@ def check_source_args(args, calib_with_checkpoint: bool = False) -> None:
             guard.input_file(args.weights, "--weights")
     if args.calib_images is None:
         args.calib_images = _CALIB_DEFAULT
-    if args.calib_dir is not None and not Path(args.calib_dir).is_dir():
-        raise guard.CommandError("cannot read --calib-dir", args.calib_dir, "it is not a folder",
-                                 "pass an ImageFolder (root/<class>/<image>)")
+    guard.image_folders(("--calib-dir", args.calib_dir))
 
 
 def _calibration(name: str, num: int, args) -> list:
@@ -203,9 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from zsq_engine.runtime.graph import UnsupportedLayerError
 
     check_source_args(args)
-    if args.val_dir is not None and not Path(args.val_dir).is_dir():
-        raise guard.CommandError("cannot read --val-dir", args.val_dir, "it is not a folder",
-                                 "pass an ImageFolder (root/<class>/<image>)")
+    guard.image_folders(("--val-dir", args.val_dir))
     if args.check and not args.val_dir and not args.checkpoint and (args.model or "fmnist_resnet") != "fmnist_resnet":
         _no_check(args.model)  # before spending time on the quantization
     out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.checkpoint, args.weights])

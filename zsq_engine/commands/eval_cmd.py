@@ -43,13 +43,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _check_folders(args) -> None:
-    for flag, folder in (("--val-dir", args.val_dir), ("--calib-dir", args.calib_dir)):
-        if folder is not None and not Path(folder).is_dir():
-            raise guard.CommandError(f"cannot read {flag}", folder, "it is not a folder",
-                                     "pass an ImageFolder (root/<class>/<image>)")
-
-
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.models import get_model
 
@@ -59,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from .quantize import check_eval_data
 
     guard.check_positive(args, "batch_size")
-    _check_folders(args)
+    guard.image_folders(("--val-dir", args.val_dir), ("--calib-dir", args.calib_dir))
     if args.checkpoint or args.int_model:
         return _run_saved(args)
     guard.check_model(args.model)

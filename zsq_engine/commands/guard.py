@@ -190,6 +190,14 @@ def input_file(path, arg: str) -> Path:
     return p
 
 
+def image_folders(*flags_and_paths) -> None:
+    """Each given ``(flag, path)`` ImageFolder argument must name an existing folder."""
+    for flag, folder in flags_and_paths:
+        if folder is not None and not Path(folder).is_dir():
+            raise CommandError(f"cannot read {flag}", str(folder), "it is not a folder",
+                               "pass an ImageFolder (root/<class>/<image>)")
+
+
 def load_input(path, arg: str, loader: Callable, *a, **kw):
     """``loader(path, ...)`` with its expected failures (missing file, unreadable or foreign
     content, see :mod:`zsq_engine.fileio`) reported against ``arg``."""

@@ -153,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     device = common.resolve_device(args.device)
     guard.check_backend_env(device)
-    if args.val_dir is not None and not Path(args.val_dir).is_dir():
-        raise guard.CommandError("cannot read --val-dir", args.val_dir, "it is not a folder",
-                                 "pass an ImageFolder (root/<class>/<image>)")
+    guard.image_folders(("--val-dir", args.val_dir))
     if not args.val_dir:
         check_eval_data(args.model, args.data_dir)
     overrides = {"epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch, "batch_size": args.train_batch_size,

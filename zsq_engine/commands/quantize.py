@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise guard.UsageError("--data real needs real images", f"--model {args.model}",
                                "there is no built-in real data for it",
                                "pass --calib-dir (an ImageFolder of real images) or a file from `zsq synthesize`")
+    guard.image_folders(("--val-dir", args.val_dir), ("--calib-dir", args.calib_dir))
     out = guard.output_file(args.out, "--out", overwrite=args.overwrite, inputs=[args.data, args.weights])
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     if checkpoint.exists() and not args.resume:
