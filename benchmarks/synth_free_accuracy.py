@@ -1,9 +1,11 @@
-"""Accuracy of the synthesis-free methods on the Fashion-MNIST ResNet (docs/accuracy.md rows).
+"""Accuracy of the synthesis-free methods (docs/accuracy.md rows): the Fashion-MNIST ResNet on its
+test split, or any registered model on an ImageFolder (``--model efficientnet_lite0 --val-dir DIR``,
+WordNet-id folders scored with the ImageNet-1k indices).
 
 One row per call::
 
     python benchmarks/synth_free_accuracy.py --method naive|dfq|squant|dfq-squant|genie|dfq-genie \
-        --bits W4A4 --synth synth.pt [--mixed] [--seed 0]
+        --bits W4A4 --synth synth.pt [--mixed] [--seed 0] [--model M --val-dir DIR]
 
 * naive: quantize_model (weights: Lp search, activations: 'mse' observer) + activation ranges
   calibrated on the synthetic images - the zero-shot naive baseline every row shares.
@@ -24,8 +26,9 @@ import time
 import torch
 
 from zsq_engine.commands.data_sources import fmnist_batches
+from zsq_engine.commands.eval_data import folder_dataset
 from zsq_engine.evaluation import evaluate_accuracy
-from zsq_engine.models import get_model
+from zsq_engine.models import get_model, get_model_info
 from zsq_engine.quant import calibrate_activations, quantize_model
 from zsq_engine.quant.bit_allocation import apply_bit_plan, average_bits, layer_costs, layer_sensitivity, plan_bits
 from zsq_engine.quant.squant import apply_squant
@@ -40,7 +43,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--bits", default="W4A4")
-    p.add_argument("--synth", required=True, help="file from `zsq synthesize --model fmnist_resnet`")
+    p.add_argument("--model", default="fmnist_resnet", help="registered model (default fmnist_resnet)")
+    p.add_argument("--val-dir", default=None, help="ImageFolder to evaluate on (required for models other than "
+                                                   "fmnist_resnet)")
+    p.add_argument("--synth", required=True, help="file from `zsq synthesize --model <the same model>`")
+    p.add_argument("--iters", type=int, default=None, help="Genie-M iterations per unit (default: fast preset)")
     p.add_argument("--num", type=int, default=256, help="synthetic images used (default 256)")
     p.add_argument("--mixed", action="store_true", help="per-layer bits at the average bits of --bits")
     p.add_argument("--budget-mode", default="size", choices=("size", "bops"))
@@ -49,7 +56,9 @@ def main() -> None:
     args = p.parse_args()
     wbits, abits = (int(v) for v in args.bits.upper().lstrip("W").split("A"))
     torch.manual_seed(args.seed)
-    model = get_model("fmnist_resnet", pretrained=True).eval()
+    if args.model != "fmnist_resnet" and not args.val_dir:
+        p.error(f"--val-dir is required for --model {args.model}")
+    model = get_model(args.model, pretrained=True).eval()
     images = load_output(args.synth)["images"][: args.num].float()
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     t0 = time.perf_counter()
@@ -70,7 +79,7 @@ def main() -> None:
         info["target_bits"] = target
         info["plan"] = plan
     if args.method.endswith("genie"):
-        q = reconstruct_model(base, images, wbits, abits, method="genie", preset="fast", seed=args.seed,
+        q = reconstruct_model(base, images, wbits, abits, method="genie", preset="fast", iters=args.iters, seed=args.seed,
                               show_progress=False, layer_bits=plan).model
     else:
         q = quantize_model(base, wbits, abits, weight_method="mse", act_method="mse").eval()
@@ -84,11 +93,19 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     if plan:
         info["achieved_bits"] = average_bits(q, layer_costs(q, images))
-    test = fmnist_batches("test", 256, None)
-    if args.eval_limit:
-        test = [b for b in test][: -(-args.eval_limit // 256)]
+    if args.val_dir:
+        from torch.utils.data import DataLoader, Subset
+
+        ds = folder_dataset(args.val_dir, get_model_info(args.model))
+        if args.eval_limit:
+            ds = Subset(ds, range(min(args.eval_limit, len(ds))))
+        test = DataLoader(ds, batch_size=50)
+    else:
+        test = fmnist_batches("test", 256, None)
+        if args.eval_limit:
+            test = [b for b in test][: -(-args.eval_limit // 256)]
     acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
-    row = {"method": args.method, "bits": args.bits, "mixed": args.mixed, "accuracy": round(acc, 2),
+    row = {"model": args.model, "method": args.method, "bits": args.bits, "mixed": args.mixed, "accuracy": round(acc, 2),
            "seconds": round(seconds, 1), **info}
     print(json.dumps(row, default=str))
 
