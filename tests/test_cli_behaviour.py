@@ -4,6 +4,7 @@ data is smaller than the preset asks, the QAT warm-up override and phase lines w
 results without matplotlib. Runs are tiny (a few images, one iteration)."""
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -42,7 +43,9 @@ def test_synthesize_says_where_it_resumes_and_when_it_reuses(tmp_path, capsys, m
 
     monkeypatch.setattr(PartStore, "write_batch", interrupted_after_one)
     assert main(argv) == 130
-    assert "rerun the same command to continue" in capsys.readouterr().err
+    interrupted = capsys.readouterr()
+    assert "rerun the same command to continue" in interrupted.err
+    assert re.search(r"batch 1/2 done \([0-9.]+ s; about [0-9.]+ (s|min) left\)", interrupted.out)
     assert not out.exists() and (tmp_path / "z.pt.parts" / "batch_00000.pt").is_file()
     monkeypatch.setattr(PartStore, "write_batch", real_write)
 
@@ -50,6 +53,7 @@ def test_synthesize_says_where_it_resumes_and_when_it_reuses(tmp_path, capsys, m
     printed = capsys.readouterr().out
     assert "1 of 2 batches done, continuing at batch 2 of 2" in printed
     assert "batch 2/2 done" in printed and "batch 1/2 done" not in printed  # one line per batch it ran
+    assert "left)" not in printed.split("batch 2/2 done")[1].splitlines()[0]  # nothing left after the last batch
     assert _mode(out) == 0o666 & ~_umask()  # a normal file, not mkstemp's 0600
 
     assert main(argv) == 0

@@ -141,6 +141,10 @@ def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -
     plt.close(fig)
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.synth import synthesize
 
@@ -154,8 +158,14 @@ def run(args: argparse.Namespace) -> int:
         shape, classes = info.input_shape, info.num_classes
     t0 = time.perf_counter()
 
+    finished_here = []
+
     def on_batch_done(b: int, n: int) -> None:  # one line per batch, also with --no-progress
-        print(f"  batch {b + 1}/{n} done ({time.perf_counter() - t0:.1f} s)", flush=True)
+        elapsed = time.perf_counter() - t0
+        finished_here.append(b)
+        left = n - (b + 1)  # batches run in order; a resumed run starts after the finished ones
+        eta = f"; about {_minutes(left * elapsed / len(finished_here))} left" if left > 0 else ""
+        print(f"  batch {b + 1}/{n} done ({elapsed:.1f} s{eta})", flush=True)
 
     if args.method == "gdfq":
         print("training the GDFQ generator first (one phase before the batches)", flush=True)

@@ -46,6 +46,7 @@ from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_m
 from ..quant.modules import QuantLayer
 from ..quant.bit_allocation import apply_bit_plan
 from .blocks import Unit, partition
+from .run_progress import RunProgress, unit_work
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
 __all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitError", "make_config", "reconstruct_model",
@@ -453,6 +454,25 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
             qmodel.load_state_dict(saved["state_dict"], strict=True)
             reports, skipped, start = list(saved["reports"]), list(saved["skipped"]), int(saved["done"])
     calls = _call_counts(qmodel, [u.name for u in unit_list], images[:1].to(device))
+    run_bar = RunProgress(unit_work(qmodel, [u.name for u in unit_list], images[:1].to(device)),
+                          [u.name for u in unit_list[:start]], f"{method} {len(unit_list)} units",
+                          show_progress)
+    try:
+        reports, skipped = _reconstruct_units(world, fp, qmodel, unit_list, start, calls, images, store, cfg,
+                                              method, seed, show_progress, checkpoint, fingerprint, reports,
+                                              skipped, on_unit_done, run_bar)
+    finally:
+        run_bar.close()
+    meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
+            "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
+            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
+            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2)}
+    return ReconResult(qmodel.eval(), reports, meta)
+
+
+def _reconstruct_units(world, fp, qmodel, unit_list, start, calls, images, store, cfg, method, seed, show_progress,
+                       checkpoint, fingerprint, reports, skipped, on_unit_done, run_bar):
+    """Reconstruct ``unit_list[start:]`` in order; returns the updated ``(reports, skipped)``."""
     for k, unit in enumerate(unit_list):
         if k < start:
             continue
@@ -468,6 +488,7 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
             skipped.append({"name": unit.name, "type": unit.type_name, "reason": str(exc)})
             warnings.warn(f"reconstruction skips unit {unit.name!r} ({unit.type_name}): {exc}", stacklevel=2)
             _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
+            run_bar.unit_done(unit.name)
             continue
         info = reconstruct_unit(qmodel.get_submodule(unit.name), x_fp, y_fp, x_q, cfg, seed=seed,
                                 desc=f"{method} [{k + 1}/{len(unit_list)}] {unit.name}",
@@ -475,11 +496,8 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
         reports.append({"name": unit.name, "type": unit.type_name, **info})
         del x_fp, y_fp, x_q
         _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, k + 1, len(unit_list), on_unit_done, world)
-    meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
-            "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
-            "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
-            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2)}
-    return ReconResult(qmodel.eval(), reports, meta)
+        run_bar.unit_done(unit.name)
+    return reports, skipped
 
 
 def _unit_done(checkpoint, fingerprint, qmodel, reports, skipped, done, total, on_unit_done, world) -> None:
