@@ -122,3 +122,50 @@ def test_adaround_starts_from_the_squant_rounding_and_can_still_learn():
     assert not torch.equal(nearest(w), ada(w))               # SQuant did flip some roundings
     with pytest.raises(ValueError, match="rounding_init"):
         AdaRoundWeightQuantizer(w, q, rounding_init="random")
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def test_accuracy_rows_squant_is_quantize_squant_then_calibrate():
+    from zsq_engine.commands.accuracy import accuracy_rows
+    from zsq_engine.evaluation import evaluate_topk
+    from zsq_engine.quant import calibrate_activations
+
+    model = _tiny_net()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(16, 1, 8, 8, generator=g), torch.zeros(16, dtype=torch.int64))]
+    test = [(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 4, (64,), generator=g))]
+    rows = accuracy_rows(model, [(3, 8)], calib, test, torch.device("cpu"), show_progress=False,
+                         weight_rounding="squant")
+    assert [r["method"] for r in rows] == ["FP32", "naive PTQ + SQuant"]
+    q = quantize_model(model, 3, 8)
+    assert sum(apply_squant(q).values()) > 0  # the rounding really changes at 3 bits
+    calibrate_activations(q, calib, progress=False)
+    expected = evaluate_topk(q, test, "cpu", ks=(1, 5), show_progress=False)
+    assert rows[1]["accuracy"] == pytest.approx(expected[1]) and rows[1]["top5"] == pytest.approx(expected[5])
+    with pytest.raises(ValueError, match="weight_rounding"):
+        accuracy_rows(model, [(3, 8)], calib, test, torch.device("cpu"), show_progress=False, weight_rounding="up")
+
+
+def test_cli_rounding_flags(tmp_path, capsys):
+    from zsq_engine.cli import build_parser, main
+    from zsq_engine.recon import load_quantized
+
+    assert build_parser().parse_args(["eval", "--weight-rounding", "squant"]).weight_rounding == "squant"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--weight-rounding", "stochastic"])
+    assert exc.value.code == 2
+    assert "--weight-rounding" in capsys.readouterr().err
+    synth = tmp_path / "synth.pt"
+    torch.save({"images": torch.randn(8, 1, 28, 28), "labels": None,
+                "meta": {"model": "fmnist_resnet", "method": "genie", "seed": 0, "preset": "fast", "num": 8}}, synth)
+    out = tmp_path / "q.pt"
+    rc = main(["quantize", "--data", str(synth), "--rounding-init", "squant", "--iters", "1", "--num", "8",
+               "--eval-limit", "1", "--no-progress", "--device", "cpu", "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    _, meta = load_quantized(out)
+    assert meta["config"]["rounding_init"] == "squant"

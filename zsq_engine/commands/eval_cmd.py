@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=common.positive_int, default=None,
                    help="evaluate only the first N images of --val-dir")
     synth_free_args.add_equalize_arg(p)
+    synth_free_args.add_weight_rounding_arg(p)
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r['method']} {bits}: {r['accuracy']:.2f} % ({r['seconds']:.1f} s)", flush=True)
 
     rows = accuracy_rows(model, configs, calib, test, device, show_progress=not args.no_progress,
-                         first_last_bits=args.first_last_bits, on_row=on_row)
+                         first_last_bits=args.first_last_bits, on_row=on_row,
+                         weight_rounding=args.weight_rounding)
     print(f"{args.model} on {where} ({device}):")
     print(rows_as_table(rows, top5=bool(args.val_dir)))
     return 0

@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the killed run in --checkpoint at the unit where it stopped (same result)")
     synth_free_args.add_equalize_arg(p)
+    synth_free_args.add_rounding_init_arg(p)
     synth_free_args.add_bits_budget_arg(p)
     p.add_argument("--eval-limit", type=common.positive_int, default=None,
                    help="evaluate on the first N test / --val-dir images only (default: all)")
@@ -180,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     layer_bits, plan_meta = synth_free_args.maybe_plan_bits(args, model, images)
     result = reconstruct_model(model, images, args.wbits, args.abits, method=args.method, preset=args.preset,
                                iters=args.iters, num=num, seed=args.seed, device=device,
-                               show_progress=not args.no_progress, checkpoint=checkpoint, layer_bits=layer_bits)
+                               show_progress=not args.no_progress, checkpoint=checkpoint, layer_bits=layer_bits,
+                               rounding_init=args.rounding_init)
     seconds = time.perf_counter() - t0
     if result.meta.get("rank", 0) != 0:  # under torchrun every process holds the same model
         return 0

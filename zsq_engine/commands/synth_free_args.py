@@ -1,4 +1,5 @@
-"""The ``--equalize`` and ``--bits-budget`` options shared by quantize / qat / eval."""
+"""The synthesis-free options shared by quantize / qat / eval: ``--equalize`` (DFQ),
+``--bits-budget`` (mixed precision), ``--weight-rounding`` / ``--rounding-init`` (SQuant)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,18 @@ def add_bits_budget_arg(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: per-layer weight/activation bits chosen from KL sensitivities on the "
                         "calibration images, average weight bits (by parameters) and activation bits (by "
                         "elements) at most B; every layer, first and last included, is allocated")
+
+
+def add_weight_rounding_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-rounding", choices=("nearest", "squant"), default="nearest",
+                   help="naive PTQ weight rounding: nearest (default) or squant (SQuant's data-free flips of "
+                        "the rounding, element / kernel / channel-wise, no data)")
+
+
+def add_rounding_init_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounding-init", choices=("nearest", "squant"), default="nearest",
+                   help="where AdaRound's rounding variables start: nearest (the fractional part, default) or "
+                        "squant (the SQuant rounding decision)")
 
 
 def maybe_equalize(args: argparse.Namespace, model: nn.Module) -> Tuple[nn.Module, dict]:
