@@ -158,3 +158,44 @@ def test_cli_quantize_with_equalize_and_bits_budget_round_trips(tmp_path, capsys
     rc = main(["quantize", "--data", str(synth), "--bits-budget", "0", "--out", str(tmp_path / "x.pt"),
                "--no-progress", "--device", "cpu"])
     assert rc == 2 and "--bits-budget" in capsys.readouterr().err
+
+
+def test_cli_qat_bits_budget_needs_images_to_rank_the_layers(tmp_path, capsys, monkeypatch):
+    from zsq_engine.cli import main
+
+    monkeypatch.setattr("zsq_engine.commands.quantize.check_eval_data", lambda *a, **k: None)
+    base = ["qat", "--method", "gdfq", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "q.pt")]
+    assert main(base + ["--bits-budget", "5"]) == 2
+    assert "--plan-data" in capsys.readouterr().err
+    assert main(base + ["--bits-budget", "-1"]) == 2
+    assert "--bits-budget" in capsys.readouterr().err
+    assert main(base + ["--plan-data", str(tmp_path / "s.pt")]) == 2
+    assert "without --bits-budget" in capsys.readouterr().err
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_cli_qat_bits_budget_plan_reaches_training(tmp_path, capsys, monkeypatch):
+    import zsq_engine.qat
+    from zsq_engine.cli import main
+
+    seen = {}
+
+    def stop(*args, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zsq_engine.qat, "train_qat", stop)
+    monkeypatch.setattr("zsq_engine.commands.quantize.check_eval_data", lambda *a, **k: None)
+    synth = tmp_path / "synth.pt"
+    torch.save({"images": torch.randn(8, 1, 28, 28), "labels": None,
+                "meta": {"model": "fmnist_resnet", "method": "genie", "seed": 0, "preset": "fast", "num": 8}}, synth)
+    rc = main(["qat", "--method", "gdfq", "--no-progress", "--no-start-eval", "--device", "cpu",
+               "--bits-budget", "5", "--plan-data", str(synth), "--out", str(tmp_path / "q.pt")])
+    assert rc == 130
+    assert "per-layer bits for an average of 5" in capsys.readouterr().out
+    plan = seen["layer_bits"]
+    model = get_model("fmnist_resnet", pretrained=True).eval()
+    q = quantize_model(model, 4, 4)
+    apply_bit_plan(q, plan)
+    assert average_bits(q, layer_costs(q, torch.randn(1, 1, 28, 28)))["weight"] <= 5.0 + 1e-9
+    assert len({w for w, _ in plan.values()}) > 1

@@ -379,3 +379,35 @@ def test_cli_end_to_end_resume_and_errors(tmp_path, capsys):
                        (["--lr", "0"], "--lr (0.0): must be > 0")):
         assert cli_main(argv[:-1] + [str(tmp_path / "other.pt")] + extra) == 2
         assert msg in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- mixed precision
+def test_mixed_precision_plan_reaches_the_student_the_checkpoint_and_the_saved_file(tmp_path):
+    from zsq_engine.quant import list_quant_layers
+    from zsq_engine.recon import load_quantized, save_quantized
+
+    from zsq_engine.models import get_model
+
+    def teacher_model():  # a registered architecture, so that load_quantized can rebuild it
+        torch.manual_seed(0)
+        return get_model("fmnist_resnet", pretrained=False).eval()
+
+    teacher = teacher_model()
+    uniform = {r.name: (r.weight_bits, r.act_bits) for r in list_quant_layers(tiny_trainer("gdfq", teacher).student)}
+    names = sorted(uniform)
+    plan = {names[1]: (2, 8), names[2]: (8, 6)}
+    kw = dict(input_shape=SHAPE, num_classes=10, seed=1, **{**TINY, "epochs": 1})
+    result = train_qat(teacher, "gdfq", 4, 4, checkpoint=tmp_path / "m.ckpt", layer_bits=plan, **kw)
+    got = {r.name: (r.weight_bits, r.act_bits) for r in list_quant_layers(result.student)}
+    assert got == {**uniform, **plan}
+    assert all(q.learnable for q in result.student.modules() if type(q).__name__ == "UniformQuantizer")
+    assert result.meta["layer_bits"] == {k: list(v) for k, v in plan.items()}
+    # a checkpoint of a mixed run is not resumed as a uniform one
+    with pytest.raises(ValueError, match="other settings"):
+        train_qat(teacher, "gdfq", 4, 4, checkpoint=tmp_path / "m.ckpt", resume=True, **kw)
+    # the saved student is rebuilt with the plan and computes the same function
+    save_quantized(tmp_path / "q.pt", result.student, {"model": "fmnist_resnet", **result.meta})
+    loaded, _ = load_quantized(tmp_path / "q.pt")
+    assert {r.name: (r.weight_bits, r.act_bits) for r in list_quant_layers(loaded)} == got
+    x = torch.randn(4, *SHAPE)
+    assert torch.equal(loaded(x), result.student(x))

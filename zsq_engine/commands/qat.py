@@ -67,6 +67,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-start-eval", action="store_true",
                    help="skip measuring the naive-quantized starting accuracy")
     synth_free_args.add_equalize_arg(p)
+    synth_free_args.add_bits_budget_arg(p)
+    p.add_argument("--plan-data", default=None, metavar="FILE.pt",
+                   help="synthetic images (from `zsq synthesize` for this model) on which --bits-budget ranks the "
+                        "layers (default: the --pool images)")
     common.add_device_args(p)
     common.add_data_args(p)
     p.set_defaults(run=run)
@@ -94,6 +98,8 @@ def _check_args(args) -> Path:
     guard.check_positive(args, "warmup_steps", minimum=0)
     if args.lr is not None and not args.lr > 0:
         raise guard.bad_value("--lr", args.lr, "must be > 0", "e.g. --lr 1e-5")
+    if args.bits_budget is not None and not args.bits_budget > 0:
+        raise guard.bad_value("--bits-budget", args.bits_budget, "must be a positive number of bits", "e.g. --bits-budget 4.5")
     if args.pool is not None and args.method != "hast":
         raise guard.UsageError("--pool is only used by --method hast", f"--method {args.method}",
                                "it would be ignored", "drop --pool")
@@ -143,6 +149,28 @@ def _preparation_line(args, epochs_cfg) -> str:
     return "preparing: " + ", then ".join(parts)
 
 
+def _plan_bits(args, model, info, pool):
+    """``(layer_bits or None, meta)`` of ``--bits-budget``, ranked on ``--plan-data`` or the pool."""
+    if args.bits_budget is None:
+        if args.plan_data is not None:
+            raise guard.UsageError("--plan-data without --bits-budget", f"--plan-data {args.plan_data}",
+                                   "it only feeds the per-layer bit allocation", "add --bits-budget B, or drop it")
+        return None, {}
+    if args.plan_data is not None:
+        from .quantize import load_calibration_data, read_data_file
+
+        obj = read_data_file(args.plan_data, "--plan-data")
+        images = load_calibration_data(args.plan_data, args.model, model, 256, None, args.seed, arg="--plan-data",
+                                       preloaded=obj, info=info)
+    elif pool is not None:
+        images = pool[0][:256]
+    else:
+        raise guard.UsageError("--bits-budget needs images to rank the layers", f"--bits-budget {args.bits_budget}",
+                               "QAT has no calibration images of its own",
+                               "pass --plan-data FILE.pt from `zsq synthesize` (or --pool with --method hast)")
+    return synth_free_args.maybe_plan_bits(args, model, images)
+
+
 def run(args: argparse.Namespace) -> int:
     from zsq_engine.qat import make_config, train_qat
     from zsq_engine.recon import save_quantized
@@ -167,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     model, info = eval_data.load_model(args)
     pool = _load_pool(args.pool, args.model, model, info) if args.pool else None
     model, extra = synth_free_args.maybe_equalize(args, model)
+    layer_bits, plan_meta = _plan_bits(args, model, info, pool)
+    extra.update(plan_meta)
     show = not args.no_progress
     test, no_test = eval_data.val_batches(args, info, args.eval_limit)
 
@@ -191,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_qat(model, args.method, args.wbits, args.abits, input_shape=info.input_shape,
                            num_classes=info.num_classes, preset=args.preset, seed=args.seed, device=device,
                            checkpoint=checkpoint, resume=args.resume, pool=pool, show_progress=show,
-                           on_epoch_end=on_epoch_end, on_prepared=on_prepared, **overrides)
+                           on_epoch_end=on_epoch_end, on_prepared=on_prepared, layer_bits=layer_bits, **overrides)
     seconds = time.perf_counter() - t0
     meta = {"model": args.model, **result.meta, "history": result.history, **extra}
     acc = None

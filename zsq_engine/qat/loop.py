@@ -87,12 +87,15 @@ class QATTrainer:
         feature_layers: module names for ZAQ's stages / HAST's residual blocks (default: found
             automatically for ResNet-style models).
         checkpoint: file written after preparation and after every epoch (atomic).
+        layer_bits: per-layer ``(weight, input)`` bits of a mixed-precision plan
+            (:func:`zsq_engine.quant.bit_allocation.plan_for_budget`) over ``wbits`` / ``abits``.
     """
 
     def __init__(self, teacher: nn.Module, method: str, wbits: int, abits: int, *, input_shape: Sequence[int],
                  num_classes: int, preset: str = "fast", seed: int = 0, device: Union[str, torch.device] = "cpu",
                  first_last_bits: Optional[int] = 8, pool=None, feature_layers: Optional[List[str]] = None,
-                 checkpoint=None, show_progress: bool = False, **overrides) -> None:
+                 checkpoint=None, show_progress: bool = False, layer_bits: Optional[dict] = None,
+                 **overrides) -> None:
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         check_bits(wbits, "wbits")
@@ -110,6 +113,7 @@ class QATTrainer:
         self.wbits, self.abits, self.first_last_bits = wbits, abits, first_last_bits
         self.input_shape, self.num_classes = tuple(int(s) for s in input_shape), num_classes
         self.seed = seed
+        self.layer_bits = {k: (int(v[0]), None if v[1] is None else int(v[1])) for k, v in (layer_bits or {}).items()}
         self.device = torch.device(device)
         self.show_progress = show_progress
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
@@ -122,7 +126,8 @@ class QATTrainer:
             p.requires_grad_(False)
 
         torch.manual_seed(seed)
-        self.student = build_student(self.teacher, wbits, abits, first_last_bits).to(self.device)
+        self.student = build_student(self.teacher, wbits, abits, first_last_bits,
+                                     layer_bits=self.layer_bits).to(self.device)
         method_cls = METHOD_CLASSES[method]
         method_teacher = self.teacher if method_cls.reads_teacher_bn else fast_frozen_copy(self.teacher)
         self.method = method_cls(self.cfg, method_teacher, self.student, feature_layers)
@@ -166,7 +171,8 @@ class QATTrainer:
         return {"method": self.method_name, "preset": self.preset, "wbits": self.wbits, "abits": self.abits,
                 "first_last_bits": self.first_last_bits, "seed": self.seed, "config": asdict(self.cfg),
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "teacher": _model_fingerprint(self.teacher)}
+                "teacher": _model_fingerprint(self.teacher),
+                **({"layer_bits": {k: list(v) for k, v in sorted(self.layer_bits.items())}} if self.layer_bits else {})}
 
     def state_dict(self) -> dict:
         cpu = lambda sd: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in sd.items()}  # noqa: E731
@@ -403,7 +409,8 @@ def train_qat(teacher: nn.Module, method: str, wbits: int, abits: int, *, input_
               checkpoint=None, resume: bool = False, pool=None, first_last_bits: Optional[int] = 8,
               feature_layers: Optional[List[str]] = None, show_progress: bool = False,
               on_epoch_end: Optional[Callable[[dict], None]] = None,
-              on_prepared: Optional[Callable[[QATTrainer], None]] = None, **overrides) -> QATResult:
+              on_prepared: Optional[Callable[[QATTrainer], None]] = None, layer_bits: Optional[dict] = None,
+              **overrides) -> QATResult:
     """Generator-based zero-shot QAT of ``teacher`` with GDFQ, ZAQ or HAST (see :class:`QATTrainer`).
 
     ``checkpoint``: file written after preparation and every epoch. ``resume=True`` continues
@@ -419,7 +426,7 @@ def train_qat(teacher: nn.Module, method: str, wbits: int, abits: int, *, input_
     trainer = QATTrainer(teacher, method, wbits, abits, input_shape=input_shape, num_classes=num_classes,
                          preset=preset, seed=seed, device=device, first_last_bits=first_last_bits, pool=pool,
                          feature_layers=feature_layers, checkpoint=checkpoint, show_progress=show_progress,
-                         **overrides)
+                         layer_bits=layer_bits, **overrides)
     resumed_from = None
     try:
         if resume and Path(checkpoint).exists():
@@ -435,4 +442,6 @@ def train_qat(teacher: nn.Module, method: str, wbits: int, abits: int, *, input_
             "resumed_from_epoch": resumed_from, "prepare_seconds": round(trainer.prepare_seconds, 2),
             "seconds_this_call": round(seconds, 2),
             "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "notes": dict(trainer.notes)}
+    if trainer.layer_bits:
+        meta["layer_bits"] = {k: list(v) for k, v in trainer.layer_bits.items()}
     return QATResult(trainer.student.eval(), trainer.generator, list(trainer.history), meta)

@@ -9,26 +9,31 @@ the first layer float), as everywhere in :mod:`zsq_engine.quant`. All quantizers
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..quant import quant_layers, quantize_model
+from ..quant.bit_allocation import apply_bit_plan
 from ..quant.quantizer import SCALE_EPS, UniformQuantizer
 
 __all__ = ["build_student", "student_param_groups", "rescale_quant_lrs", "act_quantizers"]
 
 
 def build_student(teacher: nn.Module, wbits: int, abits: int, first_last_bits: Optional[int] = 8,
-                  weight_method: str = "mse") -> nn.Module:
+                  weight_method: str = "mse", layer_bits: Optional[Dict[str, Tuple[int, Optional[int]]]] = None
+                  ) -> nn.Module:
     """Quantized deep copy of ``teacher`` (unchanged), every quantizer learnable.
 
     Weight ranges are calibrated here (``weight_method``); activation ranges are not (the
-    trainer calibrates them on synthetic batches).
+    trainer calibrates them on synthetic batches). ``layer_bits``: per-layer (weight, input)
+    bits of a mixed-precision plan (:mod:`zsq_engine.quant.bit_allocation`) over the uniform ones.
     """
     student = quantize_model(teacher, wbits, abits, first_last_bits=first_last_bits, weight_method=weight_method,
                              act_method="minmax", fold_bn=True)
+    if layer_bits:
+        apply_bit_plan(student, layer_bits, weight_method=weight_method)
     for m in student.modules():
         if isinstance(m, UniformQuantizer):
             m.set_learnable(True)
