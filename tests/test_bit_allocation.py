@@ -149,6 +149,7 @@ def test_cli_quantize_with_equalize_and_bits_budget_round_trips(tmp_path, capsys
                "--eval-limit", "256", "--no-progress", "--device", "cpu", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "per-layer bits for an average of 5" in text, text
+    assert "--equalize: 3 of 3 conv pairs equalised\n" in text   # conv1 -> conv2 of each block, no ReLU6
     qmodel, meta = load_quantized(out)
     assert meta["equalize"] == "dfq" and meta["bits_budget"] == 5.0
     bits = {r.name: (r.weight_bits, r.act_bits) for r in list_quant_layers(qmodel)}

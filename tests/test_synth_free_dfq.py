@@ -127,6 +127,9 @@ def test_equalization_keeps_depthwise_nets_equivalent(build):
         inactive = [p.first for p in pairs
                     if float((net.get_submodule(p.bn).bias + 3 * net.get_submodule(p.bn).weight.abs()).max()) <= 6]
         assert [p.first for p in auto_pairs] == inactive
+        # dfq hands the same pairs back when asked
+        _, dfq_pairs = dfq(net, relu6="auto", return_pairs=True)
+        assert [p.first for p in dfq_pairs] == inactive
 
 
 def test_dfq_on_the_fashion_mnist_resnet_is_equivalent():

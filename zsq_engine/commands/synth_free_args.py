@@ -39,10 +39,17 @@ def maybe_equalize(args: argparse.Namespace, model: nn.Module) -> Tuple[nn.Modul
     """``(model, meta)``: ``dfq(model)`` and what to record when ``--equalize``, else unchanged."""
     if not getattr(args, "equalize", False):
         return model, {}
-    from zsq_engine.synth_free import dfq, relu6_replaced
+    from zsq_engine.synth_free import dfq, find_equalization_pairs, relu6_replaced
 
-    equalized = dfq(model, relu6="auto")
-    return equalized, {"equalize": "dfq", "relu6_as_relu": relu6_replaced(model, equalized)}
+    candidates = find_equalization_pairs(model) or []
+    equalized, pairs = dfq(model, relu6="auto", return_pairs=True)
+    left = len(candidates) - len(pairs)
+    print(f"--equalize: {len(pairs)} of {len(candidates)} conv pairs equalised"
+          + (f"; {left} through a ReLU6 whose clip the BN statistics say is active were left as they are "
+             "(equalising them exactly needs per-channel clips, which the integer runtime cannot run)"
+             if left else ""), flush=True)
+    return equalized, {"equalize": "dfq", "relu6_as_relu": relu6_replaced(model, equalized),
+                       "equalized_pairs": len(pairs)}
 
 
 def maybe_plan_bits(args: argparse.Namespace, model: nn.Module, images: torch.Tensor) -> Tuple[Optional[dict], dict]:

@@ -32,7 +32,7 @@ __all__ = ["dfq", "relu6_replaced", "replace_relu6", "cross_layer_equalize", "ab
 
 
 def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num_sigmas: float = NUM_SIGMAS,
-        max_sweeps: int = 50, inplace: bool = False) -> nn.Module:
+        max_sweeps: int = 50, inplace: bool = False, return_pairs: bool = False):
     """Cross-layer equalisation, then high-bias absorption: a float model ready for quantization.
 
     Args:
@@ -45,8 +45,10 @@ def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num
         num_sigmas: ``c = max(0, beta - num_sigmas |gamma|)``.
         max_sweeps: equalisation passes at most.
         inplace: modify ``model`` instead of a deep copy.
+        return_pairs: also return the :class:`EqualizationPair` list that was equalised.
     Returns:
-        The transformed model in ``model``'s train/eval mode. Equalisation alone is exact up to
+        The transformed model in ``model``'s train/eval mode (with ``return_pairs``: ``(model,
+        pairs)``). Equalisation alone is exact up to
         float rounding (with ``relu6='relu'`` / ``'auto'``: relative to the model whose equalised
         ReLU6s are ReLUs); absorption is exact where the 3-sigma assumption holds, away from
         padded borders.
@@ -58,7 +60,7 @@ def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num
     model, pairs = cross_layer_equalize(model, relu6=relu6, max_sweeps=max_sweeps, inplace=True)
     if absorb_bias:
         absorb_high_bias(model, pairs, num_sigmas)
-    return model
+    return (model, pairs) if return_pairs else model
 
 
 def relu6_replaced(before: nn.Module, after: nn.Module) -> list:
