@@ -5,7 +5,7 @@ from typing import Tuple, Union
 
 import torch
 
-from . import checks
+from ..opspec import checks
 from .dispatch import dispatch, register
 from .reference import integer as _ref
 

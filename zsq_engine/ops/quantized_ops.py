@@ -27,7 +27,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import checks
+from ..opspec import checks
 from .dispatch import dispatch, register
 from .epilogue import Epilogue, apply_reference, conv_product_reference, zero_point_product_reference
 from .reference import integer as _ref_int
