@@ -142,3 +142,62 @@ class Epilogue:
         zw = self.weight_zero_point
         return zw is not None and (isinstance(zw, torch.Tensor) or zw != 0)
 
+
+# ---------------------------------------------------------------------- schema arguments
+
+# How an Epilogue (or None) crosses a torch.library schema: one typed argument per field. A
+# scale that may be a python number or a tensor takes two arguments (``Tensor? name`` and
+# ``float? name_value``) so that each keeps its own kind: a python scale needs no device
+# tensor and a tensor scale is never read on the host.
+EPILOGUE_SCHEMA = (
+    "bool has_epilogue, Tensor? weight_scale, float? weight_scale_value, Tensor? act_scale, "
+    "float? act_scale_value, int act_zero_point, Tensor? weight_zero_point, int? weight_zero_point_value, "
+    "Tensor? weight_col_sum, Tensor? bias, Tensor? residual, Tensor? residual_scale, "
+    "float? residual_scale_value, int residual_zero_point, str activation, ScalarType out_dtype, "
+    "Tensor? out_scale, float? out_scale_value, int out_zero_point, int? quant_min, int? quant_max")
+EPILOGUE_ARG_COUNT = EPILOGUE_SCHEMA.count(",") + 1
+_SPLIT_FIELDS = ("weight_scale", "act_scale", "weight_zero_point", "residual_scale", "out_scale")
+
+
+def _split(v):
+    """(tensor or None, python number or None) of a field that may be either."""
+    if v is None:
+        return None, None
+    if isinstance(v, torch.Tensor):
+        return v, None
+    return None, v
+
+
+def epilogue_to_schema_args(epilogue: Optional[Epilogue]) -> tuple:
+    """The :data:`EPILOGUE_SCHEMA` arguments of ``epilogue`` (``None``: plain int32)."""
+    ep = epilogue
+    if ep is None:
+        return (False, None, None, None, None, 0, None, None, None, None, None, None, None, 0, "none",
+                torch.int32, None, None, 0, None, None)
+    ws, wsv = _split(ep.weight_scale)
+    as_, asv = _split(ep.act_scale)
+    wz, wzv = _split(ep.weight_zero_point)
+    rs, rsv = _split(ep.residual_scale)
+    os_, osv = _split(ep.out_scale)
+    return (True, ws, None if wsv is None else float(wsv), as_, None if asv is None else float(asv),
+            ep.act_zero_point, wz, wzv, ep.weight_col_sum, ep.bias, ep.residual, rs,
+            None if rsv is None else float(rsv), ep.residual_zero_point, ep.activation, ep.out_dtype, os_,
+            None if osv is None else float(osv), ep.out_zero_point, ep.quant_min, ep.quant_max)
+
+
+def schema_out_dtype(args) -> torch.dtype:
+    """The output dtype the :data:`EPILOGUE_SCHEMA` arguments ask for (int32 without an epilogue)."""
+    return args[15] if args[0] else torch.int32
+
+
+def epilogue_from_schema_args(args) -> Optional[Epilogue]:
+    """Inverse of :func:`epilogue_to_schema_args`."""
+    (has, ws, wsv, as_, asv, azp, wz, wzv, colsum, bias, residual, rs, rsv, rzp, activation, out_dtype, os_, osv,
+     ozp, qmin, qmax) = args
+    if not has:
+        return None
+    return Epilogue(weight_scale=wsv if ws is None else ws, act_scale=asv if as_ is None else as_,
+                    act_zero_point=azp, weight_zero_point=wzv if wz is None else wz, weight_col_sum=colsum,
+                    bias=bias, residual=residual, residual_scale=rsv if rs is None else rs,
+                    residual_zero_point=rzp, activation=activation, out_dtype=out_dtype,
+                    out_scale=osv if os_ is None else os_, out_zero_point=ozp, quant_min=qmin, quant_max=qmax)
