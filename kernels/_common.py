@@ -34,6 +34,11 @@ import torch
 import triton
 import triton.language as tl
 
+# One copy of the argument checks, shared with the op layer; re-exported for the launchers.
+from zsq_engine.opspec.checks import (check_int, check_number, check_quant_range, check_same,  # noqa: F401
+                                      check_tensor, normalize_axis)
+from zsq_engine.opspec.dtypes import FLOAT_DTYPES
+
 # The interpreter is chosen when a kernel is decorated, i.e. when this package is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -51,9 +56,9 @@ PROGRAMS_PER_SM = 4
 MIN_TILES = 1 if INTERPRET else 4
 INTERPRETER_PROGRAMS = 4
 
+# Float output kinds of the elementwise kernels (constexpr OUT_KIND), in FLOAT_DTYPES order.
 OUT_FP32, OUT_FP16, OUT_BF16 = 0, 1, 2
-_OUT_KIND = {torch.float32: OUT_FP32, torch.float16: OUT_FP16, torch.bfloat16: OUT_BF16}
-FLOAT_DTYPES = tuple(_OUT_KIND)
+_OUT_KIND = dict(zip(FLOAT_DTYPES, (OUT_FP32, OUT_FP16, OUT_BF16)))
 
 
 # ----------------------------------------------------------------------------- host helpers
@@ -80,51 +85,9 @@ def check_device(name: str, t: torch.Tensor) -> None:
 
 
 def check_float(name: str, t, dtypes=FLOAT_DTYPES) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+    """A tensor of one of ``dtypes`` on a device the Triton kernels can run on."""
+    check_tensor(name, t, dtypes)
     check_device(name, t)
-
-
-def check_same(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor, same_shape: bool = True) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-    if same_shape and t.shape != ref.shape:
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
-
-
-def check_quant_range(quant_min, quant_max) -> None:
-    for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if not -(2 ** 31) <= v < 2 ** 31:
-            raise ValueError(f"{name} must fit in int32, got {v}")
-    if quant_min >= quant_max:
-        raise ValueError(f"quant_min must be < quant_max, got {quant_min} and {quant_max}")
-
-
-def check_number(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a python float, got {type(v).__name__}")
-    return float(v)
-
-
-def check_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be a python int, got {type(v).__name__}")
-    return v
-
-
-def normalize_axis(axis: Optional[int], ndim: int) -> Optional[int]:
-    if axis is None:
-        return None
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int or None, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis={axis} is out of range for a tensor with {ndim} dimensions")
-    return axis % ndim
 
 
 def channel_dims(shape, axis: Optional[int]) -> Tuple[int, int, int]:

@@ -174,7 +174,7 @@ def _t(shape, dtype, aligned=True, device="meta"):
 
 def _epilogue(name: str, M: int, N: int, a_uint8: bool, out_shape=None):
     import torch
-    from zsq_engine.ops.epilogue import Epilogue
+    from zsq_engine.opspec.epilogue import Epilogue
     if name == "none":
         return Epilogue(out_dtype=torch.int32, act_zero_point=128 if a_uint8 else 0)
     f32 = torch.float32
@@ -282,7 +282,7 @@ def _run_fake_quant(aligned, mode, dtype, layout):
 
 def _run_bn_stats(aligned, variant, big=0):
     import torch
-    from zsq_engine.ops.reference.bn_stats import VARIANTS
+    from zsq_engine.opspec.bn_loss import VARIANTS
     from . import bn_stats as bs
     # a ResNet-like layer mix with the three float dtypes in one launch
     shapes = [((64, 64, 112, 112), torch.float32), ((64, 256, 56, 56), torch.float16),

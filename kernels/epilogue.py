@@ -1,11 +1,11 @@
 """Fused epilogue shared by the integer GEMM, implicit-GEMM conv and depthwise conv kernels.
 
-Host side: :func:`prepare` turns a :class:`zsq_engine.ops.epilogue.Epilogue` into the runtime
+Host side: :func:`prepare` turns a :class:`zsq_engine.opspec.epilogue.Epilogue` into the runtime
 argument tuple and the constexpr flags every integer kernel takes in the same order (unused
 pointers point at the output: Triton needs a tensor, nothing reads it). Device side:
 :func:`epilogue_store` applies the correction / dequant / bias / residual / activation /
 requantisation to an int32 accumulator tile and stores it (semantics and error budget in
-``zsq_engine/ops/epilogue.py``).
+``zsq_engine/opspec/epilogue.py``).
 
 uint8 activations are fed to the int8 MMA as ``a - 128`` (an XOR of the sign bit); the
 kernels then treat them as int8 activations with zero point ``za - 128``, so an unsigned
@@ -19,13 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from zsq_engine.ops.epilogue import FLOAT_OUT_DTYPES, QUANT_OUT_DTYPES, Epilogue
+from zsq_engine.opspec.dtypes import ACTIVATION_CODES, FLOAT_OUT_DTYPES, QUANT_OUT_DTYPES
+from zsq_engine.opspec.epilogue import Epilogue
 
 from . import _common as cm
 from ._common import round_half_even, to_out
 
+# Integer output kinds, after the float ones of _common (OUT_FP32 / OUT_FP16 / OUT_BF16).
 OUT_INT32, OUT_REQUANT = 3, 4
-ACT_CODE = {"none": 0, "relu": 1, "relu6": 2}
 
 
 def _vector(name: str, v, n: int, device, dtype, allow_scalar: bool = True) -> Tuple[torch.Tensor, bool]:
@@ -109,7 +110,7 @@ def prepare(epilogue: Optional[Epilogue], M: int, N: int, K: int, out: torch.Ten
             out_scale, out_zp, qmin, qmax)
     flags = dict(HAS_AZP=has_azp, HAS_WZP=has_wzp, WZP_PER_CH=wzp_per_ch, HAS_SCALE=has_scale,
                  WSCALE_PER_CH=wscale_per_ch, ASCALE_PER_ROW=ascale_per_row, HAS_BIAS=ep.bias is not None,
-                 RES_KIND=res_kind, ACT=ACT_CODE[ep.activation], OUT_KIND=out_kind)
+                 RES_KIND=res_kind, ACT=ACTIVATION_CODES[ep.activation], OUT_KIND=out_kind)
     return args, flags
 
 

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.opspec.epilogue import Epilogue
 
 from . import _common as cm
 from . import epilogue as epi

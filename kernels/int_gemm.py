@@ -41,8 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from zsq_engine.ops.epilogue import Epilogue
-from zsq_engine.ops.reference.integer import unpack_int4
+from zsq_engine.opspec.epilogue import Epilogue
+from zsq_engine.opspec.int4 import unpack_int4
 
 from . import _common as cm
 from . import epilogue as epi

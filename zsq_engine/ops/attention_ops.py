@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks
+from ..opspec import checks
 from .dispatch import dispatch, register
 from .reference import attention as _ref_attention
 

@@ -6,7 +6,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import checks
+from ..opspec import checks
 from .dispatch import dispatch, register
 from .reference import bn_stats as _ref
 from .reference.bn_stats import VARIANTS, BNLossSpec

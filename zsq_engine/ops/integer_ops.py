@@ -1,13 +1,18 @@
-"""Public integer ops: exact int8 GEMM, int4 pack/unpack, integer conv2d (int32 accumulation)."""
+"""Public integer ops: exact int8 GEMM, int4 pack/unpack, integer conv2d (int32 accumulation).
+
+Each is the torch.library op ``zsq::<name>`` (:func:`.schema.define_op`): reference by default,
+the dispatched backend for CPU / CUDA tensors, a fake for torch.compile.
+"""
 from __future__ import annotations
 
 from typing import Tuple, Union
 
 import torch
 
-from . import checks
+from ..opspec import checks
 from .dispatch import dispatch, register
 from .reference import integer as _ref
+from .schema import compiling, define_op
 
 register("int_mm", "reference")(_ref.int_mm)
 register("pack_int4", "reference")(_ref.pack_int4)
@@ -15,6 +20,29 @@ register("unpack_int4", "reference")(_ref.unpack_int4)
 register("conv2d_int", "reference")(_ref.conv2d_int)
 
 IntPair = Union[int, Tuple[int, int]]
+
+
+def _conv_out(size, k, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _conv2d_int_fake(x, weight, stride, padding, dilation, groups, layout):
+    h, w = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
+    oh = _conv_out(h, weight.shape[2], stride[0], padding[0], dilation[0])
+    ow = _conv_out(w, weight.shape[3], stride[1], padding[1], dilation[1])
+    shape = (x.shape[0], weight.shape[0], oh, ow) if layout == "NCHW" else (x.shape[0], oh, ow, weight.shape[0])
+    return x.new_empty(shape, dtype=torch.int32)
+
+
+_INT_MM = define_op("int_mm", "(Tensor a, Tensor b) -> Tensor", _ref.int_mm,
+                    lambda a, b: a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32))
+_PACK_INT4 = define_op("pack_int4", "(Tensor x) -> Tensor", _ref.pack_int4,
+                       lambda x: x.new_empty((*x.shape[:-1], (x.shape[-1] + 1) // 2), dtype=torch.uint8))
+_UNPACK_INT4 = define_op("unpack_int4", "(Tensor packed, int k, bool signed) -> Tensor", _ref.unpack_int4,
+                         lambda packed, k, signed: packed.new_empty(
+                             (*packed.shape[:-1], k), dtype=torch.int8 if signed else torch.uint8))
+_CONV2D_INT = define_op("conv2d_int", "(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+                        "int groups, str layout) -> Tensor", _ref.conv2d_int, _conv2d_int_fake)
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -29,6 +57,8 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     checks.check_same_device("a", a, "b", b)
     if 0 in (a.shape[0], a.shape[1], b.shape[1]):
         return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32, device=a.device)  # no kernel for no work
+    if compiling():
+        return _INT_MM(a, b)
     return dispatch("int_mm", a.device)(a, b)
 
 
@@ -49,6 +79,8 @@ def pack_int4(x: torch.Tensor) -> torch.Tensor:
         if int(xmin) < lo or int(xmax) > hi:
             raise ValueError(f"x holds values in [{int(xmin)}, {int(xmax)}] but int4 packing of {x.dtype} "
                              f"needs [{lo}, {hi}]; quantize to 4 bits first")
+    if compiling():
+        return _PACK_INT4(x)
     return dispatch("pack_int4", x.device)(x)
 
 
@@ -60,6 +92,8 @@ def unpack_int4(packed: torch.Tensor, k: int, signed: bool = True) -> torch.Tens
     if isinstance(k, bool) or not isinstance(k, int) or (k + 1) // 2 != packed.shape[-1] or k < 1:
         raise ValueError(f"k={k!r} does not match packed.shape[-1]={packed.shape[-1]} "
                          f"(expected k in {{{2 * packed.shape[-1] - 1}, {2 * packed.shape[-1]}}})")
+    if compiling():
+        return _UNPACK_INT4(packed, k, bool(signed))
     return dispatch("unpack_int4", packed.device)(packed, k, bool(signed))
 
 
@@ -91,4 +125,6 @@ def conv2d_int(x: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, paddi
         raise ValueError(f"weight {tuple(weight.shape)} with groups={groups} does not fit {channels} input "
                          f"channels (expected weight.shape[1] * groups == channels, both divisible by groups)")
     stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
+    if compiling():
+        return _CONV2D_INT(x, weight, stride, padding, dilation, groups, layout)
     return dispatch("conv2d_int", x.device)(x, weight, stride, padding, dilation, groups, layout)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import checks
+from ..opspec import checks
 
 __all__ = ["conv2d_narrow_aware", "conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_IN", "NARROW_MAX_OUT"]
 

@@ -14,7 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import checks, library
+from ..opspec import checks
+from . import library
 from .dispatch import dispatch, register
 from .reference import adaround as _ref_adaround
 from .reference import qdrop as _ref_qdrop

@@ -12,9 +12,11 @@ These are what the integer runtime calls; each backend implements two primitives
   (the activation zero point for asymmetric uint8 activations, so padding is exact).
 
 Both return int32 (``epilogue=None``: the exact product) or the epilogue's output dtype, see
-:mod:`zsq_engine.ops.epilogue` for what the epilogue computes and its error budget. The
-reference implementations compute the exact product in fp64 and the epilogue in fp64; kernels
-must match them exactly for int32 outputs and within the epilogue's budget otherwise.
+:mod:`zsq_engine.opspec.epilogue` for what the epilogue computes and its error budget. The
+references (:mod:`zsq_engine.ops.reference.quantized`) compute the exact product and the
+epilogue in fp64; kernels must match them exactly for int32 outputs and within the epilogue's
+budget otherwise. Both are torch.library ops (``zsq::qgemm``, ``zsq::qconv2d_nhwc``, see
+:mod:`.schema`) whose schema carries the epilogue as typed arguments.
 
 int4 conv weights are stored packed by the runtime and widened to int8 once when a model is
 loaded: a conv is compute-bound at the sizes where int4 would matter, and neither Hopper nor
@@ -27,39 +29,50 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import checks
+from ..opspec import checks
+from ..opspec.epilogue import (EPILOGUE_ARG_COUNT, EPILOGUE_SCHEMA, epilogue_from_schema_args,
+                                epilogue_to_schema_args, schema_out_dtype)
 from .dispatch import dispatch, register
-from .epilogue import Epilogue, apply_reference, conv_product_reference, zero_point_product_reference
-from .reference import integer as _ref_int
+from .epilogue import Epilogue
+from .reference import quantized as _ref_quantized
+from .schema import compiling, define_op
 
 IntPair = Union[int, Tuple[int, int]]
 
-
-# ---------------------------------------------------------------------------- references
-
-def _qgemm_reference(a, w, epilogue, w_packed, a_packed, a_signed, k):
-    if a_packed:
-        a = _ref_int.unpack_int4(a, k, a_signed)
-    if w_packed:
-        w = _ref_int.unpack_int4(w, k, True)
-    ep = epilogue
-    product = zero_point_product_reference(a, w, 0 if ep is None else ep.act_zero_point,
-                                           None if ep is None else ep.weight_zero_point)
-    return apply_reference(product, ep)
+register("qgemm", "reference")(_ref_quantized.qgemm)
+register("qconv2d_nhwc", "reference")(_ref_quantized.qconv2d_nhwc)
 
 
-def _qconv2d_nhwc_reference(x, w, stride, padding, dilation, groups, epilogue, pad_value):
-    ep = epilogue
-    product = conv_product_reference(x, w, stride, padding, dilation, groups, pad_value,
-                                     0 if ep is None else ep.act_zero_point,
-                                     None if ep is None else ep.weight_zero_point)
-    b, oh, ow, o = product.shape
-    out = apply_reference(product.reshape(b * oh * ow, o), ep)
-    return out.reshape(b, oh, ow, o)
+# ---------------------------------------------------------------------------- schemas
+# The epilogue crosses the schema as EPILOGUE_SCHEMA's typed arguments (opspec.epilogue).
+
+def _qgemm_primitive_args(a, w, *rest):
+    ep_args, (w_packed, a_packed, a_signed, k) = rest[:EPILOGUE_ARG_COUNT], rest[EPILOGUE_ARG_COUNT:]
+    return a, w, epilogue_from_schema_args(ep_args), w_packed, a_packed, a_signed, k
 
 
-register("qgemm", "reference")(_qgemm_reference)
-register("qconv2d_nhwc", "reference")(_qconv2d_nhwc_reference)
+def _qgemm_fake(a, w, *rest):
+    return a.new_empty((a.shape[0], w.shape[0]), dtype=schema_out_dtype(rest[:EPILOGUE_ARG_COUNT]))
+
+
+def _qconv2d_nhwc_primitive_args(x, w, stride, padding, dilation, groups, *rest):
+    ep_args, pad_value = rest[:EPILOGUE_ARG_COUNT], rest[EPILOGUE_ARG_COUNT]
+    return (x, w, tuple(stride), tuple(padding), tuple(dilation), groups, epilogue_from_schema_args(ep_args),
+            pad_value)
+
+
+def _qconv2d_nhwc_fake(x, w, stride, padding, dilation, groups, *rest):
+    out_dtype = schema_out_dtype(rest[:EPILOGUE_ARG_COUNT])
+    oh = (x.shape[1] + 2 * padding[0] - dilation[0] * (w.shape[1] - 1) - 1) // stride[0] + 1
+    ow = (x.shape[2] + 2 * padding[1] - dilation[1] * (w.shape[2] - 1) - 1) // stride[1] + 1
+    return x.new_empty((x.shape[0], oh, ow, w.shape[0]), dtype=out_dtype)
+
+
+_QGEMM = define_op("qgemm", f"(Tensor a, Tensor w, {EPILOGUE_SCHEMA}, bool w_packed, bool a_packed, bool a_signed, "
+                   "int k) -> Tensor", _ref_quantized.qgemm, _qgemm_fake, _qgemm_primitive_args)
+_QCONV2D_NHWC = define_op("qconv2d_nhwc", f"(Tensor x, Tensor w, int[2] stride, int[2] padding, int[2] dilation, "
+                          f"int groups, {EPILOGUE_SCHEMA}, int pad_value) -> Tensor",
+                          _ref_quantized.qconv2d_nhwc, _qconv2d_nhwc_fake, _qconv2d_nhwc_primitive_args)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -147,7 +160,9 @@ def qgemm(a: torch.Tensor, w: torch.Tensor, epilogue: Optional[Epilogue] = None,
     if 0 in (a.shape[0], w.shape[0], k):
         # nothing to multiply: the fp64 reference gives the exact result (the epilogue applied to a
         # zero product for K = 0, as a matmul with K = 0 gives zeros) on every backend
-        return _qgemm_reference(*args)
+        return _ref_quantized.qgemm(*args)
+    if compiling():
+        return _QGEMM(a, w, *epilogue_to_schema_args(epilogue), *args[3:])
     return dispatch("qgemm", a.device)(*args)
 
 
@@ -183,4 +198,6 @@ def qconv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: IntPair = 1, padding:
         raise ValueError(f"the output would be empty ({oh}x{ow}) for input {h}x{wd}, kernel {kh}x{kw}, "
                          f"stride {stride}, padding {padding}, dilation {dilation}")
     _check_epilogue(epilogue, b * oh * ow, o, x.device)
+    if compiling():
+        return _QCONV2D_NHWC(x, w, stride, padding, dilation, groups, *epilogue_to_schema_args(epilogue), pad_value)
     return dispatch("qconv2d_nhwc", x.device)(x, w, stride, padding, dilation, groups, epilogue, pad_value)

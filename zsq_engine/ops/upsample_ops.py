@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import checks
+from ..opspec import checks
 
 __all__ = ["upsample2x_conv3x3", "phase_weights"]
 

@@ -25,15 +25,16 @@ import torch
 
 from zsq_engine._ext import get_extension
 
+from ...opspec.dtypes import ACTIVATION_CODES, QUANT_OUT_DTYPES
+from ...opspec.epilogue import Epilogue
 from ..dispatch import register
-from ..epilogue import Epilogue, QUANT_OUT_DTYPES
 
 _C = get_extension()
 
 ISA_ENV = "ZSQ_CPU_INT_ISA"
 ISA_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avx512_vnni": 3}
+# Output-kind codes of the C++ epilogue (csrc/binding.cpp); activations use ACTIVATION_CODES.
 _OUT_KIND = {torch.int32: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
-_ACTIVATION = {"none": 0, "relu": 1, "relu6": 2}
 
 
 def isa_code() -> int:
@@ -133,7 +134,7 @@ def epilogue_args(ep: Optional[Epilogue], device: Optional[torch.device] = None)
         qmin, qmax = ep.quant_range()
     return (_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale, device),
             _f32_vector(ep.act_scale, device), bias, ep.residual, res_scale, ep.residual_zero_point,
-            _ACTIVATION[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
+            ACTIVATION_CODES[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
 
 
 def _act_kind(a: torch.Tensor, a_packed: bool, a_signed: bool) -> int:

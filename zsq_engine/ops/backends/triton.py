@@ -57,7 +57,7 @@ def _register_quantized() -> None:
         from zsq_engine.kernels import int_conv, int_gemm
     except Exception:  # pragma: no cover - Triton missing
         return
-    from ..quantized_ops import _qconv2d_nhwc_reference
+    from ..reference.quantized import qconv2d_nhwc as _qconv2d_nhwc_reference
 
     @register("qgemm", "triton")
     def _qgemm(a, w, epilogue, w_packed, a_packed, a_signed, k):

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..checks import channel_view_shape
+from ...opspec.checks import channel_view_shape
 
 GAMMA = -0.1
 ZETA = 1.1

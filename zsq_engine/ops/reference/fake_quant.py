@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..checks import channel_view_shape
+from ...opspec.checks import channel_view_shape
 
 
 def _broadcast(v: torch.Tensor, ndim: int, axis: Optional[int]) -> torch.Tensor:

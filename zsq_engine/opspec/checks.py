@@ -1,4 +1,4 @@
-"""Argument validation shared by the public ops.
+"""Argument validation shared by the public ops and the kernel launchers (one copy of each check).
 
 Every check names the argument and what was expected. Checks that would need the values of a
 CUDA tensor (a host synchronisation) are skipped on CUDA unless ``ZSQ_CHECK_VALUES=1``: the
@@ -18,8 +18,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-PARAM_DTYPES = FLOAT_DTYPES + (torch.float64,)  # quantization parameters are used in fp32
+from .dtypes import FLOAT_DTYPES, PARAM_DTYPES
+
 ScalarOrTensor = Union[float, int, torch.Tensor]
 
 
@@ -50,6 +50,26 @@ def check_same_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tens
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
 
 
+def check_same(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor, same_shape: bool = True) -> None:
+    """``t`` is on ``ref``'s device and, with ``same_shape``, has its shape."""
+    check_same_device(ref_name, ref, name, t)
+    if same_shape and t.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
+
+
+def check_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be a python int, got {type(v).__name__}")
+    return v
+
+
+def check_number(name: str, v) -> float:
+    """A Python number (any value, inf and NaN included); returns it as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a python float or int, got {type(v).__name__}")
+    return float(v)
+
+
 def check_quant_range(quant_min, quant_max) -> Tuple[int, int]:
     for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -74,9 +94,7 @@ def normalize_axis(axis: Optional[int], ndim: int, name: str = "axis") -> Option
 
 def check_scalar(name: str, v, positive: bool = False, nonnegative: bool = False) -> float:
     """A Python number that must be finite (and > 0 / >= 0 when asked); returns it as a float."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a float or an int, got {type(v).__name__}")
-    v = float(v)
+    v = check_number(name, v)
     if not math.isfinite(v) or (positive and not v > 0) or (nonnegative and not v >= 0):
         want = "finite and > 0" if positive else "finite and >= 0" if nonnegative else "finite"
         raise ValueError(f"{name} must be {want}, got {v}")
