@@ -131,24 +131,12 @@ def _check_images(name: str, calib: List[torch.Tensor], num: int) -> torch.Tenso
     return torch.cat(calib)[:num]
 
 
-def peer_versions() -> Dict[str, object]:
-    from zsq_engine.bench_peers.pt2e import torchao_version
-
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = None
-    return {"torchao": torchao_version(), "onnxruntime": ort}
-
-
 def bench_cpu_model(name: str, shape, batches: Sequence[int], threads_list: Sequence[int], variants: Sequence[str],
                     peers: Sequence[str], env: Dict, *, calib_images: int = 64, check_images: int = 32,
                     min_agreement: float = 90.0, warmup: int = 3, repeats: int = 10) -> List[Dict]:
     """All contenders of one CPU model, built once, checked and timed interleaved per thread count."""
     from zsq_engine.bench_peers import (Candidate, add_peer_ratios, check_and_split, peer_candidates,
-                                        skipped_rows)
+                                        peer_versions, skipped_rows)
     from zsq_engine.models import get_model
     from zsq_engine.quant import naive_ptq
     from zsq_engine.runtime import convert
@@ -163,9 +151,8 @@ def bench_cpu_model(name: str, shape, batches: Sequence[int], threads_list: Sequ
             fp, calib, wbits, abits, progress=False, quantize_first_input=int_input).eval()
     # The int8 peers quantize the image (an int8 stem): the zsq model with the same policy is the
     # one they are compared with and the one ONNX Runtime runs.
-    ref = next((k for k in ("W8A8 8-bit input", "W8A8") if k in qmodels), None)
-    if ref is None:
-        ref = "W8A8 8-bit input"
+    ref = "W8A8 8-bit input"
+    if ref not in qmodels:  # the peers' reference even when it is not timed itself
         qmodels[ref] = naive_ptq(fp, calib, 8, 8, progress=False, quantize_first_input=True).eval()
     references = {f"fake-quant {k}": q for k, q in qmodels.items()}
 

@@ -17,6 +17,7 @@ from .peer_set import (INT8_PEERS, PEERS, Candidate, PeerStatus, check_and_split
                        skipped_rows)
 from .ratios import add_peer_ratios
 from .status import PeerUnavailable
+from .versions import peer_versions
 
 __all__ = ["PEERS", "INT8_PEERS", "Candidate", "PeerStatus", "PeerUnavailable", "peer_candidates",
-           "check_and_split", "skipped_rows", "add_peer_ratios"]
+           "check_and_split", "skipped_rows", "add_peer_ratios", "peer_versions"]

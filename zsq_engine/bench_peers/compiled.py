@@ -12,6 +12,7 @@ through ``torch._inductor.config.patch`` around the compiling call: passing it a
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -37,7 +38,8 @@ def inductor(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             if key in compiled_for:  # timed calls: no config patching on the hot path
                 return compiled(x)
-            with inductor_config.patch(freezing=True):
+            with inductor_config.patch(freezing=True), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Inductor's own lowering warnings, once per compile
                 out = compiled(x)
             compiled_for.add(key)
             return out

@@ -13,16 +13,7 @@ from torch import nn
 
 from .status import PeerUnavailable
 
-__all__ = ["torchao_version", "pt2e_x86_int8"]
-
-
-def torchao_version():
-    """The installed torchao's version, or None."""
-    try:
-        import torchao
-    except Exception:  # noqa: BLE001 - a broken install is as good as none here
-        return None
-    return getattr(torchao, "__version__", "unknown")
+__all__ = ["pt2e_x86_int8"]
 
 
 def _pt2e_api():
