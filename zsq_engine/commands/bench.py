@@ -177,10 +177,9 @@ def run(args: argparse.Namespace) -> int:
     # only its file is given) before it is timed
     reference = qmodel if qmodel is not None else int_model
     ref_name = "fake-quant model" if qmodel is not None else "integer model (--int-model)"
-    ref_device = _model_device(reference)
 
-    def ref_fn(x):
-        return reference(x.to(ref_device, torch.float32).contiguous())
+    def ref_fn(x):  # the device looked up per call: make_contenders moves an --int-model to --device
+        return reference(x.to(_model_device(reference), torch.float32).contiguous())
 
     candidates = [Candidate(c.name, c.precision, ref_name, lambda c=c: c, lambda c: c)
                   for c in make_contenders(fp_model, int_model, device)]
