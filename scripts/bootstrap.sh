@@ -16,7 +16,7 @@ ZSQ_TORCH_SPEC, ZSQ_TRITON_SPEC, ZSQ_SKIP_EXT, TORCH_CUDA_ARCH_LIST settings):
      torch/triton, e.g. on a GPU image, is reused)
   2. torch (only if `import torch` fails), triton (only if `import triton` fails; optional),
      and whichever of setuptools, wheel, ninja, numpy, tqdm, pytest, pytest-benchmark,
-     matplotlib, pillow, onnx, onnxruntime are missing
+     matplotlib, pillow, onnx, onnxruntime, torchao are missing
   3. the Debian package dataset-fashion-mnist, if /usr/share/datasets/fashion-mnist is
      missing and apt-get can be run as root (or with passwordless sudo)
   4. `pip install -e . --no-build-isolation` (builds the C++/CUDA extension zsq_engine._C;
@@ -109,7 +109,9 @@ import importlib.util, shutil
 want = {"numpy": "numpy", "tqdm": "tqdm", "pytest": "pytest",
         "pytest_benchmark": "pytest-benchmark", "matplotlib": "matplotlib", "PIL": "pillow",
         # zsq export and its tests (ONNX Runtime checks the exported graphs)
-        "onnx": "onnx==1.23.2", "onnxruntime": "onnxruntime==1.31.1"}
+        "onnx": "onnx==1.23.2", "onnxruntime": "onnxruntime==1.31.1",
+        # the PT2E + Inductor peer of zsq bench and its test (a 3.4 MB wheel, no dependencies)
+        "torchao": "torchao==0.18.0"}
 missing = [pkg for mod, pkg in want.items() if importlib.util.find_spec(mod) is None]
 if shutil.which("ninja") is None:
     missing.append("ninja")

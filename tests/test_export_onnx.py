@@ -291,7 +291,7 @@ def test_cli_export_and_bench_row(tmp_path, capsys):
     assert rc == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
     assert keep.read_bytes() == b"earlier result"
     rc = main(["bench", "--model", "fmnist_resnet", "--calib-images", "32", "--batch-sizes", "2", "--warmup", "1",
-               "--repeats", "1", "--no-torch-ao", "--onnxruntime", "--device", "cpu", "--no-progress",
+               "--repeats", "1", "--peers", "onnxruntime", "--onnxruntime", "--device", "cpu", "--no-progress",
                "--out", str(tmp_path / "bench")])
     assert rc == 0
     import json

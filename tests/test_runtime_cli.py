@@ -56,7 +56,8 @@ def test_convert_from_a_quantize_checkpoint(tmp_path, calib):
 @needs_fmnist
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     rc = main(["bench", "--model", "fmnist_resnet", "--wbits", "8", "--abits", "8", "--calib-images", "16",
-               "--batch-sizes", "1", "3", "--warmup", "1", "--repeats", "1", "--out", str(tmp_path), "--no-progress"])
+               "--batch-sizes", "1", "3", "--warmup", "1", "--repeats", "1", "--out", str(tmp_path), "--no-progress",
+               "--peers", "torch.ao"])  # the compiled peers are tests/test_bench_peers.py's
     assert rc == 0
     printed = capsys.readouterr().out
     assert "torch.ao int8" in printed and "zsq int" in printed
@@ -79,7 +80,7 @@ def test_bench_an_integer_model_file(tmp_path, calib):
     q = naive_ptq(get_model("fmnist_resnet", pretrained=True), calib, 4, 4, progress=False)
     save(convert(q), tmp_path / "int.pt", meta={"model": "fmnist_resnet", "wbits": 4, "abits": 4})
     rc = main(["bench", "--int-model", str(tmp_path / "int.pt"), "--batch-sizes", "2", "--warmup", "1",
-               "--repeats", "1", "--no-torch-ao", "--out", str(tmp_path / "b"), "--no-progress"])
+               "--repeats", "1", "--no-torch-ao", "--peers", "none", "--out", str(tmp_path / "b"), "--no-progress"])
     assert rc == 0
     rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
     assert [(r["impl"], r["precision"]) for r in rows] == [("fp32", "fp32"), ("zsq int", "W4A4")]
