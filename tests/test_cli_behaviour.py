@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zsq_engine.cli import build_parser, main
-from zsq_engine.fileio import save_torch_atomic
+from zsq_engine.utils import save_torch_atomic
 
 from runtime_helpers import needs_fmnist
 

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 "threads": torch.get_num_threads(), "warmup": args.warmup, "repeats": args.repeats,
                 "cuda_graph_max_batch": args.cuda_graph, "int_model": {k: v for k, v in meta.items()
                                                                       if k in ("source", "wbits", "abits", "method")}}
-    from zsq_engine.fileio import write_text_atomic
+    from zsq_engine.utils import write_text_atomic
 
     with guard.writing(out / "bench.json"):
         write_text_atomic(out / "bench.json", json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")

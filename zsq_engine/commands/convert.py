@@ -160,7 +160,7 @@ def source_models(args, need_calib: bool = False):
 
 def load_float_model(name: str, weights: Optional[str]):
     """``get_model`` with the --weights file read safely and a mismatch reported in one line."""
-    from zsq_engine.fileio import load_torch_file
+    from zsq_engine.utils import load_torch_file
     from zsq_engine.models import get_model
 
     if weights is None:

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits
+from ..utils import model_fingerprint
 from .checkpoint import capture_rng, identity_mismatch, load_checkpoint, restore_rng, save_checkpoint
 from .config import QATConfig, make_config
 from .generators import GDFQGenerator, ZAQGenerator
@@ -64,12 +65,6 @@ def _lr_factor(cfg: QATConfig) -> Callable[[int], float]:
         bounds = [m * total for m in cfg.milestones]
         return lambda it: cfg.gamma ** sum(it >= b for b in bounds)
     return lambda it: 1.0
-
-
-def _model_fingerprint(model: nn.Module) -> str:
-    from ..synth.api import _model_fingerprint as fingerprint
-
-    return fingerprint(model)
 
 
 class QATTrainer:
@@ -166,7 +161,7 @@ class QATTrainer:
         return {"method": self.method_name, "preset": self.preset, "wbits": self.wbits, "abits": self.abits,
                 "first_last_bits": self.first_last_bits, "seed": self.seed, "config": asdict(self.cfg),
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "teacher": _model_fingerprint(self.teacher)}
+                "teacher": model_fingerprint(self.teacher)}
 
     def state_dict(self) -> dict:
         cpu = lambda sd: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in sd.items()}  # noqa: E731

@@ -10,7 +10,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from ..synth.hooks import ModuleRecorder
+from ..utils import ModuleRecorder
 
 __all__ = ["FeatureTaps", "stage_names", "block_names"]
 
