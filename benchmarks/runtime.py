@@ -38,7 +38,7 @@ GPU_BATCHES = (1, 64, 256)
 
 def _calibration(name: str, shape, num: int = 64) -> List[torch.Tensor]:
     if name == "fmnist_resnet":
-        from zsq_engine.commands.data_sources import fmnist_calibration
+        from zsq_engine.data.sources import fmnist_calibration
 
         return [x for x, _ in fmnist_calibration(num, None, 0)]
     g = torch.Generator().manual_seed(0)

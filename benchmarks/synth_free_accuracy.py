@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from zsq_engine.commands.data_sources import fmnist_batches
+from zsq_engine.data.sources import fmnist_batches
 from zsq_engine.evaluation import evaluate_accuracy
 from zsq_engine.models import get_model
 from zsq_engine.quant import calibrate_activations, quantize_model

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from zsq_engine.recon import PRESETS, reconstruct_model
     from zsq_engine.synth import synthesize
 
-    from .data_sources import fmnist_batches, fmnist_calibration
+    from ..data.sources import fmnist_batches, fmnist_calibration
 
     from .quantize import check_eval_data
 

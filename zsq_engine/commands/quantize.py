@@ -83,7 +83,7 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
             raise guard.UsageError(f"{arg} real needs real images", f"--model {model_name}",
                                    "there is no built-in real data for it",
                                    "pass --calib-dir (an ImageFolder of real images) or a file from `zsq synthesize`")
-        from .data_sources import fmnist_calibration
+        from ..data.sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
     path = Path(data)
