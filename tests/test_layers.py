@@ -82,3 +82,37 @@ def test_utils_imports_no_pipeline():
            for path in source_files("utils") for line, name in imported_names(path)
            if top_package(name) != "zsq_engine.utils"]
     assert not bad, "zsq_engine.utils imports other packages:\n" + "\n".join(bad)
+
+
+ARCHITECTURES = ("zsq_engine.models.resnet", "zsq_engine.models.mobilenetv2", "zsq_engine.models.efficientnet_lite",
+                 "zsq_engine.models.fmnist_resnet")
+
+
+@pytest.mark.parametrize("package", ["recon", "runtime", "qat"])
+def test_pipelines_import_no_architecture(package):
+    """Block types and padding modules come from models.roles, declared by the model code."""
+    bad = [f"{path.relative_to(ROOT.parent)}:{line}: {name}"
+           for path in source_files(package) for line, name in imported_names(path)
+           if any(name == a or name.startswith(a + ".") for a in ARCHITECTURES)]
+    assert not bad, f"zsq_engine.{package} imports architectures:\n" + "\n".join(bad)
+
+
+def test_models_declare_their_blocks_and_padding():
+    from torch import nn
+
+    from zsq_engine.models import efficientnet_lite, mobilenetv2, resnet, roles
+    from zsq_engine.recon import BLOCK_TYPES
+
+    assert BLOCK_TYPES is roles.BLOCK_TYPES  # recon.register_block_type extends the declared list
+    for cls in (resnet.BasicBlock, resnet.Bottleneck, mobilenetv2.InvertedResidual, efficientnet_lite.MBConvBlock):
+        assert cls in roles.BLOCK_TYPES
+    assert roles.SAME_PADDING_TYPES == [efficientnet_lite.SamePad2d]
+    assert roles.MOBILENET_BLOCK_TYPES == [mobilenetv2.InvertedResidual]
+    assert roles.has_mobilenet_blocks(mobilenetv2.mobilenet_v2(num_classes=3))
+    assert not roles.has_mobilenet_blocks(resnet.resnet18(num_classes=3))
+    pad = efficientnet_lite.SamePad2d(3, 2)
+    assert roles.is_same_padding(pad) and not roles.is_same_padding(nn.ZeroPad2d(1))
+    assert roles.is_block(resnet.BasicBlock(4, 4)) and not roles.is_block(nn.Conv2d(4, 4, 3))
+    with pytest.raises(TypeError, match="same_padding takes an nn.Module subclass"):
+        roles.same_padding(int)
+

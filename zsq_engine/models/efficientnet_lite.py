@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .roles import residual_block, same_padding
+
 __all__ = ["SamePad2d", "MBConvBlock", "EfficientNetLite", "efficientnet_lite0", "LITE0_BLOCKS"]
 
 BN_EPS = 1e-3
@@ -62,6 +64,7 @@ LITE0_BLOCKS = (
 )
 
 
+@same_padding
 class SamePad2d(nn.Module):
     """Zero padding equal to TensorFlow's "SAME" for a conv with ``kernel_size`` and ``stride``.
 
@@ -101,6 +104,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+@residual_block
 class MBConvBlock(nn.Module):
     """Mobile inverted bottleneck without squeeze-excitation (Lite variant).
 

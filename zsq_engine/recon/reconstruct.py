@@ -42,6 +42,7 @@ from torch import nn
 
 from .. import ops
 from ..evaluation import progress
+from ..models.roles import has_mobilenet_blocks
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
 from ..quant.bit_allocation import apply_bit_plan
@@ -360,12 +361,6 @@ def _as_images(data) -> torch.Tensor:
     return data
 
 
-def _is_mobilenet(model: nn.Module) -> bool:
-    from ..models.mobilenetv2 import InvertedResidual
-
-    return any(isinstance(m, InvertedResidual) for m in model.modules())
-
-
 def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method: str = "genie",
                       preset: str = "fast", iters: Optional[int] = None, num: Optional[int] = None,
                       batch_size: Optional[int] = None, seed: int = 0,
@@ -398,7 +393,7 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     """
     check_bits(wbits, "wbits")
     check_bits(abits, "abits")
-    cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=_is_mobilenet(model),
+    cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=has_mobilenet_blocks(model),
                       **overrides)
     from .distributed import ReconWorld
 

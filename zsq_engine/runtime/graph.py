@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..models.roles import is_same_padding
 from ..quant.modules import QuantConv2d, QuantLayer, QuantLinear
 
 __all__ = ["UnsupportedLayerError", "Node", "trace_model", "SUPPORTED"]
@@ -76,8 +77,6 @@ def _pair(v):
 
 def _module_node(m: nn.Module, target: str) -> tuple:
     """(kind, attrs) for a leaf module, or raise naming it."""
-    from ..models.efficientnet_lite import SamePad2d
-
     what = f"layer {target!r} ({type(m).__name__})"
     if isinstance(m, QuantConv2d):
         return "qconv", {}
@@ -115,7 +114,7 @@ def _module_node(m: nn.Module, target: str) -> tuple:
                            "ceil_mode": bool(m.ceil_mode), "count_include_pad": bool(m.count_include_pad)}
     if type(m) is nn.ZeroPad2d:
         return "pad", {"pads": list(m.padding)}
-    if type(m) is SamePad2d:
+    if is_same_padding(m):
         return "pad", {"same": [int(m.kernel_size), int(m.stride)]}
     raise _unsupported(what)
 
