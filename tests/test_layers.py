@@ -116,3 +116,10 @@ def test_models_declare_their_blocks_and_padding():
     with pytest.raises(TypeError, match="same_padding takes an nn.Module subclass"):
         roles.same_padding(int)
 
+
+def test_runtime_imports_nothing_from_recon_or_qat():
+    """The runtime reads quantizers through zsq_engine.quant.protocol, never by class."""
+    bad = [f"{path.relative_to(ROOT.parent)}:{line}: {name}"
+           for path in source_files("runtime") for line, name in imported_names(path)
+           if top_package(name) in ("zsq_engine.recon", "zsq_engine.qat")]
+    assert not bad, "zsq_engine.runtime imports recon / qat:\n" + "\n".join(bad)
