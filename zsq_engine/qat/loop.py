@@ -1,23 +1,5 @@
-"""The shared generator-based QAT loop: :class:`QATTrainer` and :func:`train_qat`.
-
-One run::
-
-    prepare()    HAST: synthesise the hard-sample pool (unless given)
-                 GDFQ: gen_warmup_iters generator-only steps (the paper's warm-up epochs)
-                 calibrate the student's activation ranges on calib_batches synthetic batches
-                 (HAST with calib_source 'gdfq': from a GDFQ generator trained gen_warmup_iters
-                 steps for this only; ZAQ: before its generator warm-up, which needs the student)
-                 -> checkpoint
-    per epoch:   iters_per_epoch student steps; before every student_steps_per_gen-th one a
-                 generator step (GDFQ, ZAQ) -> checkpoint (atomic). GDFQ's student step
-                 trains on that generator step's batch and teacher logits (as its code);
-                 ZAQ's student steps draw fresh batches (as its code)
-
-Gradient isolation: a generator step differentiates the generator objective with respect to the
-generator parameters only (``torch.autograd.grad``), so the student and the (frozen) teacher
-collect nothing; a student step samples its batch under ``no_grad``, so nothing reaches the
-generator. Logging keeps running sums on the device and reads them every ``log_every``
-iterations and at the end of each epoch only.
+"""The shared generator-based QAT loop: :class:`QATTrainer` and :func:`train_qat` (one run's
+steps, checkpoints and resumption: docs/qat.md).
 """
 from __future__ import annotations
 

@@ -1,24 +1,6 @@
-"""The fake-quant model as a small graph of supported operations (``torch.fx``).
-
-The forward is traced with the quantized layers and every standard ``torch.nn`` module as leaves
-(and any module that holds no quantized layer, e.g. EfficientNet's shape-dependent "SAME"
-padding). Each node is then mapped to one canonical kind:
-
-====================  ========================================================================
-``qconv``/``qlinear`` :class:`zsq_engine.quant.QuantConv2d` / ``QuantLinear``
-``bn``                ``nn.BatchNorm2d`` (only right after a quantized conv: folded into it)
-``relu``/``relu6``    ``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, 6)``, ``F.relu``/``relu6``, ``Tensor.relu``
-``add``               ``+``, ``torch.add`` (two tensors)
-``maxpool``           ``nn.MaxPool2d``, ``F.max_pool2d``
-``avgpool``           ``nn.AvgPool2d``, ``nn.AdaptiveAvgPool2d``, ``F.adaptive_avg_pool2d``,
-                      ``Tensor.mean(dim=(2, 3))`` (global when the output is 1x1)
-``pad``               ``SamePad2d``, ``nn.ZeroPad2d``, ``F.pad`` (constant 0)
-``flatten``           ``nn.Flatten``, ``torch.flatten``/``Tensor.flatten`` from dim 1
-``identity``          ``nn.Identity``, dropout (inference), ``Tensor.contiguous``
-====================  ========================================================================
-
-Anything else raises :class:`UnsupportedLayerError` naming the module (qualified name and type)
-or the function.
+"""The fake-quant model as a small graph of supported operations (``torch.fx``), each node mapped
+to one canonical kind; anything else raises :class:`UnsupportedLayerError` naming it. The
+table of kinds: docs/runtime.md.
 """
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""HAST hard-sample synthesis: pixels optimised directly from a Gaussian start towards random
-labels, with BN-statistics matching ('hast' variant) plus a focal-style hardness term
-``beta * mean((1 - p_y)^gamma * CE)``.
-
-Defaults of the authors' code: Adam lr 0.5, ReduceLROnPlateau(min_lr 1e-4, patience 50), 1000
-iterations per batch of 256; (beta, gamma) = (10, 2) for small-image models (CIFAR /
-Fashion-MNIST), (0.1, 0.5) for ImageNet; random-resized-crop (0.4-1) + flip on every second
-iteration for large images only (their CIFAR path uses the images as they are), so
-``augment=None`` means "on for images larger than 64 pixels".
-
-With (10, 2) the hardness term dominates, so on a small model the BN loss ends ABOVE that of
-the Gaussian start (which is already close to the model's running statistics): on the
-Fashion-MNIST ResNet, batch 16, 0.124 at the start, 7.28 after 200 iterations, 6.87 after the
-full 1000, against 29.3 for the same 200 iterations without the BN term. With ImageNet's (0.1, 0.5)
-the BN term dominates and the same run ends at 0.00094. The BN term does its job in both cases;
-the hardness weight decides how far from the statistics the hard samples are pushed.
+"""HAST hard-sample synthesis: pixels optimised from a Gaussian start towards random labels with
+BN-statistics matching plus a hardness term (defaults and behaviour: docs/synth.md).
 """
 from __future__ import annotations
 
