@@ -45,7 +45,7 @@ GPU_BATCHES = (1, 64, 256)
 
 def _calibration(name: str, shape, num: int = 64) -> List[torch.Tensor]:
     if name == "fmnist_resnet":
-        from zsq_engine.commands.data_sources import fmnist_calibration
+        from zsq_engine.data.sources import fmnist_calibration
 
         return [x for x, _ in fmnist_calibration(num, None, 0)]
     g = torch.Generator().manual_seed(0)
@@ -125,7 +125,7 @@ def _check_images(name: str, calib: List[torch.Tensor], num: int) -> torch.Tenso
     """Real held-out Fashion-MNIST images (another seed than the calibration draw) for its ResNet;
     the calibration images for the random-weight networks (nothing real to compare on)."""
     if name == "fmnist_resnet":
-        from zsq_engine.commands.data_sources import fmnist_calibration
+        from zsq_engine.data.sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, None, 1)])
     return torch.cat(calib)[:num]

@@ -12,7 +12,7 @@ makes:
   every backward also computes weight gradients nobody uses) and the BN loss is computed layer by
   layer in Python from the hooked inputs (``torch.std_mean`` + norms, as in
   :func:`benchmarks.bn_stats.eager_loss`);
-* ``zsq``: teacher frozen (``zsq_engine.synth.hooks.frozen_teacher``) and the batched fused
+* ``zsq``: teacher frozen (``zsq_engine.utils.frozen_teacher``) and the batched fused
   ``ops.bn_stat_loss`` (one kernel pass per direction for all layers).
 
 Seconds per iteration are measured as the difference between a long and a short run divided by
@@ -33,7 +33,7 @@ from benchmarks import harness
 from benchmarks.bn_stats import eager_loss
 from zsq_engine.models import get_model
 from zsq_engine.synth import genie
-from zsq_engine.synth.hooks import frozen_teacher
+from zsq_engine.utils import frozen_teacher
 
 
 def _eager_ops():

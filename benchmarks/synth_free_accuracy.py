@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from zsq_engine.commands.data_sources import fmnist_batches
+from zsq_engine.data.sources import fmnist_batches
 from zsq_engine.commands.eval_data import folder_dataset
 from zsq_engine.evaluation import evaluate_accuracy
 from zsq_engine.models import get_model, get_model_info

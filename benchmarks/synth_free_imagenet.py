@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from zsq_engine.commands.data_sources import imagefolder_batches
+from zsq_engine.data.sources import imagefolder_batches
 from zsq_engine.evaluation import evaluate_accuracy
 from zsq_engine.models import get_model
 from zsq_engine.quant import quantize_model

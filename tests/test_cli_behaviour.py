@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from zsq_engine.cli import build_parser, main
-from zsq_engine.fileio import save_torch_atomic
+from zsq_engine.utils import save_torch_atomic
 
 from runtime_helpers import needs_fmnist
 
@@ -175,7 +175,7 @@ def test_convert_writes_a_normal_file_and_replaces_only_with_overwrite(tmp_path,
 
 @needs_fmnist
 def test_demo_writes_its_results_without_matplotlib(tmp_path, capsys, monkeypatch):
-    from zsq_engine.commands import data_sources
+    from zsq_engine.data import sources as data_sources
 
     real = data_sources.fmnist_batches
     monkeypatch.setattr(data_sources, "fmnist_batches",
@@ -243,7 +243,7 @@ def test_no_requires_grad_scalar_warning_from_synthesis_or_reconstruction():
 
 @needs_fmnist
 def test_eval_prints_a_line_per_row_without_progress_bars(capsys, monkeypatch):
-    from zsq_engine.commands import data_sources
+    from zsq_engine.data import sources as data_sources
 
     real = data_sources.fmnist_batches
     monkeypatch.setattr(data_sources, "fmnist_batches", lambda split, bs, root: [next(iter(real(split, 64, root)))])

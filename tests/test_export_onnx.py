@@ -246,7 +246,7 @@ def test_imagenet_models_random_weights(tmp_path, name, wbits, abits):
 @needs_fmnist
 @pytest.mark.parametrize("wbits,abits,min_agreement", [(8, 8, 99.75), (4, 4, 99.9)])
 def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits, min_agreement):
-    from zsq_engine.commands.data_sources import fmnist_calibration
+    from zsq_engine.data.sources import fmnist_calibration
     from zsq_engine.data import load_fashion_mnist, normalize_fashion_mnist
     from zsq_engine.models import get_model
     from zsq_engine.quant import naive_ptq

@@ -135,7 +135,7 @@ def test_partition_mobilenet_v2():
 @pytest.fixture(scope="module")
 def fmnist():
     pytest.importorskip("zsq_engine.data")
-    from zsq_engine.commands.data_sources import fmnist_batches, fmnist_calibration
+    from zsq_engine.data.sources import fmnist_batches, fmnist_calibration
     from zsq_engine.models import get_model
 
     try:

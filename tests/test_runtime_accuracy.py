@@ -22,7 +22,7 @@ N_TEST = 1000
 
 @pytest.fixture(scope="module")
 def data():
-    from zsq_engine.commands.data_sources import fmnist_calibration
+    from zsq_engine.data.sources import fmnist_calibration
     from zsq_engine.data import load_fashion_mnist, normalize_fashion_mnist
 
     images, labels = load_fashion_mnist("test")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zsq_engine.cli import main
-from zsq_engine.commands.data_sources import fmnist_calibration
+from zsq_engine.data.sources import fmnist_calibration
 from zsq_engine.models import get_model
 from zsq_engine.quant import naive_ptq
 from zsq_engine.recon import save_quantized

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zsq_engine.cli import main
-from zsq_engine.fileio import FileFormatError
+from zsq_engine.utils import FileFormatError
 from zsq_engine.models import get_model
 from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime import IntModel, convert, save

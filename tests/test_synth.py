@@ -13,6 +13,7 @@ import torch
 from zsq_engine.cli import main as cli_main
 from zsq_engine.models import get_model
 from zsq_engine.synth import genie, hast, load_output, synthesize
+from zsq_engine.utils import random_resized_crop_flip
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE, CLASSES = (1, 28, 28), 10
@@ -122,14 +123,14 @@ def test_hast_augmentation_is_batched(monkeypatch, teacher):
 
     monkeypatch.setattr(hast.F, "grid_sample", counting)
     x = torch.randn(8, *SHAPE, requires_grad=True)
-    y = hast.random_resized_crop_flip(x, generator=torch.Generator().manual_seed(3))
+    y = random_resized_crop_flip(x, generator=torch.Generator().manual_seed(3))
     assert calls == [((8, *SHAPE), (8, 28, 28, 2))]
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     # every sample gets its own crop: no two outputs are the same transform of the same image
     same = torch.randn(1, *SHAPE).expand(8, -1, -1, -1)
-    out = hast.random_resized_crop_flip(same, generator=torch.Generator().manual_seed(4))
+    out = random_resized_crop_flip(same, generator=torch.Generator().manual_seed(4))
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) == 8
     calls.clear()
     synthesize(teacher, "hast", num=4, batch_size=4, iters=6, preset="fast", input_shape=SHAPE,

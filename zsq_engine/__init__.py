@@ -9,7 +9,7 @@ import importlib
 
 from ._version import __version__
 
-_SUBPACKAGES = ("ops", "quant", "models", "data", "synth", "recon", "qat", "runtime", "compat", "cli")
+_SUBPACKAGES = ("ops", "quant", "models", "data", "utils", "synth", "recon", "qat", "runtime", "compat", "cli")
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

@@ -41,7 +41,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from zsq_engine.commands.guard import CommandError
-    from zsq_engine.fileio import FileFormatError
+    from zsq_engine.utils import FileFormatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere before a "--", not only before the command name

@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                                                                       if k in ("source", "wbits", "abits", "method")},
                 "peers": peers, "agreement_reference": ref_name, "check_images": int(images.shape[0]),
                 "min_agreement": args.min_agreement, "versions": peer_versions()}
-    from zsq_engine.fileio import write_text_atomic
+    from zsq_engine.utils import write_text_atomic
 
     with guard.writing(out / "bench.json"):
         write_text_atomic(out / "bench.json", json.dumps({"settings": settings, "rows": rows, "skipped": skipped}, indent=2) + "\n")

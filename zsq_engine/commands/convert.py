@@ -111,7 +111,7 @@ def check_source_args(args, calib_with_checkpoint: bool = False) -> None:
 def _calibration(name: str, num: int, args) -> list:
     """Calibration batches of float images for ``name``; random ones (with a warning) when no
     real images are available."""
-    from .data_sources import fmnist_calibration, imagefolder_batches
+    from ..data.sources import fmnist_calibration, imagefolder_batches
 
     if name == "fmnist_resnet" and not getattr(args, "input_size", None):
         return [x for x, _ in fmnist_calibration(num, args.data_dir, args.seed)]
@@ -160,7 +160,7 @@ def source_models(args, need_calib: bool = False):
 
 def load_float_model(name: str, weights: Optional[str]):
     """``get_model`` with the --weights file read safely and a mismatch reported in one line."""
-    from zsq_engine.fileio import load_torch_file
+    from zsq_engine.utils import load_torch_file
     from zsq_engine.models import get_model
 
     if weights is None:

@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file + rename so an interrupted run never leaves half a report."""
-    from zsq_engine.fileio import write_text_atomic
+    from zsq_engine.utils import write_text_atomic
 
     with guard.writing(path):
         write_text_atomic(path, text)
@@ -98,7 +98,7 @@ def write_figure(path: Path, images: torch.Tensor, rows, mean, std) -> None:
         ax.text(lo + 0.3, yi, label, va="center", fontsize=8, color="white")
         ax.text(a + 0.2, yi, f"{a:.2f}", va="center", fontsize=8)
     ax.set_xlabel("Fashion-MNIST test top-1 %")
-    from zsq_engine.fileio import save_figure_atomic
+    from zsq_engine.utils import save_figure_atomic
 
     save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from zsq_engine.recon import PRESETS, reconstruct_model
     from zsq_engine.synth import synthesize
 
-    from .data_sources import fmnist_batches, fmnist_calibration
+    from ..data.sources import fmnist_batches, fmnist_calibration
 
     from .quantize import check_eval_data
 

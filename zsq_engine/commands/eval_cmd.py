@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .accuracy import accuracy_rows, rows_as_table
     from .convert import load_float_model
-    from .data_sources import fmnist_batches, fmnist_calibration, imagefolder_batches
+    from ..data.sources import fmnist_batches, fmnist_calibration, imagefolder_batches
     from .quantize import check_eval_data
 
     guard.check_positive(args, "batch_size")

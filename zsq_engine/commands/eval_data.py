@@ -80,7 +80,7 @@ def val_batches(args, info, limit: Optional[int] = None, batch_size: Optional[in
             ds = Subset(ds, range(min(limit, len(ds))))
         return DataLoader(ds, batch_size=min(batch_size, 64)), f"{args.val_dir} ({len(ds)} images)"
     if info.name == "fmnist_resnet":
-        from .data_sources import fmnist_batches
+        from ..data.sources import fmnist_batches
 
         test = fmnist_batches("test", batch_size, getattr(args, "data_dir", None))
         if limit is not None:

@@ -84,7 +84,7 @@ def _no_check(name: str) -> None:
 def _check(qmodel, args) -> None:
     from zsq_engine.export import ort
 
-    from .data_sources import fmnist_batches
+    from ..data.sources import fmnist_batches
 
     sess = ort.session(args.out)
     agree = total = 0

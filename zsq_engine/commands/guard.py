@@ -8,7 +8,7 @@ before any expensive work, never lose work, and report each expected failure in 
   unreadable or damaged file, a folder that cannot be written, data that is not there.
 
 Both print as ``error: <what> (<file/argument>): <why>; <what to do>``; ``zsq --debug`` shows
-the traceback instead. Outputs are written atomically (:mod:`zsq_engine.fileio`).
+the traceback instead. Outputs are written atomically (:mod:`zsq_engine.utils.fileio`).
 """
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def image_folders(*flags_and_paths) -> None:
 
 def load_input(path, arg: str, loader: Callable, *a, **kw):
     """``loader(path, ...)`` with its expected failures (missing file, unreadable or foreign
-    content, see :mod:`zsq_engine.fileio`) reported against ``arg``."""
+    content, see :mod:`zsq_engine.utils.fileio`) reported against ``arg``."""
     try:
         return loader(path, *a, **kw)
     except CommandError:
@@ -211,7 +211,7 @@ def load_input(path, arg: str, loader: Callable, *a, **kw):
 
 def from_library_error(exc: BaseException, arg: str, path: str) -> BaseException:
     """The one-line form of a library error about the file ``path`` given as ``arg``."""
-    from zsq_engine.fileio import FileFormatError
+    from zsq_engine.utils import FileFormatError
 
     if isinstance(exc, FileFormatError):
         return CommandError(f"cannot use {arg}", exc.path, exc.why, exc.hint or "pass another file")

@@ -84,7 +84,7 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
             raise guard.UsageError(f"{arg} real needs real images", f"--model {model_name}",
                                    "there is no built-in real data for it",
                                    "pass --calib-dir (an ImageFolder of real images) or a file from `zsq synthesize`")
-        from .data_sources import fmnist_calibration
+        from ..data.sources import fmnist_calibration
 
         return torch.cat([x for x, _ in fmnist_calibration(num, data_dir, seed)])
     path = Path(data)
@@ -96,18 +96,18 @@ def load_calibration_data(data: str, model_name: str, model, num: int, data_dir,
         return guard.CommandError(f"cannot use {arg}", str(path), why, todo)
 
     fingerprint = meta.get("model_fingerprint")
-    from zsq_engine.synth import api as synth_api
+    from zsq_engine.utils import model_fingerprint
 
-    mine = getattr(synth_api, "_model_fingerprint", None)
+    mine = model_fingerprint(model) if fingerprint is not None else None
     # a model object synthesized from Python is recorded by class name: identical weights suffice
-    same_weights = fingerprint is not None and mine is not None and mine(model) == fingerprint
+    same_weights = fingerprint is not None and mine == fingerprint
     if meta.get("model") != model_name and not same_weights:
         raise unusable(f"it was synthesized for model {meta.get('model')!r}, not {model_name!r}",
                        f"run `zsq synthesize --model {model_name} --out FILE` first")
     if fingerprint is not None:
-        if mine is not None and mine(model) != fingerprint:
+        if mine != fingerprint:
             raise unusable(f"it was synthesized from different {model_name} weights (fingerprint {fingerprint} vs "
-                           f"{mine(model)})", "synthesize again from the weights you quantize")
+                           f"{mine})", "synthesize again from the weights you quantize")
     if images.shape[0] == 0:
         raise unusable(f"it holds no images (shape {tuple(images.shape)})", "synthesize some first")
     if tuple(images.shape[1:]) != tuple(info.input_shape):

@@ -135,7 +135,7 @@ def write_preview(images, labels, mean, std, path: Path, max_images: int = 64) -
             ax.set_title(str(int(labels[i])), fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from zsq_engine.fileio import save_figure_atomic
+    from zsq_engine.utils import save_figure_atomic
 
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)

@@ -1,24 +1,5 @@
-"""Accelerated forwards of BRECQ-style quantizers (also the ones QDrop and many forks copy).
-
-``UniformAffineQuantizer``: attributes ``n_bits``, ``sym``, ``channel_wise``, ``delta``,
-``zero_point``, ``n_levels``, ``inited`` (``delta`` an ``nn.Parameter`` when ``leaf_param``);
-forward ``(clamp(round_ste(x / delta) + zp, 0, n_levels - 1) - zp) * delta`` after a lazy
-initialisation on the first call. Accelerated: ``x / delta`` and ``* delta`` stay torch
-divisions and products (bit-exact; a learnable scalar ``delta`` gets the original's gradient bits
-from a cheaper backward, see ``_common.divide_by_step``), the round / clamp / straight-through
-part is one fused ``ops.fake_quant`` pass with scale 1.
-
-``AdaRoundQuantizer`` (``round_mode='learned_hard_sigmoid'``): attributes ``alpha``,
-``soft_targets``, ``delta``, ``zero_point``, ``n_levels``, ``gamma``, ``zeta``; forward
-``(clamp(floor(x / delta) + h + zp, 0, n_levels - 1) - zp) * delta`` with the rectified sigmoid
-``h(alpha)`` (soft) or ``alpha >= 0`` (hard). Accelerated: ``floor(x / delta)`` as torch ops,
-then ``ops.adaround_fake_quant``. Hard rounding is bit-exact; the soft forward and the alpha
-gradient use the kernels' own sigmoid and product order, so they may differ from torch's in the
-last bit (see docs/compat.md).
-
-Every forward falls back to the original for what the fused ops do not take (not yet
-initialised, float64 inputs, other rounding modes, a zero point that is not an integer or that
-is being learned, layouts other than per-tensor / one channel axis).
+"""Accelerated forwards of BRECQ-style quantizers (``UniformAffineQuantizer``; also the ones
+QDrop and many forks copy). Attributes read and the exact semantics: docs/compat.md.
 """
 from __future__ import annotations
 

@@ -1,25 +1,5 @@
-"""Accelerated forwards of the Genie-style weight and activation quantizers.
-
-``WeightQuantizer``: attributes ``n_bits``, ``x_floor`` (frozen ``floor(W / s0)``), ``bit_logit``
-(rounding logits, Parameter), ``scale`` (learned, Parameter ``[C, 1, ...]``), ``zero_point``,
-``train_mode`` (soft rounding while True) and a rectified sigmoid (``gamma=-0.1``, ``zeta=1.1``);
-``forward()`` takes no input and returns
-``(clamp(x_floor + h(bit_logit) + zp, 0, 2^n_bits - 1) - zp) * scale``. That is exactly
-``ops.adaround_fake_quant`` with Genie-M's learned step: one fused pass forward, one backward
-giving the logits and the scale their gradients. Hard rounding (``train_mode`` False) is
-bit-exact; the soft forward / gradients may differ from torch's in the last bit (kernel sigmoid,
-product and reduction order; see docs/compat.md).
-
-``ActivationQuantizer``: attributes ``n_bits``, ``scale`` (a Parameter created lazily on the
-first call, with ``initialized`` and ``signed``), ``train_mode`` (QDrop while True); forward
-``round_ste(clamp(x / s, Qn, Qp)) * s``, then with QDrop ``where(rand_like(x) < 0.5, v_hat, x)``.
-Its straight-through gradient passes where ``x / s`` lies in ``[Qn, Qp]`` *before* rounding, a
-mask none of the fused fake-quant ops computes, so here the division, the clamp (and its mask),
-the product and the QDrop draw stay torch ops (bit-exact, same random masks) and only
-``round_ste``'s three passes (round, subtract, add, all kept for autograd) become one rounding
-pass with an identity backward (:func:`.functions.round_ste`, exact for the finite values a
-clamp leaves). A modest saving: most of this quantizer's time is the division and product that
-autograd differentiates for the learned scale.
+"""Accelerated forwards of the Genie-style weight and activation quantizers. Attributes read and
+the exact semantics: docs/compat.md.
 """
 from __future__ import annotations
 

@@ -1,25 +1,5 @@
-"""Accelerated forwards of QDrop-style fake quantizers (``LSQFakeQuantize``,
-``LSQPlusFakeQuantize``, ``FixedFakeQuantize``).
-
-Attributes: ``scale``, ``zero_point``, ``quant_min``, ``quant_max``, ``ch_axis`` (-1 = per
-tensor), ``drop_prob`` (QDrop keeps the quantized value with this probability, < 1 enables it),
-``observer_enabled``, ``fake_quant_enabled``, and for LSQ / LSQ+ ``use_grad_scaling`` and ``eps``.
-Their fake-quant is written with torch ops: ``s' = grad_scale(scale, g)`` (value ``(s - s g) + s g``,
-gradient times ``g``; ``g = 1/sqrt(numel / channels * quant_max)`` per channel,
-``1/sqrt(numel * quant_max)`` per tensor), LSQ+ also ``z' = grad_scale(round_ste(z), g)``, then
-``(clamp(round_ste(x / s') + z', qmin, qmax) - z') * s'`` and, with QDrop,
-``where(rand_like(x) < drop_prob, fake_quant(x), x)``.
-
-Accelerated: the small per-channel expressions (``s'``, ``z'``), ``x / s'``, ``* s'`` and the
-QDrop draw (``torch.rand_like``, so the masks are the original's, from torch's generator) stay
-torch ops; the round / clamp / straight-through part is one fused ``ops.fake_quant`` pass. LSQ+'s
-zero-point gradient (``sum(mask * g_A) - sum(g_A)``) reaches ``z'`` through two zero-valued
-terms ``z' - z'.detach()``, added before and subtracted after the fused op, so autograd produces
-exactly the original's two contributions. ``z'`` always holds integers: ``round_ste`` returns
-``round(z)`` exactly and ``grad_scale`` returns small integers unchanged.
-
-Observer steps (``observer_enabled == 1``), disabled fake-quant and unsupported inputs run the
-original forward.
+"""Accelerated forwards of QDrop-style fake quantizers (``LSQFakeQuantize``, ``LSQPlusFakeQuantize``,
+``FixedFakeQuantize``). Attributes read and the exact semantics: docs/compat.md.
 """
 from __future__ import annotations
 

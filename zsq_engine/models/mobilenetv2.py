@@ -18,6 +18,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from .roles import mobilenet_block, residual_block
+
 __all__ = ["ConvBNActivation", "InvertedResidual", "MobileNetV2", "mobilenet_v2", "make_divisible"]
 
 
@@ -42,6 +44,8 @@ class ConvBNActivation(nn.Sequential):
         self.out_channels = out_channels
 
 
+@residual_block
+@mobilenet_block
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: [1x1 expand-BN-ReLU6] -> 3x3 depthwise-BN-ReLU6 -> 1x1 project-BN.
 

@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
+from .roles import residual_block
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
 
@@ -41,6 +43,7 @@ def make_downsample(in_planes: int, out_planes: int, stride: int) -> Optional[nn
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
+@residual_block
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut: ``relu_out(bn2(conv2(relu(bn1(conv1(x))))) + sc(x))``.
 
@@ -73,6 +76,7 @@ class BasicBlock(nn.Module):
         return self.relu_out(out + identity)
 
 
+@residual_block
 class Bottleneck(nn.Module):
     """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand (x4), plus a shortcut.
 

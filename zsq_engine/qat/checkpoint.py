@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
+from ..utils import FileFormatError, load_torch_file, save_torch_atomic
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "identity_mismatch"]
@@ -50,7 +50,7 @@ _HINT = "pass the .ckpt file a `zsq qat` run wrote, or start a fresh run without
 
 def load_checkpoint(path) -> dict:
     """The checkpoint dict at ``path``. Raises FileNotFoundError, or
-    :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for an unreadable or foreign file."""
+    :class:`zsq_engine.utils.FileFormatError` (a ValueError) for an unreadable or foreign file."""
     path = Path(path)
     obj = load_torch_file(path, "zsq QAT checkpoint", _HINT)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_VERSION or not isinstance(obj.get("identity"), dict):

@@ -128,21 +128,18 @@ _PAPER: Dict[str, dict] = {
 }
 _FAST: Dict[str, dict] = {
     # Adam with small weight steps: the student starts from the teacher's weights and the data is
-    # synthetic, so large steps fit the synthetic distribution at the expense of real accuracy
-    # (measured on Fashion-MNIST: Adam lr 1e-4 lost accuracy in a short run, 1e-5 gained).
+    # synthetic, so large steps fit the synthetic distribution at the expense of real accuracy.
     # MSE activation calibration: min/max ranges on hard or generated samples are set by
-    # outliers (HAST W3A3 started at 12% with min/max, 85% with MSE on the same pool). HAST
-    # calibrates on a GDFQ generator as its authors' code does (W4A4 start 92.19% vs 90.62% on the pool).
+    # outliers. HAST calibrates on a GDFQ generator as its authors' code does. The runs behind
+    # each choice: docs/qat.md, "Why the fast presets".
     "gdfq": dict(epochs=4, iters_per_epoch=100, batch_size=32, optimizer="adam", lr=1e-5, lr_quant=1e-3,
                  schedule="cosine", latent_dim=100, gen_lr=1e-3, gen_betas=(0.5, 0.999), gen_warmup_iters=200,
                  train_generator=True, student_steps_per_gen=1, temperature=20.0, kd_weight=1.0, ce_weight=1.0,
                  bns_weight=0.1, calib_batches=4, act_calibration="mse"),
-    # ZAQ's samples are adversarial to the student: ranges that follow them (lr_quant 1e-3) lost
-    # real-data agreement in short runs, so its ranges move 10x slower. Generator lr 1e-5, not the
-    # paper's 1e-3: with 1e-3 the generator runs away from the student (discrepancy 4.6 -> 15 in
-    # four epochs) and the W4A4 student fell 90.33 -> 62.89; with 1e-4 it still wins the game
-    # later in the run (W3A3: 77.53 -> 83 after 50 iterations, 70.13 after 400); with 1e-5 the
-    # student keeps its gain (docs/accuracy.md has the rows)
+    # ZAQ's samples are adversarial to the student: ranges that follow them lose real-data
+    # agreement, so its ranges move 10x slower than the other methods'. Generator lr 1e-5, not the
+    # paper's 1e-3: a faster generator runs away from the student and undoes its gain
+    # (docs/qat.md, "Why the fast presets").
     "zaq": dict(epochs=4, iters_per_epoch=100, batch_size=64, optimizer="adam", lr=1e-5, lr_quant=1e-4,
                 schedule="cosine", latent_dim=256, gen_lr=1e-5, gen_betas=(0.9, 0.999), gen_warmup_iters=0,
                 train_generator=True, student_steps_per_gen=5, relation_weight=1.0, act_weight=0.1,

@@ -1,23 +1,5 @@
-"""The shared generator-based QAT loop: :class:`QATTrainer` and :func:`train_qat`.
-
-One run::
-
-    prepare()    HAST: synthesise the hard-sample pool (unless given)
-                 GDFQ: gen_warmup_iters generator-only steps (the paper's warm-up epochs)
-                 calibrate the student's activation ranges on calib_batches synthetic batches
-                 (HAST with calib_source 'gdfq': from a GDFQ generator trained gen_warmup_iters
-                 steps for this only; ZAQ: before its generator warm-up, which needs the student)
-                 -> checkpoint
-    per epoch:   iters_per_epoch student steps; before every student_steps_per_gen-th one a
-                 generator step (GDFQ, ZAQ) -> checkpoint (atomic). GDFQ's student step
-                 trains on that generator step's batch and teacher logits (as its code);
-                 ZAQ's student steps draw fresh batches (as its code)
-
-Gradient isolation: a generator step differentiates the generator objective with respect to the
-generator parameters only (``torch.autograd.grad``), so the student and the (frozen) teacher
-collect nothing; a student step samples its batch under ``no_grad``, so nothing reaches the
-generator. Logging keeps running sums on the device and reads them every ``log_every``
-iterations and at the end of each epoch only.
+"""The shared generator-based QAT loop: :class:`QATTrainer` and :func:`train_qat` (one run's
+steps, checkpoints and resumption: docs/qat.md).
 """
 from __future__ import annotations
 
@@ -32,6 +14,7 @@ from torch import nn
 
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits
+from ..utils import model_fingerprint
 from .checkpoint import capture_rng, identity_mismatch, load_checkpoint, restore_rng, save_checkpoint
 from .config import QATConfig, make_config
 from .generators import GDFQGenerator, ZAQGenerator
@@ -64,12 +47,6 @@ def _lr_factor(cfg: QATConfig) -> Callable[[int], float]:
         bounds = [m * total for m in cfg.milestones]
         return lambda it: cfg.gamma ** sum(it >= b for b in bounds)
     return lambda it: 1.0
-
-
-def _model_fingerprint(model: nn.Module) -> str:
-    from ..synth.api import _model_fingerprint as fingerprint
-
-    return fingerprint(model)
 
 
 class QATTrainer:
@@ -171,7 +148,7 @@ class QATTrainer:
         return {"method": self.method_name, "preset": self.preset, "wbits": self.wbits, "abits": self.abits,
                 "first_last_bits": self.first_last_bits, "seed": self.seed, "config": asdict(self.cfg),
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "teacher": _model_fingerprint(self.teacher),
+                "teacher": model_fingerprint(self.teacher),
                 **({"layer_bits": {k: list(v) for k, v in sorted(self.layer_bits.items())}} if self.layer_bits else {})}
 
     def state_dict(self) -> dict:

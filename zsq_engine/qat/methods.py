@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..synth.hooks import BNInputRecorder
+from ..utils import BNInputRecorder
 from .config import QATConfig
 from .losses import feature_alignment, kd_kl, relation_loss
 from .taps import FeatureTaps, block_names, stage_names

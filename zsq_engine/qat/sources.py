@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..synth.hast import random_resized_crop_flip
+from ..utils import random_resized_crop_flip
 
 __all__ = ["GeneratorSource", "PoolSource"]
 

@@ -10,7 +10,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from ..synth.hooks import ModuleRecorder
+from ..utils import ModuleRecorder
 
 __all__ = ["FeatureTaps", "stage_names", "block_names"]
 
@@ -29,10 +29,9 @@ def block_names(model: nn.Module) -> List[str]:
     """Names of every residual block (ResNet BasicBlock / Bottleneck, MobileNetV2 InvertedResidual,
     EfficientNet MBConv; extendable through :func:`zsq_engine.recon.register_block_type`), in
     registration order: HAST aligns the channel attention of their outputs."""
-    from ..recon.blocks import BLOCK_TYPES
+    from ..models.roles import is_block
 
-    kinds = tuple(BLOCK_TYPES)
-    return [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    return [n for n, m in model.named_modules() if n and is_block(m)]
 
 
 class FeatureTaps(ModuleRecorder):

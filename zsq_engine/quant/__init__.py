@@ -15,10 +15,12 @@ from .calibration import (ACT_METHODS, OBSERVERS, WEIGHT_METHODS, MinMaxObserver
 from .model import (QuantLayerInfo, calibrate_activations, format_quant_layers, list_quant_layers, naive_ptq,
                     quant_layers, quantize_model, set_quant_state)
 from .modules import QuantConv2d, QuantLayer, QuantLinear, default_act_spec, default_weight_spec
+from .protocol import GridQuantizer, IntegerGrid, QuantizerNotReady, WeightGridQuantizer
 from .quantizer import MAX_BITS, MIN_BITS, SCALE_EPS, QuantSpec, UniformQuantizer, check_bits
 
 __all__ = [
     "QuantSpec", "UniformQuantizer", "SCALE_EPS", "MIN_BITS", "MAX_BITS", "check_bits",
+    "GridQuantizer", "WeightGridQuantizer", "IntegerGrid", "QuantizerNotReady",
     "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "OBSERVERS", "make_observer",
     "qparams_from_minmax", "calibrate_weight", "WEIGHT_METHODS", "ACT_METHODS",
     "QuantLayer", "QuantConv2d", "QuantLinear", "default_weight_spec", "default_act_spec",

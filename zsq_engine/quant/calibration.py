@@ -1,27 +1,5 @@
-"""Range calibration: observers that turn tensors seen over several batches into (scale, zero_point).
-
-Three observers, all with ``update(x)`` (per batch, no host synchronisation) and
-``compute_qparams() -> (scale, zero_point)`` (once, at the end):
-
-* :class:`MinMaxObserver` - running per-channel (or global) min and max, kept on the device.
-* :class:`PercentileObserver` - the ``percentile`` (default 99.99) and ``100 - percentile``
-  quantiles (symmetric specs: the ``percentile`` quantile of ``|x|``). Values are kept in a
-  sample reservoir: every batch contributes all of its values when it has at most
-  ``max_samples_per_batch`` per channel, otherwise that many drawn uniformly with replacement
-  (``torch.randint`` on the tensor's device, seeded generator). At the end the reservoir is
-  thinned to ``max_samples`` values in total if needed and ``torch.quantile`` (linear
-  interpolation) is taken over it. With small data nothing is sampled and the result equals
-  ``torch.quantile`` over all batches concatenated; otherwise it is an unbiased estimate.
-* :class:`MSEObserver` - the same reservoir, then ``ops.scale_search``: per channel the clipping
-  ratio (1.0, 0.99, ...) minimising mean ``|x - x_hat|^p``, p = 2.4 and 80 candidates as BRECQ
-  (Genie uses 100 candidates).
-
-Every range is widened to contain 0 (as PyTorch and BRECQ do) so real zeros stay exact, and
-scales are clamped below by ``SCALE_EPS``. Observers reduce over every dimension except the
-spec's channel axis (per-channel) or over everything (per-tensor, result shape ``[1]``).
-
-:func:`calibrate_weight` calibrates a quantizer directly from one tensor (weights): no reservoir,
-the whole tensor is used.
+"""Range calibration: observers (min/max, percentile, MSE) that turn tensors seen over several
+batches into (scale, zero_point), and weight calibration. Details: docs/quant.md.
 """
 from __future__ import annotations
 

@@ -1,24 +1,5 @@
-"""Uniform affine quantizers: the :class:`QuantSpec` description and the :class:`UniformQuantizer` module.
-
-Conventions (the same as PyTorch's fake-quant and the op layer ``zsq_engine.ops``)::
-
-    q     = clamp(round_half_even(x / scale) + zero_point, quant_min, quant_max)
-    x_hat = (q - zero_point) * scale
-
-Integer grids for ``b`` bits:
-
-=========  ==============================  ===========================================
-signed     ``[-2^(b-1), 2^(b-1) - 1]``     default for ``symmetric=True``
-unsigned   ``[0, 2^b - 1]``                default for ``symmetric=False``
-=========  ==============================  ===========================================
-
-Zero points: symmetric + signed -> 0; symmetric + unsigned -> the middle of the grid
-(``2^(b-1)``, PyTorch's convention); asymmetric -> an integer inside the grid, computed from the
-calibrated range (which always contains 0, so real zeros are exact).
-
-Scales are clamped from below by :data:`SCALE_EPS` (1e-8) whenever they are set and, for a
-learnable scale, again in every forward: a constant or all-zero tensor therefore gets a tiny
-positive scale instead of 0 (which would give inf/NaN in ``x / scale``).
+"""Uniform affine quantizers: the :class:`QuantSpec` description and the :class:`UniformQuantizer`
+module (grids, zero points and scale clamping as in docs/quant.md).
 """
 from __future__ import annotations
 
@@ -28,6 +9,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
+from .protocol import IntegerGrid, QuantizerNotReady
 
 __all__ = ["SCALE_EPS", "MIN_BITS", "MAX_BITS", "QuantSpec", "UniformQuantizer", "check_bits"]
 
@@ -258,6 +241,38 @@ class UniformQuantizer(SpecRange, nn.Module):
         """``(scale fp32, zero_point int32)`` detached, as the integer runtime needs them."""
         self._check_calibrated()
         return self.scale.detach().clamp_min(SCALE_EPS), self.integer_zero_point()
+
+    # ----------------------------------------------------------------------- quantizer protocol
+    def integer_grid(self, ndim: Optional[int] = None) -> IntegerGrid:
+        """The :class:`~zsq_engine.quant.protocol.IntegerGrid` of the calibrated quantizer."""
+        if self.observer is not None:
+            raise QuantizerNotReady("is still calibrating (an observer is attached)")
+        if not self.calibrated:
+            raise QuantizerNotReady("is not calibrated", "calibrate the model first "
+                                    "(zsq_engine.quant.calibrate_activations / calibrate_weight)")
+        axis = self.spec.resolve_axis(ndim) if ndim is not None else (self.spec.axis if self.spec.per_channel
+                                                                      else None)
+        scale, zp = self.qparams()
+        return IntegerGrid(scale.float().reshape(-1), zp.float().reshape(-1), self.quant_min, self.quant_max,
+                           self.spec.per_channel, axis)
+
+    @torch.no_grad()
+    def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """int32 codes of ``weight``, recovered from this quantizer's own fake-quantized output
+        (``w_hat = (q - z) * s`` in fp32, so ``round(w_hat / s) + z`` is exactly ``q``) and checked
+        to reproduce it."""
+        grid = self.integer_grid(weight.dim())
+        w_hat = self(weight.detach()).float()
+        view = [1] * w_hat.dim()
+        if grid.axis is not None:
+            view[grid.axis] = -1
+        scale, zp = grid.scale.reshape(view), grid.zero_point.reshape(view)
+        codes = (torch.round(w_hat / scale) + zp).clamp(grid.qmin, grid.qmax)
+        back = (codes - zp) * scale
+        if not torch.equal(back, w_hat):
+            raise ValueError(f"the integer weight codes do not reproduce the fake-quantized weight "
+                             f"(max error {float((back - w_hat).abs().max()):.3g})")
+        return codes.to(torch.int32)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

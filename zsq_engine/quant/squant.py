@@ -1,22 +1,5 @@
-"""SQuant (Guo et al., ICLR 2022): data-free weight rounding, no data and no gradients.
-
-SQuant approximates the Hessian of the task loss w.r.t. the weights by its diagonal blocks at
-three granularities - element, kernel (one ``kh x kw`` slice ``W[o, i]``) and output channel
-(``W[o]``) - and turns minimising the resulting loss into keeping the summed rounding error
-small at every level (its "CASE" objective):
-
-* E: every element is rounded to nearest (``|e| <= 0.5``, ``e = q - x``, ``x = W / s + z``);
-* K: within each kernel, flip the rounding direction of the ``round(|sum e|)`` elements whose
-  errors have the sign of the sum and the largest magnitude (cheapest flips: one moves ``|e|``
-  to ``1 - |e|``), so ``|sum_kernel e| <= 0.5``; among all floor/ceil choices this minimises
-  ``sum e^2`` subject to that bound;
-* C: within each output channel, flip again ``round(|sum e|)`` times, at most once per kernel:
-  each kernel offers one candidate - undo its last flip if K overshot, or flip its next element
-  if K stopped short - ranked by the magnitude of the error it fixes. Afterwards
-  ``|sum_channel e| <= 0.5`` and every kernel sum stays within 1.
-
-Elements clamped at the grid's ends never flip outward. Kernels of one element (1x1 convs,
-linear layers) skip K: C then ranks the elements themselves.
+"""SQuant (Guo et al., ICLR 2022): data-free weight rounding, no data and no gradients. The
+algorithm as implemented here: docs/quant.md.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A unit is a submodule whose output is matched to the float model's during reconstruction:
 
-* every module of a known residual-block type (:data:`BLOCK_TYPES`: ResNet ``BasicBlock`` /
+* every module of a known residual-block type (:data:`BLOCK_TYPES`, declared by the model code in :mod:`zsq_engine.models.roles`: ResNet ``BasicBlock`` /
   ``Bottleneck``, MobileNetV2 ``InvertedResidual``, EfficientNet ``MBConvBlock``; extend with
   :func:`register_block_type`) that contains quantized layers; nested blocks are not split;
 * every quantized layer (``QuantConv2d`` / ``QuantLinear``) outside such a block is a unit of its
@@ -19,21 +19,11 @@ from typing import List, Optional, Sequence, Tuple, Type
 
 from torch import nn
 
+from ..models.roles import BLOCK_TYPES, is_block
 from ..quant.graph import call_module_order
 from ..quant.modules import QuantLayer
 
 __all__ = ["Unit", "BLOCK_TYPES", "register_block_type", "partition", "format_units"]
-
-
-def _default_block_types() -> List[Type[nn.Module]]:
-    from ..models.efficientnet_lite import MBConvBlock
-    from ..models.mobilenetv2 import InvertedResidual
-    from ..models.resnet import BasicBlock, Bottleneck
-
-    return [BasicBlock, Bottleneck, InvertedResidual, MBConvBlock]
-
-
-BLOCK_TYPES: List[Type[nn.Module]] = _default_block_types()
 
 
 def register_block_type(cls: Type[nn.Module]) -> None:
@@ -53,10 +43,6 @@ class Unit:
     kind: str
     type_name: str
     layers: Tuple[str, ...]
-
-
-def _is_block(m: nn.Module) -> bool:
-    return isinstance(m, tuple(BLOCK_TYPES))
 
 
 def _quant_layer_names(model: nn.Module, prefix: str) -> Tuple[str, ...]:
@@ -98,7 +84,7 @@ def partition(model: nn.Module, names: Optional[Sequence[str]] = None) -> List[U
         roots = list(names)
     else:
         for n, m in model.named_modules():
-            if n and _is_block(m) and not _covered(n, roots) and _quant_layer_names(model, n):
+            if n and is_block(m) and not _covered(n, roots) and _quant_layer_names(model, n):
                 roots.append(n)
     units = [Unit(n, "block" if not isinstance(modules[n], QuantLayer) else "layer", type(modules[n]).__name__,
                   _quant_layer_names(model, n)) for n in roots]

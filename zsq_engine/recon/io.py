@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
+from ..utils import FileFormatError, load_torch_file, save_torch_atomic
 
 __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized"]
 

@@ -1,26 +1,5 @@
-"""Reconstruction-time quantizers, built on the fused ops of :mod:`zsq_engine.ops`.
-
-* :class:`AdaRoundWeightQuantizer` - AdaRound weights. ``w_floor = floor(W / s0)`` is frozen,
-  the rounding logits ``alpha`` are learned; ``W_q = (clamp(w_floor + h(alpha) + z, qmin, qmax)
-  - z) * s`` (``ops.adaround_fake_quant``). BRECQ / QDrop keep ``s = s0``; Genie-M also learns
-  ``s`` (initialised, like ``s0``, by the 100-candidate Lp(2.4) search ``ops.scale_search``).
-  ``soft`` mode uses the rectified sigmoid ``h``; ``hard`` mode ``h = alpha >= 0``.
-* :class:`LSQActQuantizer` - per-tensor activation fake-quant with a learned scale (LSQ), and
-  QDrop fused in (``ops.qdrop_fake_quant``): while ``drop_prob > 0`` each element is quantized
-  with probability ``drop_prob`` and passed through in float otherwise; the mask comes from
-  ``(seed, element index)``, and :meth:`LSQActQuantizer.step` advances the seed so every
-  iteration draws a new mask without any host synchronisation.
-
-Activation convention (one choice for all methods, see ``docs/accuracy.md``): the zero point
-comes from calibration and stays FIXED; only the scale is learned, with no LSQ gradient scaling
-(``grad_factor = 1``), as Genie-M does ("symmetric LSQ, no grad scaling"). For the inputs of the
-quantized layers of ReLU networks the calibrated zero point is 0, i.e. exactly Genie's
-zero-centred grid, but on the unsigned range [0, 2^b - 1] so no code is wasted on negative values
-that never occur; signed inputs (e.g. MobileNetV2 block inputs) keep an asymmetric grid.
-
-Both modules are drop-in replacements for :class:`zsq_engine.quant.UniformQuantizer` inside a
-:class:`zsq_engine.quant.QuantLayer` (``weight_quantizer(weight)`` / ``act_quantizer(x)``), and
-both can be baked back into a plain ``UniformQuantizer`` (:func:`bake_weight`, :func:`bake_act`).
+"""Reconstruction-time quantizers (:class:`AdaRoundWeightQuantizer`, :class:`LSQActQuantizer` with
+QDrop), built on the fused ops of :mod:`zsq_engine.ops`. Conventions: docs/recon.md.
 """
 from __future__ import annotations
 
@@ -31,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..quant.protocol import IntegerGrid, QuantizerNotReady
 from ..quant.quantizer import SCALE_EPS, SpecRange, UniformQuantizer
 from ..quant.squant import squant_round
 
@@ -110,9 +90,25 @@ class AdaRoundWeightQuantizer(SpecRange, nn.Module):
         q = torch.clamp(self.w_floor + (self.alpha >= 0).to(self.w_floor.dtype) + z, self.quant_min, self.quant_max)
         return q.to(torch.int32)
 
+    def integer_grid(self, ndim: Optional[int] = None) -> IntegerGrid:
+        """The quantizer protocol's grid (the weight's rank is fixed at construction; ``ndim`` is unused)."""
+        return _grid(self, self.axis is not None, self.axis)
+
+    def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """The quantizer protocol's codes: the HARD-rounded ones (:meth:`integer_weight`), whatever
+        mode the quantizer is in; ``weight`` is not needed (``w_floor`` holds it)."""
+        return self.integer_weight()
+
     def extra_repr(self) -> str:
         return (f"bits={self.spec.bits}, range=[{self.quant_min}, {self.quant_max}], "
                 f"learn_scale={self.learn_scale}, hard={self.hard}")
+
+
+@torch.no_grad()
+def _grid(quantizer, per_channel: bool, axis: Optional[int]) -> IntegerGrid:
+    scale = quantizer.scale.detach().float().clamp_min(SCALE_EPS).reshape(-1)
+    zp = torch.round(quantizer.zero_point.detach().float()).clamp(quantizer.quant_min, quantizer.quant_max)
+    return IntegerGrid(scale, zp.reshape(-1), quantizer.quant_min, quantizer.quant_max, per_channel, axis)
 
 
 def _squant_alpha(w, w_floor, scale, zp, spec, axis) -> torch.Tensor:
@@ -189,6 +185,13 @@ class LSQActQuantizer(SpecRange, nn.Module):
                                         grad_factor=self.grad_factor)
         return ops.lsq_fake_quant(x, scale, self.zero_point, self.quant_min, self.quant_max, None,
                                   grad_factor=self.grad_factor)
+
+    def integer_grid(self, ndim: Optional[int] = None) -> IntegerGrid:
+        """The quantizer protocol's per-tensor grid; refused while QDrop is mixing float values in."""
+        if self.dropping:
+            raise QuantizerNotReady("is an LSQActQuantizer in QDrop mode (dropping=True)",
+                                    "finish the reconstruction first")
+        return _grid(self, False, None)
 
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, drop_prob={self.drop_prob}, grad_factor={self.grad_factor}"

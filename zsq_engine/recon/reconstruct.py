@@ -1,31 +1,5 @@
-"""Block reconstruction PTQ: BRECQ, QDrop and Genie-M on top of :mod:`zsq_engine.quant`.
-
-Pipeline of :func:`reconstruct_model`:
-
-1. ``quantize_model`` (BN folded, per-channel asymmetric weights, per-tensor activations, first
-   layer W8 with float input, last layer W8A8) and activation ranges calibrated on the data
-   (Lp(2.4) search, ``calibrate_activations(method='mse')``).
-2. :func:`zsq_engine.recon.blocks.partition` into units (residual blocks, single layers).
-3. Per unit, in forward order: cache the FP unit inputs / outputs (BN-folded float model) and the
-   unit inputs of the quantized model (earlier units already reconstructed), on the device or
-   offloaded to CPU; swap in the reconstruction quantizers (:mod:`.quantizers`); optimise
-
-       loss = ((y_q - y_fp) ** 2).sum(1).mean() + round_weight * sum_layers reg(alpha, beta)
-
-   the regulariser only after a 20% warm-up, beta annealed linearly 20 -> 2 over the rest;
-   unit input = x_q (BRECQ) or ``qdrop_mix(x_q, x_fp, 0.5)`` elementwise (QDrop, Genie-M).
-   One Adam: logits lr 1e-3 (constant), weight scales lr 1e-4 (Genie-M only, cosine),
-   activation scales (cosine) 4e-5 (QDrop / Genie-M) or 4e-4 (BRECQ). Weights and activations
-   are optimised JOINTLY for all three methods: BRECQ's separate 5000-iteration activation
-   stage is folded into the single stage (documented deviation; it halves the cost).
-4. Switch to hard rounding, bake the integer-grid weights and the learned scales into the plain
-   ``UniformQuantizer``s (checked bit-exactly), move on.
-
-The result is an ordinary quantized model (same structure and state-dict keys as
-``quantize_model`` produces), so it loads into a fresh ``quantize_model`` skeleton.
-No host synchronisation inside the iteration loop except the progress-bar loss every
-``log_every`` iterations. Under ``torchrun`` the processes share every batch
-(:mod:`.distributed`); with a checkpoint file a killed run resumes at its next unit (:mod:`.resume`).
+"""Block reconstruction PTQ: BRECQ, QDrop and Genie-M on top of :mod:`zsq_engine.quant`
+(:func:`reconstruct_model`; its pipeline and presets: docs/recon.md).
 """
 from __future__ import annotations
 
@@ -42,6 +16,7 @@ from torch import nn
 
 from .. import ops
 from ..evaluation import progress
+from ..models.roles import has_mobilenet_blocks
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
 from ..quant.bit_allocation import apply_bit_plan
@@ -55,9 +30,9 @@ __all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitE
 METHODS = ("genie", "brecq", "qdrop")
 
 # iters per unit, calibration samples, batch size, rounding-logit lr. 'fast' is sized for the
-# Fashion-MNIST ResNet on a 2-core CPU (about a minute for its 5 units when the machine is idle;
-# timings in docs/accuracy.md). With lr 1e-3 a logit moves at most ~0.25 in 250 Adam steps, so
-# few roundings could flip; 'fast' therefore uses a 10x logit lr (paper keeps 1e-3).
+# Fashion-MNIST ResNet on a small CPU (timings in docs/accuracy.md). With lr 1e-3 a logit moves
+# at most ~0.25 in 250 Adam steps, so few roundings could flip; 'fast' therefore uses a 10x
+# logit lr (paper keeps 1e-3).
 PRESETS: Dict[str, Dict[str, float]] = {
     "paper": {"iters": 20000, "num": 1024, "batch_size": 32, "lr_alpha": 1e-3},
     "fast": {"iters": 250, "num": 256, "batch_size": 32, "lr_alpha": 1e-2},
@@ -361,12 +336,6 @@ def _as_images(data) -> torch.Tensor:
     return data
 
 
-def _is_mobilenet(model: nn.Module) -> bool:
-    from ..models.mobilenetv2 import InvertedResidual
-
-    return any(isinstance(m, InvertedResidual) for m in model.modules())
-
-
 def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method: str = "genie",
                       preset: str = "fast", iters: Optional[int] = None, num: Optional[int] = None,
                       batch_size: Optional[int] = None, seed: int = 0,
@@ -399,7 +368,7 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     """
     check_bits(wbits, "wbits")
     check_bits(abits, "abits")
-    cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=_is_mobilenet(model),
+    cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=has_mobilenet_blocks(model),
                       **overrides)
     from .distributed import ReconWorld
 

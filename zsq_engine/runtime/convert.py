@@ -100,8 +100,9 @@ def convert(qmodel: nn.Module) -> IntModel:
 
     Args:
         qmodel: a model whose convs / linears are ``QuantConv2d`` / ``QuantLinear`` with calibrated
-            quantizers (``UniformQuantizer``, or the reconstruction-time ``LSQActQuantizer`` /
-            ``AdaRoundWeightQuantizer``, taken with HARD rounding), made of the layers listed in
+            quantizers that implement the quantizer protocol (:mod:`zsq_engine.quant.protocol`:
+            ``UniformQuantizer``, recon's ``LSQActQuantizer`` / ``AdaRoundWeightQuantizer``, the
+            latter taken with HARD rounding), made of the layers listed in
             :data:`zsq_engine.runtime.graph.SUPPORTED`.
     Returns:
         ``IntModel``: ``forward(x float [N, C, H, W]) -> float output`` reproducing ``qmodel(x)``

@@ -1,24 +1,6 @@
-"""The fake-quant model as a small graph of supported operations (``torch.fx``).
-
-The forward is traced with the quantized layers and every standard ``torch.nn`` module as leaves
-(and any module that holds no quantized layer, e.g. EfficientNet's shape-dependent "SAME"
-padding). Each node is then mapped to one canonical kind:
-
-====================  ========================================================================
-``qconv``/``qlinear`` :class:`zsq_engine.quant.QuantConv2d` / ``QuantLinear``
-``bn``                ``nn.BatchNorm2d`` (only right after a quantized conv: folded into it)
-``relu``/``relu6``    ``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, 6)``, ``F.relu``/``relu6``, ``Tensor.relu``
-``add``               ``+``, ``torch.add`` (two tensors)
-``maxpool``           ``nn.MaxPool2d``, ``F.max_pool2d``
-``avgpool``           ``nn.AvgPool2d``, ``nn.AdaptiveAvgPool2d``, ``F.adaptive_avg_pool2d``,
-                      ``Tensor.mean(dim=(2, 3))`` (global when the output is 1x1)
-``pad``               ``SamePad2d``, ``nn.ZeroPad2d``, ``F.pad`` (constant 0)
-``flatten``           ``nn.Flatten``, ``torch.flatten``/``Tensor.flatten`` from dim 1
-``identity``          ``nn.Identity``, dropout (inference), ``Tensor.contiguous``
-====================  ========================================================================
-
-Anything else raises :class:`UnsupportedLayerError` naming the module (qualified name and type)
-or the function.
+"""The fake-quant model as a small graph of supported operations (``torch.fx``), each node mapped
+to one canonical kind; anything else raises :class:`UnsupportedLayerError` naming it. The
+table of kinds: docs/runtime.md.
 """
 from __future__ import annotations
 
@@ -30,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..models.roles import is_same_padding
 from ..quant.modules import QuantConv2d, QuantLayer, QuantLinear
 
 __all__ = ["UnsupportedLayerError", "Node", "trace_model", "SUPPORTED"]
@@ -76,8 +59,6 @@ def _pair(v):
 
 def _module_node(m: nn.Module, target: str) -> tuple:
     """(kind, attrs) for a leaf module, or raise naming it."""
-    from ..models.efficientnet_lite import SamePad2d
-
     what = f"layer {target!r} ({type(m).__name__})"
     if isinstance(m, QuantConv2d):
         return "qconv", {}
@@ -115,7 +96,7 @@ def _module_node(m: nn.Module, target: str) -> tuple:
                            "ceil_mode": bool(m.ceil_mode), "count_include_pad": bool(m.count_include_pad)}
     if type(m) is nn.ZeroPad2d:
         return "pad", {"pads": list(m.padding)}
-    if type(m) is SamePad2d:
+    if is_same_padding(m):
         return "pad", {"same": [int(m.kernel_size), int(m.stride)]}
     raise _unsupported(what)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..fileio import FileFormatError, load_torch_file, save_torch_atomic
+from ..utils import FileFormatError, load_torch_file, save_torch_atomic
 from .file_checks import check_payload
 from .model import IntModel
 
@@ -59,7 +59,7 @@ def save(model: IntModel, path, meta: Optional[dict] = None) -> None:
 def load_with_meta(path, device="cpu") -> Tuple[IntModel, dict]:
     """``(model, meta)`` from a file written by :func:`save`; the model is on ``device``, in eval mode.
 
-    Raises FileNotFoundError, or :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for a
+    Raises FileNotFoundError, or :class:`zsq_engine.utils.FileFormatError` (a ValueError) for a
     file that is unreadable, of another kind or version, or whose content fails the checks of
     :mod:`.file_checks`."""
     path = Path(path)

@@ -1,25 +1,5 @@
-"""Integer layers: :class:`IntConv2d` (NHWC) and :class:`IntLinear`, built from fake-quant layers.
-
-Each layer is fully described by a plain ``config`` dict (geometry, bit-widths, the grid of its
-input, of its output and of its residual, its activation) plus its tensors, so a saved model is
-rebuilt from the file alone. Tensors in the ``state_dict``:
-
-* ``weight`` int8 — conv ``[O, kh, kw, C/groups]`` (OHWI, the layout ``qconv2d_nhwc`` takes),
-  linear ``[N, K]`` — for weights of more than 4 bits; or ``weight_packed`` uint8
-  ``[O, ceil(K/2)]`` (two signed int4 codes per byte, ``K = kh*kw*C/groups`` in OHWI order) for
-  weights of at most 4 bits. Unsigned weight grids are stored shifted into the signed range
-  (``q - 128``, ``q - 8``) with the zero point shifted alike, so the products are unchanged.
-* ``weight_zero_point`` int32 ``[O]`` (in stored-code units), ``weight_scale`` fp32 ``[O]``
-  (times the folded BatchNorm factor when a BN followed the conv), ``bias`` fp32 ``[O]``.
-
-At load time (:meth:`prepare`) a conv widens packed int4 to int8 once (the conv kernels take
-int8 weights, see :mod:`zsq_engine.ops.quantized_ops`) and folds the weight zero point into the
-codes whenever ``q - z`` fits in int8 (always for <= 7-bit grids), which removes the zero-point
-correction from the kernel; a linear keeps its packed weight for the W4A8 GEMM.
-
-A layer whose fake-quant input is float (the first layer, unless the model quantizes its input)
-runs in fp32 with the weights dequantized from the stored codes — bit-identical to the fake-quant
-weight — followed by the same epilogue steps in PyTorch (see ``docs/runtime.md``).
+"""Integer layers: :class:`IntConv2d` (NHWC) and :class:`IntLinear`, built from fake-quant layers and
+described by a plain ``config`` dict plus tensors (layout: docs/runtime.md).
 """
 from __future__ import annotations
 
@@ -246,7 +226,7 @@ class IntConv2d(_IntLayer):
 
     def _float_layout(self, w):
         # OHWI memory viewed as OIHW is channels_last: with a channels_last input, F.conv2d runs
-        # its NHWC kernel (2.5x faster than NCHW here) and writes NHWC, the program's float layout
+        # its NHWC kernel (faster than NCHW: docs/runtime.md) and writes NHWC, the program's float layout
         return w.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
     def _make_launch(self):

@@ -5,7 +5,7 @@ Methods: ZeroQ (:mod:`.zeroq`), Genie-D (:mod:`.genie`), the GDFQ conditional ge
 """
 from .api import METHODS, PRESETS, SynthResult, batch_seed, resolve_settings, synthesize
 from .gdfq import GDFQGenerator, sample, train_generator
-from .hooks import BNInputRecorder, frozen_teacher
+from ..utils import BNInputRecorder, frozen_teacher
 from .io import load_output
 
 __all__ = ["METHODS", "PRESETS", "SynthResult", "batch_seed", "resolve_settings", "synthesize", "GDFQGenerator",

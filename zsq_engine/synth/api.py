@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from . import gdfq, genie, hast, zeroq
-from .hooks import frozen_teacher
-from .io import FORMAT_VERSION, PartStore, check_writable_output, identity_mismatch, load_output, save_atomic
+from ..utils import frozen_teacher, model_fingerprint, save_torch_atomic
+from .io import FORMAT_VERSION, PartStore, check_writable_output, identity_mismatch, load_output
 
 __all__ = ["METHODS", "PRESETS", "SynthResult", "synthesize", "batch_seed", "resolve_settings"]
 
@@ -78,14 +78,6 @@ def resolve_settings(method: str, preset: str, iters: Optional[int] = None, **ov
             raise ValueError(f"iters must be >= 1, got {iters}")
         settings["iters"] = int(iters)
     return settings
-
-
-def _model_fingerprint(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _resolve_teacher(model, input_shape, num_classes):
@@ -209,7 +201,7 @@ def synthesize(model: Union[str, nn.Module], method: str, num: Optional[int] = N
 
     from .. import __version__
 
-    identity = {"format": FORMAT_VERSION, "model": name, "model_fingerprint": _model_fingerprint(teacher),
+    identity = {"format": FORMAT_VERSION, "model": name, "model_fingerprint": model_fingerprint(teacher),
                 "method": method, "preset": preset, "settings": settings, "seed": int(seed), "num": num,
                 "batch_size": batch_size}
     meta_base = {**identity, "version": __version__, "input_shape": list(input_shape), "num_classes": num_classes}
@@ -314,7 +306,7 @@ def _to_file(out: Path, overwrite, world, identity, meta_base, method, teacher, 
     world.barrier()
     if world.rank == 0:
         merged = _merge([store.read_batch(b) for b in range(len(sizes))], meta_base, gen_losses)
-        save_atomic(merged, out)
+        save_torch_atomic(merged, out)
         store.remove()
     world.barrier()
     done = load_output(out)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.narrow_conv_ops import conv2d_narrow_aware
-from .hooks import BNInputRecorder, frozen_teacher
+from ..utils import BNInputRecorder, frozen_teacher
 from .loop import BatchResult, IterationBar, measure_bn_loss
 
 __all__ = ["DEFAULTS", "UpsamplingGenerator", "GDFQGenerator", "train_generator", "sample", "synthesize_batch"]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .hooks import BNInputRecorder
+from ..utils import BNInputRecorder
 from .loop import BatchResult, DeferredPlateau, IterationBar, input_stat_loss, measure_bn_loss
 
 __all__ = ["DEFAULTS", "GenieGenerator", "swing_convolutions", "synthesize_batch"]

@@ -1,32 +1,19 @@
-"""HAST hard-sample synthesis: pixels optimised directly from a Gaussian start towards random
-labels, with BN-statistics matching ('hast' variant) plus a focal-style hardness term
-``beta * mean((1 - p_y)^gamma * CE)``.
-
-Defaults of the authors' code: Adam lr 0.5, ReduceLROnPlateau(min_lr 1e-4, patience 50), 1000
-iterations per batch of 256; (beta, gamma) = (10, 2) for small-image models (CIFAR /
-Fashion-MNIST), (0.1, 0.5) for ImageNet; random-resized-crop (0.4-1) + flip on every second
-iteration for large images only (their CIFAR path uses the images as they are), so
-``augment=None`` means "on for images larger than 64 pixels".
-
-With (10, 2) the hardness term dominates, so on a small model the BN loss ends ABOVE that of
-the Gaussian start (which is already close to the model's running statistics): on the
-Fashion-MNIST ResNet, batch 16, 0.124 at the start, 7.28 after 200 iterations, 6.87 after the
-full 1000, against 29.3 for the same 200 iterations without the BN term. With ImageNet's (0.1, 0.5)
-the BN term dominates and the same run ends at 0.00094. The BN term does its job in both cases;
-the hardness weight decides how far from the statistics the hard samples are pushed.
+"""HAST hard-sample synthesis: pixels optimised from a Gaussian start towards random labels with
+BN-statistics matching plus a hardness term (defaults and behaviour: docs/synth.md).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..utils import random_resized_crop_flip
 from .loop import BatchResult, measure_bn_loss, optimise_pixels
 
-__all__ = ["DEFAULTS", "hardness_weights", "random_resized_crop_flip", "synthesize_batch"]
+__all__ = ["DEFAULTS", "hardness_weights", "synthesize_batch"]
 
 DEFAULTS = {"iters": 1000, "lr": 0.5, "min_lr": 1e-4, "patience": 50, "beta": None, "gamma": None,
             "crop_scale": [0.4, 1.0], "crop_ratio": [3 / 4, 4 / 3], "augment": None, "bn_weight": 1.0}
@@ -49,37 +36,6 @@ def hardness_loss(ce: torch.Tensor, gamma: float) -> torch.Tensor:
     infinite for gamma < 1 (ImageNet's 0.5), and inf * 0 would turn the whole batch into NaN."""
     hardness = (-torch.expm1(-ce)).clamp_min(torch.finfo(ce.dtype).tiny)
     return (hardness.pow(gamma) * ce).mean()
-
-
-def random_resized_crop_flip(x: torch.Tensor, scale: Sequence[float] = (0.4, 1.0),
-                             ratio: Sequence[float] = (3 / 4, 4 / 3),
-                             generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Batched random-resized-crop + horizontal flip of ``x`` [N, C, H, W], differentiable in x.
-
-    One affine_grid + one grid_sample for the whole batch: every sample gets its own crop area
-    (fraction ``scale`` of the image, aspect ratio log-uniform in ``ratio``), position and flip
-    (p = 0.5), all drawn on the CPU from ``generator`` (reproducible across devices).
-    """
-    n = x.shape[0]
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n).uniform_(float(torch.tensor(ratio[0]).log()), float(torch.tensor(ratio[1]).log()),
-                                    generator=generator)
-    aspect = log_r.exp()
-    # crop width / height as fractions of the image side, clamped into the image
-    fw = (area * aspect).sqrt().clamp(max=1.0)
-    fh = (area / aspect).sqrt().clamp(max=1.0)
-    # centre in normalised coordinates [-1, 1] such that the crop stays inside the image
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fw)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fh)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = fw * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = fh
-    theta[:, 1, 2] = cy
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[int], num_classes: int,

@@ -22,16 +22,11 @@ from typing import Optional
 
 import torch
 
-from ..fileio import FileFormatError, load_torch_file, save_torch_atomic, write_text_atomic
+from ..utils import FileFormatError, load_torch_file, save_torch_atomic, write_text_atomic
 
-__all__ = ["FORMAT_VERSION", "save_atomic", "load_output", "PartStore", "check_writable_output"]
+__all__ = ["FORMAT_VERSION", "load_output", "PartStore", "check_writable_output"]
 
 FORMAT_VERSION = 1
-
-
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``."""
-    save_torch_atomic(obj, path)
 
 
 _SYNTH_HINT = "pass a file written by `zsq synthesize --out FILE`"
@@ -40,7 +35,7 @@ _SYNTH_HINT = "pass a file written by `zsq synthesize --out FILE`"
 def load_output(path) -> dict:
     """Load a synthesis output file (no pickled code runs) and check its layout.
 
-    Raises FileNotFoundError, or :class:`zsq_engine.fileio.FileFormatError` (a ValueError) for a
+    Raises FileNotFoundError, or :class:`zsq_engine.utils.FileFormatError` (a ValueError) for a
     file that is unreadable or not a synthesis output."""
     path = Path(path)
     obj = load_torch_file(path, "zsq synthesis output", _SYNTH_HINT)
@@ -136,13 +131,13 @@ class PartStore:
         return self.batch_path(b).is_file()
 
     def write_batch(self, b: int, payload: dict) -> None:
-        save_atomic(payload, self.batch_path(b))
+        save_torch_atomic(payload, self.batch_path(b))
 
     def read_batch(self, b: int) -> dict:
         return load_torch_file(self.batch_path(b), "synthesis part", _PARTS_HINT)
 
     def write_extra(self, name: str, obj) -> None:
-        save_atomic(obj, self.dir / name)
+        save_torch_atomic(obj, self.dir / name)
 
     def read_extra(self, name: str):
         path = self.dir / name

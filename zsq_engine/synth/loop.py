@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import ops
 from ..evaluation import progress
-from .hooks import BNInputRecorder
+from ..utils import BNInputRecorder
 
 __all__ = ["BatchResult", "DeferredPlateau", "IterationBar", "input_stat_loss", "measure_bn_loss"]
 

@@ -21,7 +21,7 @@ def synthesize_batch(teacher: nn.Module, batch_size: int, input_shape: Sequence[
                      desc: str = "zeroq") -> BatchResult:
     """One batch [batch_size, *input_shape] from the global RNG (the caller seeds it).
 
-    ``teacher`` must already be frozen (see :func:`zsq_engine.synth.hooks.frozen_teacher`).
+    ``teacher`` must already be frozen (see :func:`zsq_engine.utils.frozen_teacher`).
     """
     s = {**DEFAULTS, **settings}
     x = torch.randn(batch_size, *input_shape, device=device).requires_grad_(True)

@@ -1,35 +1,5 @@
-"""Cross-layer equalisation (DFQ, Nagel et al. 2019), in place on a float model.
-
-For a pair ``y2 = W2 act(W1 x + b1) + b2`` with a positively scale-equivariant ``act``
-(``act(x / s) = act(x) / s`` for ``s > 0``), dividing output channel ``i`` of the first layer by
-``s_i`` and multiplying input channel ``i`` of the second by ``s_i`` leaves ``y2`` unchanged.
-With ``r1_i`` the range (max |w|) of output channel ``i`` of the first layer (BN folded in) and
-``r2_i`` the range of input channel ``i`` of the second layer, ``s_i = sqrt(r1_i r2_i) / r2_i``
-makes both ranges ``sqrt(r1_i r2_i)``: the per-tensor-optimal choice of the paper. Chains of
-pairs are swept repeatedly until the scales stop moving.
-
-When the first layer is followed by a BatchNorm the BN's affine parameters carry the scaling
-(``gamma_i / s_i``, ``beta_i / s_i``: the BN output is divided by ``s_i``), so the BN statistics
-stay available for high-bias absorption and bias correction; otherwise the conv's weight and
-bias are scaled.
-
-ReLU6 is not scale-equivariant (``relu6(x / s) != relu6(x) / s``). Three policies:
-
-* ``'relu'`` (the paper's choice, listed as "replace ReLU6" in its MobileNetV2 ablation): the
-  equalised pair's ReLU6 becomes a ReLU *before* equalisation; the result equals the model with
-  that substitution (not the original, where activations above 6 occur) and stays lowerable to
-  the integer runtime.
-* ``'clamp'``: exact - the ReLU6 becomes :class:`ChannelClamp` with per-channel bounds ``6 / s_i``.
-  The float model is unchanged up to rounding, but the integer runtime has no per-channel clamp.
-* ``'auto'``: ``'relu'`` for the pairs whose BN statistics say the clip is (almost) never active
-  (``beta_i + 3 |gamma_i| <= 6`` on every channel), ``'skip'`` for the others: runtime-lowerable
-  and exact in the 3-sigma sense.
-* ``'skip'``: pairs through a ReLU6 are left alone.
-
-Measured (docs/synth_free.md): EfficientNet-Lite0's checkpoint relies on the clip - on 33 of 33
-pairs some channel has ``beta + 3 gamma > 6`` - and its float top-1 on 100 images drops from
-about 88 % to 71 % with ``'relu'``; hence ``'clamp'`` is the default of :func:`cross_layer_equalize`
-and :func:`zsq_engine.synth_free.dfq`.
+"""Cross-layer equalisation (DFQ, Nagel et al. 2019), in place on a float model (the maths and the
+choice of default: docs/synth_free.md).
 """
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
-"""Where the CLI gets a model's evaluation and calibration batches from."""
+"""Evaluation and calibration batches for a model: Fashion-MNIST splits and image folders, as the
+CLI, the benchmarks and the tests use them."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
 import torch
 
+__all__ = ["fmnist_batches", "fmnist_calibration", "imagefolder_batches"]
+
 
 def fmnist_batches(split: str, batch_size: int, data_dir: Optional[str]):
-    from zsq_engine.data import fashion_mnist_loader
+    from .fashion_mnist import fashion_mnist_loader
 
     return fashion_mnist_loader(split, batch_size=batch_size, root=data_dir)
 
@@ -15,7 +18,7 @@ def fmnist_batches(split: str, batch_size: int, data_dir: Optional[str]):
 def fmnist_calibration(num_images: int, data_dir: Optional[str], seed: int, batch_size: int = 128
                        ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """A seeded random subset of the Fashion-MNIST TRAIN split, as a list of batches."""
-    from zsq_engine.data import load_fashion_mnist, normalize_fashion_mnist
+    from .fashion_mnist import load_fashion_mnist, normalize_fashion_mnist
 
     images, labels = load_fashion_mnist("train", data_dir)
     g = torch.Generator().manual_seed(seed)
@@ -25,7 +28,7 @@ def fmnist_calibration(num_images: int, data_dir: Optional[str], seed: int, batc
 
 
 def imagefolder_batches(root: str, model_name: str, batch_size: int, limit: Optional[int] = None, info=None):
-    from zsq_engine.data import imagefolder_loader
+    from .imagefolder import imagefolder_loader
     from zsq_engine.models import get_model_info
 
     info = info or get_model_info(model_name)

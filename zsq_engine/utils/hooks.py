@@ -1,4 +1,4 @@
-"""Teacher-side plumbing shared by every synthesis method.
+"""Forward hooks and teacher freezing shared by synthesis and QAT.
 
 * :func:`frozen_teacher` puts the teacher in eval mode with ``requires_grad=False`` on all its
   parameters for the whole synthesis and restores both afterwards (even on error);
