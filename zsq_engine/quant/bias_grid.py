@@ -21,16 +21,22 @@ __all__ = ["snap_biases", "accumulator_scale"]
 
 def accumulator_scale(layer: nn.Module, name: str):
     """The fp32 grid ``s_x * s_w[o]`` ([O]) of a quantized layer's bias, or None when the layer's
-    input or weight is float (no integer accumulator) or its weight is all zero in a channel."""
+    input or weight is float, or its grids are not ones the integer runtime reads (no integer
+    accumulator)."""
     # the integer runtime's own readers: the same scales it (and the ONNX export) will use
     from ..runtime.qparams import act_qparams, integer_weight
 
     if layer.act_quantizer is None or layer.weight_quantizer is None:
         return None
-    act = act_qparams(layer.act_quantizer, name)
-    if act is None or not getattr(layer.weight_quantizer, "enabled", True):
+    try:
+        act = act_qparams(layer.act_quantizer, name)
+        if act is None or not getattr(layer.weight_quantizer, "enabled", True):
+            return None
+        _, w_scale, _, _, _ = integer_weight(layer, name)
+    except ValueError:
+        # a grid no integer engine runs (uncalibrated: a branch calibration never reached,
+        # per-channel activations, ...): there is no accumulator, the bias stays float
         return None
-    _, w_scale, _, _, _ = integer_weight(layer, name)
     return torch.tensor(act.scale, dtype=torch.float32) * w_scale.float()
 
 
