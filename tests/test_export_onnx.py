@@ -7,10 +7,10 @@ Two oracles, both the fake-quant model itself:
   way by float rounding: a fraction <= 1e-3, as for the integer runtime) and the logits must agree;
 * what the engine runs: the default export (int32 biases where it fuses) with all optimisations ON
   must be fused into integer operators (QLinearConv / QGemm in the optimised graph ONNX Runtime
-  saves, one per layer the export marked) and agree in top-1 on 2,000 Fashion-MNIST test images.
-  Rounding the bias onto the int32 accumulator grid s_x * s_w is what every QDQ engine does (ONNX
-  Runtime even does it to a float bias): it moves a pre-activation by up to half an accumulator
-  step and so flips a few requantized codes; docs/export.md gives the measured cost.
+  saves, one per layer the export marked) and agree in top-1 (>= 99.9 %) on 2,000 Fashion-MNIST
+  test images. Every QDQ engine adds the bias on the int32 accumulator grid s_x * s_w (ONNX Runtime
+  rounds a float bias there itself); naive PTQ keeps the model's biases on that grid
+  (quant.snap_biases), so the int32 bias the export writes is the model's bias exactly.
 """
 import os
 
@@ -244,8 +244,8 @@ def test_imagenet_models_random_weights(tmp_path, name, wbits, abits):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("wbits,abits,min_agreement", [(8, 8, 99.75), (4, 4, 99.9)])
-def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits, min_agreement):
+@pytest.mark.parametrize("wbits,abits", [(8, 8), (4, 4)])
+def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits):
     from zsq_engine.data.sources import fmnist_calibration
     from zsq_engine.data import load_fashion_mnist, normalize_fashion_mnist
     from zsq_engine.models import get_model
@@ -267,7 +267,7 @@ def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits, min_agreement):
     info = to_onnx(q, x[:1], tmp_path / "m.onnx")
     out = ort.run(ort.session(tmp_path / "m.onnx"), x)
     agreement = (out.argmax(1) == ref.argmax(1)).float().mean().item() * 100
-    assert agreement >= min_agreement, f"top-1 agreement {agreement:.2f} %"
+    assert agreement >= 99.9, f"top-1 agreement {agreement:.2f} %"
     ops = _fused(tmp_path / "m.onnx", info)
     assert ops.get("QLinearConv") == 3 and ops.get("QGemm") == 1  # each block's conv1 and the classifier
 
@@ -312,3 +312,127 @@ def test_qat_student_with_learnable_ranges(tmp_path):
     assert (ref.argmax(1) == out.argmax(1)).all()
     info = to_onnx(student, x[:1], tmp_path / "m.onnx")
     _fused(tmp_path / "m.onnx", info)
+
+
+def _bias_values(path):
+    """{layer: the bias the graph adds, as fp64} (int32 codes x accumulator scale, or fp32)."""
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) == 3:
+            b = n.input[2]
+            if b in inits:
+                out[n.output[0]] = inits[b].astype(np.float64)
+            else:
+                dq = producer[b]
+                out[n.output[0]] = inits[dq.input[0]].astype(np.float64) * inits[dq.input[1]].astype(np.float64)
+    return out
+
+
+def test_naive_ptq_biases_on_the_accumulator_grid(tmp_path):
+    """naive PTQ rounds each quantized-input layer's bias onto s_x * s_w[o]: at most half a step
+    from the float bias, a whole number of steps, the float-input stem untouched; the int32 bias
+    of the default export then equals the model's bias (no rounding left to an engine)."""
+    from zsq_engine.quant import naive_ptq, quant_layers
+    from zsq_engine.runtime.qparams import act_qparams, integer_weight
+
+    torch.manual_seed(0)
+    fp = healthy(Tiny(), (3, 12, 12))
+    calib = [torch.randn(8, 3, 12, 12) for _ in range(2)]
+    raw = naive_ptq(fp, calib, 8, 8, progress=False, snap_bias=False).eval()
+    q = naive_ptq(fp, calib, 8, 8, progress=False).eval()
+    raw_layers = dict(quant_layers(raw))
+    moved = 0
+    for name, layer in quant_layers(q):
+        before = raw_layers[name].bias.detach().double()
+        if layer.act_quantizer is None:  # the float-input stem: no integer accumulator
+            assert torch.equal(layer.bias.detach().double(), before)
+            continue
+        # the fp32 grid the export (and ONNX Runtime) multiply out: fp32(s_x) * fp32(s_w[o]) in fp32
+        acc = (torch.tensor(act_qparams(layer.act_quantizer, name).scale, dtype=torch.float32)
+               * integer_weight(layer, name)[1].float()).double()
+        steps = layer.bias.detach().double() / acc
+        assert torch.allclose(steps, steps.round(), atol=1e-3, rtol=0), name
+        assert bool(((layer.bias.detach().double() - before).abs() <= acc * (0.5 + 1e-3)).all()), name
+        moved += int((layer.bias.detach() != raw_layers[name].bias.detach()).sum())
+    assert moved > 0
+    info = to_onnx(q, calib[0][:1], tmp_path / "m.onnx")
+    biases = _bias_values(tmp_path / "m.onnx")
+    layers = dict(quant_layers(q))
+    assert info["int_bias_layers"]
+    for name in info["int_bias_layers"]:
+        got = biases[name.replace(".", "_") + "_out"]
+        want = layers[name].bias.detach().double().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_load_quantized_keeps_the_8bit_first_input(tmp_path):
+    """save -> load of a model with an 8-bit first-layer input: the loaded model has the stem's
+    input quantizer, computes the same outputs and exports the same graph."""
+    from zsq_engine.models import get_model
+    from zsq_engine.recon import load_quantized, save_quantized
+
+    torch.manual_seed(0)
+    q = ptq(get_model("fmnist_resnet", pretrained=True), (1, 28, 28), 8, 8, quantize_first_input=True)
+    save_quantized(tmp_path / "q.pt", q, {"model": "fmnist_resnet", "wbits": 8, "abits": 8, "first_last_bits": 8})
+    loaded, _ = load_quantized(tmp_path / "q.pt")
+    assert loaded.conv1.act_quantizer is not None
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+    to_onnx(q, x[:1], tmp_path / "a.onnx")
+    to_onnx(loaded, x[:1], tmp_path / "b.onnx")
+    a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
+    assert [n.op_type for n in b.graph.node if "input" in n.input] == ["QuantizeLinear"]
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()
+
+
+def test_mixed_precision_plan_exports(tmp_path, capsys):
+    """A per-layer plan (2..8-bit weights, 4 / 6 / 8-bit inputs in one model), saved as `zsq quantize
+    --bits-budget` saves it, exported by `zsq export --checkpoint`: each layer's grids in the graph,
+    the exact graph's input codes those of the fake-quant model, ONNX Runtime fuses, top-1 agrees."""
+    from zsq_engine.cli import main
+    from zsq_engine.models import get_model
+    from zsq_engine.quant import calibrate_activations, quant_layers, quantize_model, snap_biases
+    from zsq_engine.quant.bit_allocation import apply_bit_plan
+    from zsq_engine.recon import load_quantized, save_quantized
+
+    torch.manual_seed(0)
+    q = quantize_model(get_model("fmnist_resnet", pretrained=True).eval(), 8, 8, weight_method="minmax")
+    names = [n for n, _ in quant_layers(q)]
+    choices = [(8, 8), (4, 4), (2, 6), (6, 4), (3, 8), (4, 6)]
+    plan = {n: choices[i % len(choices)] for i, n in enumerate(names)}
+    apply_bit_plan(q, plan, weight_method="minmax")
+    calibrate_activations(q, [torch.randn(32, 1, 28, 28) for _ in range(2)], progress=False)
+    snap_biases(q)
+    q.eval()
+    save_quantized(tmp_path / "q.pt", q, {"model": "fmnist_resnet", "wbits": 8, "abits": 8, "first_last_bits": 8,
+                                          "layer_bits": {k: list(v) for k, v in plan.items()}})
+    rc = main(["export", "--checkpoint", str(tmp_path / "q.pt"), "--out", str(tmp_path / "m.onnx")])
+    assert rc == 0, capsys.readouterr()
+    loaded, _ = load_quantized(tmp_path / "q.pt")
+    layers = dict(quant_layers(loaded))
+    for n in names:
+        assert layers[n].weight_bits == plan[n][0], n
+        assert layers[n].act_bits == (None if n == names[0] else plan[n][1]), n  # the stem's input is float
+    x = torch.randn(64, 1, 28, 28)
+    info = to_onnx(loaded, x[:1], tmp_path / "exact.onnx", float_bias=True)
+    _check_codes(loaded, tmp_path / "exact.onnx", info, x)
+    info = to_onnx(loaded, x[:1], tmp_path / "m2.onnx")
+    assert (tmp_path / "m2.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+    # each layer's input codes: a 4- or 6-bit grid clamps them to its own top code, 8-bit needs no Clip
+    model = onnx.load(str(tmp_path / "m2.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: nd for nd in model.graph.node for o in nd.output}
+    for n, codes in info["input_codes"].items():
+        node, bits = producer[codes], layers[n].act_bits
+        assert node.op_type == ("Clip" if bits < 8 else "QuantizeLinear"), n
+        if bits < 8:
+            assert int(inits[node.input[2]]) == layers[n].act_quantizer.quant_max == 2 ** bits - 1
+    _fused(tmp_path / "m2.onnx", info)
+    with torch.no_grad():
+        ref = loaded(x)
+    out = ort.run(ort.session(tmp_path / "m2.onnx"), x)
+    assert (out.argmax(1) == ref.argmax(1)).all()

@@ -326,8 +326,10 @@ def test_other_activation_methods(act_method):
 
 def test_quant_state_off_equals_folded_float():
     model = _model(9)
+    # snap_bias=False: rounding the biases onto the accumulator grid is quantization too, and no
+    # quantizer switch undoes it; this checks the switches
     q = naive_ptq(model, _calib(n=2), 4, 4, progress=False, symmetric_weights=True, symmetric_acts=True,
-                  weight_method="minmax")
+                  weight_method="minmax", snap_bias=False)
     set_quant_state(q, weight=False, act=False)
     x = _calib(97, n=1)[0]
     with torch.no_grad():

@@ -12,7 +12,8 @@ bias grid below ``2^k`` times finer.
 
 A quantized-input layer's bias becomes int32 on the accumulator grid ``s_x * s_w[o]`` (what the
 QDQ fusions of ONNX Runtime and TensorRT require); rounding moves it by at most half an
-accumulator step. A float-input layer (the float first-layer policy) keeps an fp32 bias.
+accumulator step, and not at all for a model whose biases already lie on that grid (naive PTQ's
+``quant.snap_biases``). A float-input layer (the float first-layer policy) keeps an fp32 bias.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ Typical use (naive post-training quantization)::
 Everything here computes through the op layer (``zsq_engine.ops``: fake_quant, lsq_fake_quant,
 scale_search, minmax_qparams), so the fast kernels are used wherever they are available.
 """
+from .bias_grid import snap_biases
 from .bn_fold import find_conv_bn_pairs, fold_bn, fold_model_bn
 from .calibration import (ACT_METHODS, OBSERVERS, WEIGHT_METHODS, MinMaxObserver, MSEObserver, Observer,
                           PercentileObserver, calibrate_weight, make_observer, qparams_from_minmax)
@@ -26,5 +27,5 @@ __all__ = [
     "QuantLayer", "QuantConv2d", "QuantLinear", "default_weight_spec", "default_act_spec",
     "fold_bn", "fold_model_bn", "find_conv_bn_pairs",
     "quantize_model", "calibrate_activations", "naive_ptq", "set_quant_state", "quant_layers",
-    "QuantLayerInfo", "list_quant_layers", "format_quant_layers",
+    "QuantLayerInfo", "list_quant_layers", "format_quant_layers", "snap_biases",
 ]

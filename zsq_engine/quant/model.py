@@ -232,14 +232,22 @@ def calibrate_activations(qmodel: nn.Module, batches: Iterable, num_batches: Opt
 
 
 def naive_ptq(model: nn.Module, calib_batches: Iterable, wbits: int, abits: int, *,
-              num_batches: Optional[int] = None, progress: bool = True, **kwargs) -> nn.Module:
-    """Naive post-training quantization: :func:`quantize_model` then :func:`calibrate_activations`.
+              num_batches: Optional[int] = None, progress: bool = True, snap_bias: bool = True,
+              **kwargs) -> nn.Module:
+    """Naive post-training quantization: :func:`quantize_model`, :func:`calibrate_activations`,
+    then (``snap_bias``) each quantized-input layer's bias rounded onto its int32 accumulator grid
+    ``s_x * s_w`` (:func:`zsq_engine.quant.bias_grid.snap_biases`), as integer engines add it.
 
     ``kwargs`` go to quantize_model (first_last_bits, weight_method, act_method, ...). Returns a
     new quantized model unless ``inplace=True``.
     """
+    from .bias_grid import snap_biases
+
     qmodel = quantize_model(model, wbits, abits, **kwargs)
-    return calibrate_activations(qmodel, calib_batches, num_batches=num_batches, progress=progress)
+    qmodel = calibrate_activations(qmodel, calib_batches, num_batches=num_batches, progress=progress)
+    if snap_bias:
+        snap_biases(qmodel)
+    return qmodel
 
 
 def set_quant_state(model: nn.Module, weight: Optional[bool] = None, act: Optional[bool] = None) -> nn.Module:

@@ -51,14 +51,25 @@ def load_quantized(path, device="cpu"):
         if meta.get("relu6_as_relu"):  # DFQ equalisation replaced these ReLU6s (synth_free.dfq)
             from ..synth_free import replace_relu6
             replace_relu6(model, meta["relu6_as_relu"])
+        state = obj["state_dict"]
+        # the first-layer policy: the first layer's input is quantized (8-bit input) exactly when
+        # the file holds an input quantizer for it (meta "quantize_first_input" also says so)
+        first_input = bool(meta.get("quantize_first_input")) or f"{_first_layer(model)}.act_quantizer.scale" in state
         qmodel = quantize_model(model, meta["wbits"], meta["abits"], first_last_bits=meta.get("first_last_bits", 8),
-                                weight_method="minmax")
+                                weight_method="minmax", quantize_first_input=first_input)
         if meta.get("layer_bits"):  # per-layer bits (quant.bit_allocation)
             from ..quant.bit_allocation import apply_bit_plan
             apply_bit_plan(qmodel, {k: tuple(v) for k, v in meta["layer_bits"].items()}, weight_method="minmax")
-        qmodel.load_state_dict(obj["state_dict"], strict=True)
+        qmodel.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError) as exc:
         why = str(exc).splitlines()[0][:300]
         raise FileFormatError(path, f"does not hold a usable {meta['model']!r} W{meta['wbits']}A{meta['abits']} "
                                     f"model ({why})", hint) from None
     return qmodel.to(device).eval(), meta
+
+
+def _first_layer(model: nn.Module) -> str:
+    """The layer whose input ``quantize_model`` leaves float by default (its first in call order)."""
+    from ..quant.model import _float_layers_in_call_order
+
+    return _float_layers_in_call_order(model)[0][0]
