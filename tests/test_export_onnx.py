@@ -436,3 +436,36 @@ def test_mixed_precision_plan_exports(tmp_path, capsys):
         ref = loaded(x)
     out = ort.run(ort.session(tmp_path / "m2.onnx"), x)
     assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def _assert_biases_on_grid(q):
+    from zsq_engine.quant import quant_layers
+    from zsq_engine.quant.bias_grid import accumulator_scale
+
+    checked = 0
+    for name, layer in quant_layers(q):
+        acc = accumulator_scale(layer, name)
+        if acc is None or layer.bias is None:
+            continue
+        live = layer.quantized_weight().reshape(acc.numel(), -1).ne(0).any(1)
+        steps = layer.bias.detach().double()[live] / acc.double()[live]
+        assert torch.allclose(steps, steps.round(), atol=1e-3, rtol=0), name
+        checked += 1
+    assert checked > 0
+
+
+def test_reconstruction_and_qat_end_with_biases_on_the_accumulator_grid():
+    """Genie-M / QDrop reconstruction and QAT end where naive PTQ does: every quantized-input
+    layer's bias a whole number of s_x * s_w[o] steps (so the export adds exactly that bias)."""
+    from zsq_engine.qat import train_qat
+    from zsq_engine.recon import reconstruct_model
+
+    torch.manual_seed(0)
+    fp = healthy(Tiny(), (3, 12, 12))
+    r = reconstruct_model(fp, torch.randn(16, 3, 12, 12), 4, 4, iters=2, show_progress=False)
+    _assert_biases_on_grid(r.model)
+    assert r.meta["biases_on_accumulator_grid"] > 0
+    res = train_qat(healthy(Tiny(), (3, 12, 12)), "gdfq", 4, 4, input_shape=(3, 12, 12), num_classes=5,
+                    epochs=1, iters_per_epoch=1, batch_size=8, calib_batches=1, gen_warmup_iters=1)
+    _assert_biases_on_grid(res.student)
+    assert res.meta["biases_on_accumulator_grid"] > 0

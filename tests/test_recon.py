@@ -45,6 +45,25 @@ def _blocks():
             ("MBConvBlock", mb, torch.randn(96, 8, 8, 8, generator=g))]
 
 
+def test_a_unit_that_ends_worse_keeps_its_calibrated_start():
+    """An activation-step learning rate far too large for 8 bits drives the unit's loss up: the
+    unit then keeps its calibrated start bit for bit, and the report says so."""
+    name, block, x = _blocks()[0]
+    fp = fold_model_bn(copy.deepcopy(block)).eval()
+    with torch.no_grad():
+        y = fp(x)
+    q = quantize_model(block, 8, 8, first_last_bits=None, quantize_first_input=True).eval()
+    calibrate_activations(q, [x], progress=False)
+    start = {k: v.clone() for k, v in q.state_dict().items()}
+    naive = unit_mse(q, x, y)
+    cfg = make_config("genie", "fast", iters=4, batch_size=32, log_every=1000, lr_act_scale=10.0)
+    info = reconstruct_unit(q, x, y, x, cfg, seed=1, desc=name, show_progress=False)
+    assert info["kept"] == "start"
+    assert info["mse_after"] == info["mse_before"] == pytest.approx(naive, rel=1e-6)
+    assert all(torch.equal(v, start[k]) for k, v in q.state_dict().items())
+    assert all(type(m).__name__ not in ("AdaRoundWeightQuantizer", "LSQActQuantizer") for m in q.modules())
+
+
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["BasicBlock", "InvertedResidual", "MBConvBlock"])
 def test_reconstruction_lowers_block_mse(index):
     name, block, x = _blocks()[index]
@@ -60,6 +79,7 @@ def test_reconstruction_lowers_block_mse(index):
     assert info["mse_before"] == pytest.approx(naive, rel=1e-5)
     assert after == pytest.approx(info["mse_after"], rel=1e-5)
     assert after < 0.97 * naive, f"{name}: reconstruction {after:.4g} vs naive {naive:.4g}"
+    assert info["kept"] == "reconstructed"
     # every layer was baked back: plain quantizers, weights exactly on their grid
     for m in q.modules():
         if isinstance(m, QuantLayer):

@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  (resumed: the first {result.meta['resumed_units']} units came from {checkpoint})")
     for u in result.units:
         print(f"  {u['name']:12s} {u['type']:12s} loss {u['mse_before']:.4g} -> {u['mse_after']:.4g} "
-              f"({u['seconds']:.1f} s)")
+              f"({u['seconds']:.1f} s{'; ended worse, kept its calibrated start' if u.get('kept') == 'start' else ''})")
     for s in result.meta.get("skipped_units", []):
         print(f"  {s['name']:12s} not reconstructed (kept naive rounding): {s['reason']}")
     if acc is not None:

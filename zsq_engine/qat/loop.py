@@ -14,6 +14,7 @@ from torch import nn
 
 from ..evaluation import progress
 from ..quant import calibrate_activations, check_bits
+from ..quant.bias_grid import snap_biases
 from ..utils import model_fingerprint
 from .checkpoint import capture_rng, identity_mismatch, load_checkpoint, restore_rng, save_checkpoint
 from .config import QATConfig, make_config
@@ -411,6 +412,8 @@ def train_qat(teacher: nn.Module, method: str, wbits: int, abits: int, *, input_
             resumed_from = trainer.epoch
         t0 = time.perf_counter()
         trainer.fit(on_epoch_end, on_prepared)
+        # the trained grids are final: keep the biases where integer engines can add them
+        snapped = snap_biases(trainer.student)
         seconds = time.perf_counter() - t0
     finally:
         trainer.close()
@@ -418,7 +421,8 @@ def train_qat(teacher: nn.Module, method: str, wbits: int, abits: int, *, input_
             "seed": seed, "config": asdict(trainer.cfg), "epochs": trainer.epoch,
             "resumed_from_epoch": resumed_from, "prepare_seconds": round(trainer.prepare_seconds, 2),
             "seconds_this_call": round(seconds, 2),
-            "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "notes": dict(trainer.notes)}
+            "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "notes": dict(trainer.notes),
+            "biases_on_accumulator_grid": len(snapped)}
     if trainer.layer_bits:
         meta["layer_bits"] = {k: list(v) for k, v in trainer.layer_bits.items()}
     return QATResult(trainer.student.eval(), trainer.generator, list(trainer.history), meta)

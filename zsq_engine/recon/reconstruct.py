@@ -20,6 +20,7 @@ from ..models.roles import has_mobilenet_blocks
 from ..quant import calibrate_activations, check_bits, fold_model_bn, quantize_model
 from ..quant.modules import QuantLayer
 from ..quant.bit_allocation import apply_bit_plan
+from ..quant.bias_grid import snap_biases
 from .blocks import Unit, partition
 from .run_progress import RunProgress, unit_work
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
@@ -223,6 +224,7 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         p.requires_grad_(False)
     n_eval = min(n, eval_samples)
     mse_before = unit_mse(unit, x_q[:n_eval], y_fp[:n_eval])
+    start_state = {k: v.detach().clone() for k, v in unit.state_dict().items()}
 
     # swap in the reconstruction quantizers
     swaps = []
@@ -320,7 +322,14 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         unit.train(was_training)
     seconds = time.perf_counter() - t0
     mse_after = unit_mse(unit, x_q[:n_eval], y_fp[:n_eval])
-    return {"iters": cfg.iters, "seconds": round(seconds, 3), "mse_before": mse_before, "mse_after": mse_after}
+    kept = "reconstructed"
+    if mse_after > mse_before:
+        # a short run can end worse than it started (the rounding annealed before it converged,
+        # activation steps pulled off the synthetic data's ranges): keep the calibrated start
+        unit.load_state_dict(start_state)
+        kept, mse_after = "start", unit_mse(unit, x_q[:n_eval], y_fp[:n_eval])
+    return {"iters": cfg.iters, "seconds": round(seconds, 3), "mse_before": mse_before, "mse_after": mse_after,
+            "kept": kept}
 
 
 def _as_images(data) -> torch.Tensor:
@@ -432,10 +441,13 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
                                               skipped, on_unit_done, run_bar)
     finally:
         run_bar.close()
+    # the learned grids are final now: keep the biases where integer engines can add them
+    snapped = snap_biases(qmodel)
     meta = {"method": method, "preset": preset, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits,
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
             "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
-            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2)}
+            "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2),
+            "biases_on_accumulator_grid": len(snapped)}
     return ReconResult(qmodel.eval(), reports, meta)
 
 
