@@ -12,7 +12,6 @@ import argparse
 import json
 import time
 
-import torch
 
 from zsq_engine.data.sources import imagefolder_batches
 from zsq_engine.evaluation import evaluate_accuracy
@@ -31,9 +30,6 @@ def main() -> None:
     p.add_argument("--bits", default="W8A8")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--num-std", type=float, default=6.0)
-    p.add_argument("--label-step", type=int, default=1,
-                   help="ImageNet class index = folder index * STEP (2 for a folder holding only the "
-                        "even-numbered classes, e.g. /work/data/imagenet_even)")
     args = p.parse_args()
     wbits, abits = (int(v) for v in args.bits.upper().lstrip("W").split("A"))
     model = get_model("efficientnet_lite0", pretrained=True).eval()
@@ -53,7 +49,8 @@ def main() -> None:
         if missing:
             raise SystemExit(f"no BN-derived range for {missing}")
     seconds = time.perf_counter() - t0
-    test = [(x, y * args.label_step) for x, y in imagefolder_batches(args.val_dir, "efficientnet_lite0", 50,
+    # WordNet-id folders are labelled with their ImageNet-1k indices by the loader itself
+    test = [(x, y) for x, y in imagefolder_batches(args.val_dir, "efficientnet_lite0", 50,
                                                                       args.limit)]
     acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
     print(json.dumps({"model": "efficientnet_lite0", "method": args.method, "bits": args.bits,

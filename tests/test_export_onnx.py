@@ -449,7 +449,8 @@ def _assert_biases_on_grid(q):
             continue
         live = layer.quantized_weight().reshape(acc.numel(), -1).ne(0).any(1)
         steps = layer.bias.detach().double()[live] / acc.double()[live]
-        assert torch.allclose(steps, steps.round(), atol=1e-3, rtol=0), name
+        # the bias is stored in fp32: k steps are exact only to k * 2^-24 (a classifier's k is ~1e4)
+        assert torch.allclose(steps, steps.round(), atol=1e-3, rtol=1e-6), name
         checked += 1
     assert checked > 0
 

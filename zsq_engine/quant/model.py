@@ -48,7 +48,9 @@ def _wrappable(m: nn.Module) -> bool:
     return False
 
 
-def _float_layers_in_call_order(model: nn.Module) -> List[tuple]:
+def float_layers_in_call_order(model: nn.Module) -> List[tuple]:
+    """``[(name, layer)]`` of the conv / linear layers quantize_model wraps, in the order the
+    forward calls them (the first is the stem whose input policy ``quantize_first_input`` sets)."""
     layers = []
     skipped = []
     for n, m in model.named_modules():
@@ -120,7 +122,7 @@ def quantize_model(model: nn.Module, wbits: int, abits: int, *, first_last_bits:
     if fold_bn:
         model = fold_model_bn(model, inplace=True)
 
-    layers = _float_layers_in_call_order(model)
+    layers = float_layers_in_call_order(model)
     edge_bits = first_last_bits
     first_name, last_name = layers[0][0], layers[-1][0]
     for name, layer in layers:

@@ -70,6 +70,6 @@ def load_quantized(path, device="cpu"):
 
 def _first_layer(model: nn.Module) -> str:
     """The layer whose input ``quantize_model`` leaves float by default (its first in call order)."""
-    from ..quant.model import _float_layers_in_call_order
+    from ..quant.model import float_layers_in_call_order
 
-    return _float_layers_in_call_order(model)[0][0]
+    return float_layers_in_call_order(model)[0][0]

@@ -205,7 +205,9 @@ def reconstruct_unit(unit: nn.Module, x_fp: torch.Tensor, y_fp: torch.Tensor, x_
         world: a :class:`.distributed.ReconWorld` of several processes to share each batch
             (None: this process alone).
     Returns a dict with iters, seconds, mse_before and mse_after (the loss on the first
-    ``eval_samples`` cached samples with x_q as input, no dropping, hard weights after).
+    ``eval_samples`` cached samples with x_q as input, no dropping, hard weights after) and
+    ``kept``: 'reconstructed', or 'start' when the run ended worse than it began and the unit
+    was put back to its calibrated start.
     """
     if not (x_fp.shape == x_q.shape and x_fp.shape[0] == y_fp.shape[0]):
         raise ValueError(f"cached tensors disagree: x_fp {tuple(x_fp.shape)}, x_q {tuple(x_q.shape)}, "
