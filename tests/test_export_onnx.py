@@ -470,3 +470,34 @@ def test_reconstruction_and_qat_end_with_biases_on_the_accumulator_grid():
                     epochs=1, iters_per_epoch=1, batch_size=8, calib_batches=1, gen_warmup_iters=1)
     _assert_biases_on_grid(res.student)
     assert res.meta["biases_on_accumulator_grid"] > 0
+
+
+def test_a_bias_beyond_int32_steps_makes_its_near_dead_channel_constant(tmp_path):
+    """A BatchNorm channel with gamma ~1e-6 and beta 2 folds into weights ~1e-7 and a bias of
+    ~1e11 accumulator steps (EfficientNet-Lite0's stem has such a channel): naive PTQ zeroes that
+    channel's weights, keeps its float bias, leaves every other channel alone, and the model
+    exports with an int32 bias whose graph computes the fake-quant model's codes."""
+    from zsq_engine.quant import naive_ptq, quant_layers
+    from zsq_engine.quant.bias_grid import INT32_MAX, accumulator_scale
+
+    torch.manual_seed(0)
+    fp = healthy(Tiny(), (3, 12, 12))
+    with torch.no_grad():
+        fp.bn2.weight[2] *= 1e-6
+        fp.bn2.bias[2] = 2.0
+    calib = [torch.randn(8, 3, 12, 12) for _ in range(2)]
+    raw = dict(quant_layers(naive_ptq(fp, calib, 8, 8, progress=False, snap_bias=False).eval()))["conv2"]
+    acc = accumulator_scale(raw, "conv2")
+    assert float(raw.bias[2].detach()) / float(acc[2]) > INT32_MAX  # the case exists before snapping
+    assert raw.quantized_weight()[2].ne(0).any()
+    q = naive_ptq(fp, calib, 8, 8, progress=False).eval()
+    layer = dict(quant_layers(q))["conv2"]
+    assert torch.equal(layer.weight[2], torch.zeros_like(layer.weight[2]))
+    assert torch.equal(layer.bias[2], raw.bias[2])  # a dead channel keeps its float bias
+    others = [c for c in range(8) if c != 2]
+    assert torch.equal(layer.weight[others], raw.weight[others])
+    x = torch.randn(16, 3, 12, 12)
+    info = to_onnx(q, x[:1], tmp_path / "m.onnx")
+    assert "conv2" in info["int_bias_layers"]
+    _check_codes(q, tmp_path / "m.onnx", info, x)  # every layer's input codes as the fake-quant model's
+    _fused(tmp_path / "m.onnx", info)

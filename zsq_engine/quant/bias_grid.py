@@ -40,6 +40,14 @@ def accumulator_scale(layer: nn.Module, name: str):
     return torch.tensor(act.scale, dtype=torch.float32) * w_scale.float()
 
 
+INT32_MAX = 2 ** 31 - 1
+
+
+def _live_channels(layer: nn.Module, out_ch: int) -> torch.Tensor:
+    """Output channels with at least one non-zero weight code, on the bias's device."""
+    return layer.quantized_weight().reshape(out_ch, -1).ne(0).any(1).to(layer.bias.device)
+
+
 @torch.no_grad()
 def snap_biases(qmodel: nn.Module) -> List[str]:
     """Round the bias of every quantized-input layer of ``qmodel`` onto its accumulator grid
@@ -49,7 +57,14 @@ def snap_biases(qmodel: nn.Module) -> List[str]:
     a later change of a scale moves the grid. A layer with float input, float weights or no bias
     is left as it is; so is a BatchNorm left after a conv (``fold_bn=False``), whose folded bias
     lands on another grid. A channel whose weight codes are all zero has no accumulator to add
-    to and keeps its float bias."""
+    to and keeps its float bias.
+
+    A channel whose bias is more than int32 steps of its grid (a near-dead channel of a folded
+    BatchNorm: weights ~1e-8, scale ~1e-9, bias ~1) cannot be added by any int32 accumulator.
+    Its code products are then below ``K * 2^-16`` of its bias (8-bit codes: ``|w| <= 127``,
+    ``x <= 255``; K inputs per output), so its weights are set to zero: the channel becomes the constant it already nearly is, dead, and
+    keeps its float bias - the same function in the fake-quant model, the integer runtime and a
+    QDQ export."""
     from .model import quant_layers
 
     changed = []
@@ -62,7 +77,11 @@ def snap_biases(qmodel: nn.Module) -> List[str]:
         acc = acc.to(layer.bias.device)
         # fp64 division: the nearest grid point of the fp32 bias, ties as torch.round (half to even)
         steps = torch.round(layer.bias.detach().double() / acc.double())
-        live = layer.quantized_weight().reshape(acc.numel(), -1).ne(0).any(1).to(layer.bias.device)
+        live = _live_channels(layer, acc.numel())
+        unreachable = live & (steps.abs() > INT32_MAX)
+        if bool(unreachable.any()):
+            layer.weight[unreachable.to(layer.weight.device)] = 0
+            live = _live_channels(layer, acc.numel())
         snapped = torch.where(live, (steps * acc.double()).to(layer.bias.dtype), layer.bias)
         layer.bias.copy_(snapped)
         changed.append(name)
