@@ -5,7 +5,9 @@
     python -m benchmarks.runtime --device cpu --quick    # smoke run: tiny sizes, writes nothing
 
 CPU (issue 22): the Fashion-MNIST ResNet (committed weights, real images, 1x28x28), ResNet-18,
-MobileNetV2 and EfficientNet-Lite0 (random weights, 3x224x224; ``--input-size``) at batch 1 and 16,
+MobileNetV2 and EfficientNet-Lite0 (3x224x224, ``--input-size``; ImageNet weights for
+EfficientNet-Lite0 when its weights package is installed, else random weights with BN statistics
+measured on the calibration images: benchmarks/runtime_models.py) at batch 1 and 16,
 1 and 2 threads (``--models``, ``--batches``, ``--threads``). Contenders, all in ONE interleaved
 run per (model, threads): FP32 channels_last, FP32 ``torch.compile``, torch.ao FX x86 int8,
 torchao PT2E + Inductor int8, ONNX Runtime (CPU provider) on the QDQ export of the zsq W8A8 model
@@ -20,11 +22,13 @@ is also timed replaying a CUDA graph. Target: H100 ResNet-50 batch 256 INT8 >= 1
 Before timing, every contender is checked against a fake-quant model (top-1 agreement, recorded
 as ``agreement_vs_fake_quant`` with ``agreement_reference``): a zsq model against its own, the
 peers against the W8A8 8-bit-input model (the one exported for ONNX Runtime), on the calibration
-images (real Fashion-MNIST images for its ResNet). A peer that cannot be built or disagrees is not
-timed; its rows say why (``skipped``). CPU timing: the contenders of one batch size round-robin
+images (real Fashion-MNIST images for its ResNet). On a random-weight network the predictions on
+noise images are near ties, so there a contender also passes when its logits reach ``--min-sqnr``
+dB against the reference (``sqnr_db_vs_reference``, recorded for every contender). A peer that
+cannot be built or disagrees is not timed; its rows say why (``skipped``). CPU timing: the contenders of one batch size round-robin
 (runtime.latency.measure), median of ``--repeats`` rounds; compile time is not timed. GPU timing
-through benchmarks.harness. Latency-only: random weights and random calibration images except for
-the Fashion-MNIST ResNet.
+through benchmarks.harness. Latency-only: random calibration images except for the Fashion-MNIST
+ResNet.
 """
 from __future__ import annotations
 
@@ -133,17 +137,22 @@ def _check_images(name: str, calib: List[torch.Tensor], num: int) -> torch.Tenso
 
 def bench_cpu_model(name: str, shape, batches: Sequence[int], threads_list: Sequence[int], variants: Sequence[str],
                     peers: Sequence[str], env: Dict, *, calib_images: int = 64, check_images: int = 32,
-                    min_agreement: float = 90.0, warmup: int = 3, repeats: int = 10) -> List[Dict]:
-    """All contenders of one CPU model, built once, checked and timed interleaved per thread count."""
+                    min_agreement: float = 90.0, min_sqnr_db: float = 6.0, warmup: int = 3,
+                    repeats: int = 10) -> List[Dict]:
+    """All contenders of one CPU model, built once, checked and timed interleaved per thread count.
+
+    Random-weight networks pass the check on logit SQNR >= ``min_sqnr_db`` against the reference
+    as well as on top-1 agreement: on noise images their top-1 predictions are near ties."""
     from zsq_engine.bench_peers import (Candidate, add_peer_ratios, check_and_split, peer_candidates,
                                         peer_versions, skipped_rows)
-    from zsq_engine.models import get_model
     from zsq_engine.quant import naive_ptq
     from zsq_engine.runtime import convert
     from zsq_engine.runtime.latency import Contender, measure
 
-    fp = get_model(name, pretrained=name == "fmnist_resnet").eval()
+    from benchmarks.runtime_models import benchmark_model
+
     calib = _calibration(name, shape, calib_images)
+    fp, weights = benchmark_model(name, calib)
     qmodels = {}
     for v in variants:
         wbits, abits, int_input = ZSQ_VARIANTS[v]
@@ -191,7 +200,8 @@ def bench_cpu_model(name: str, shape, batches: Sequence[int], threads_list: Sequ
         torch.set_num_threads(threads)
         torch._dynamo.reset()  # Inductor bakes the thread count into its kernels: compile anew
         contenders, statuses = check_and_split(candidates, ref_fns, images, batch=min(batches),
-                                               min_agreement=min_agreement)
+                                               min_agreement=min_agreement,
+                                               min_sqnr_db=None if weights == "pretrained" else min_sqnr_db)
         for s in statuses:
             if s.skipped:
                 print(f"  {name} {threads} thread(s): {s.name} skipped: {s.skipped}", flush=True)
@@ -200,10 +210,11 @@ def bench_cpu_model(name: str, shape, batches: Sequence[int], threads_list: Sequ
         by_name = {s.name: s for s in statuses}
         for r in rows:
             s = by_name[r["impl"]]
-            r.update(skipped=None, agreement_vs_fake_quant=s.agreement, agreement_reference=s.reference)
+            r.update(skipped=None, agreement_vs_fake_quant=s.agreement, sqnr_db_vs_reference=s.sqnr_db,
+                     agreement_reference=s.reference)
         rows += skipped_rows(statuses, batches)
         for r in rows:
-            r.update(threads=threads)
+            r.update(threads=threads, weights=weights)
             out.append(dict(env, bench="runtime", model=name, input=list(shape), **versions, **r))
     return add_peer_ratios(out)
 
@@ -275,6 +286,10 @@ def main(argv=None) -> int:
                         help="CPU: images for the agreement check before timing (default 32)")
     parser.add_argument("--min-agreement", type=float, default=90.0,
                         help="CPU: top-1 agreement (%%) below which a contender is not timed (default 90)")
+    parser.add_argument("--min-sqnr", type=float, default=6.0,
+                        help="CPU, random-weight networks only: a contender below --min-agreement is still "
+                             "timed when its logits reach this SQNR (dB) against its reference (default 6; "
+                             "logits unrelated to the reference's, of the same power, give -3)")
     parser.add_argument("--no-write", action="store_true", help="do not append rows to the results file")
     parser.add_argument("--out-dir", default=None, help="results directory (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -300,10 +315,11 @@ def main(argv=None) -> int:
             shape = (1, 28, 28) if name == "fmnist_resnet" else (3, size, size)
             rows += bench_cpu_model(name, shape, batches, threads, args.zsq, args.peers, env,
                                     calib_images=16 if args.quick else 64, check_images=args.check_images,
-                                    min_agreement=args.min_agreement, warmup=warmup, repeats=repeats)
+                                    min_agreement=args.min_agreement, min_sqnr_db=args.min_sqnr,
+                                    warmup=warmup, repeats=repeats)
             print(f"done {name}", flush=True)
         columns = ["model", "threads", "batch", "impl", "precision", "ms", "images_per_s", "speedup_vs_fp32",
-                   "speedup_vs_fastest_int8_peer", "agreement_vs_fake_quant"]
+                   "speedup_vs_fastest_int8_peer", "agreement_vs_fake_quant", "sqnr_db_vs_reference"]
     else:
         for name in GPU_MODELS:
             shape = (3, 64, 64) if args.quick else (3, 224, 224)

@@ -2,6 +2,7 @@
 is timed, a peer that cannot be built is skipped with its reason, and the rows have one schema.
 Small random-weight nets at 16x16 (a compile takes seconds); no timing assertions."""
 import json
+import math
 import sys
 
 import pytest
@@ -210,3 +211,59 @@ def test_zsq_bench_prints_peer_rows_and_skip_reasons(tmp_path, capsys, monkeypat
     assert data["settings"]["versions"]["torchao"] is None
     assert main(["bench", "--model", "fmnist_resnet", "--peers", "tensorrt", "--out", str(tmp_path / "x")]) == 2
     assert "--peers" in capsys.readouterr().err
+
+
+def test_logit_sqnr_matches_hand_computed_value_and_ignores_a_constant_shift():
+    from zsq_engine.bench_peers import logit_sqnr_db
+
+    ref = torch.tensor([[1.0, -1.0], [2.0, -2.0]])  # zero mean per image: signal = 1+1+4+4 = 10
+    got = ref + torch.tensor([[0.1, -0.1], [0.0, 0.0]])  # noise = 0.01 + 0.01 = 0.02
+    assert logit_sqnr_db(got, ref) == pytest.approx(10 * math.log10(10 / 0.02), rel=1e-6)  # float32 inputs
+    assert logit_sqnr_db(ref + 5.0, ref) == float("inf")  # a per-image constant changes no prediction
+
+
+def test_sqnr_gate_times_a_contender_whose_near_tied_predictions_flip():
+    # Logits of a near-tied network: every image's two classes differ by 1e-3, the contender's
+    # rounding noise (1e-2) flips about half the predictions while the logits stay close.
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 10, generator=g) * 10
+    ref_logits = base.clone()
+    ref_logits[:, 0] = ref_logits.max(1).values + 50  # class 0 or 1 on top, nearly tied
+    ref_logits[:, 1] = ref_logits[:, 0] + 1e-3 * torch.sign(torch.randn(64, generator=g))
+    noisy = ref_logits + 1e-2 * torch.randn(64, 10, generator=g)
+    images = torch.arange(64.0).view(64, 1, 1, 1)
+
+    def lookup(table):
+        return lambda x: table[x.view(-1).long()]
+
+    cand = Candidate("noisy", "W8A8", "ref", lambda: None,
+                     lambda _: Contender("noisy", "W8A8", lookup(noisy), lambda x: x))
+    timed, (status,) = check_and_split([cand], {"ref": lookup(ref_logits)}, images, batch=8, min_agreement=90)
+    assert not timed and status.agreement < 90 and "SQNR" not in status.skipped
+    cand = Candidate("noisy", "W8A8", "ref", lambda: None,
+                     lambda _: Contender("noisy", "W8A8", lookup(noisy), lambda x: x))
+    timed, (status,) = check_and_split([cand], {"ref": lookup(ref_logits)}, images, batch=8, min_agreement=90,
+                                       min_sqnr_db=20)
+    assert [c.name for c in timed] == ["noisy"] and status.sqnr_db > 20 and status.skipped is None
+    wrong = Candidate("wrong", "W8A8", "ref", lambda: None,
+                      lambda _: Contender("wrong", "W8A8", lookup(-ref_logits), lambda x: x))
+    timed, (status,) = check_and_split([wrong], {"ref": lookup(ref_logits)}, images, batch=8, min_agreement=90,
+                                       min_sqnr_db=20)
+    assert not timed and "SQNR" in status.skipped and status.sqnr_db < 0
+
+
+def test_random_benchmark_networks_get_bn_statistics_of_their_calibration_images():
+    from benchmarks.runtime_models import measure_bn_statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    images = [torch.randn(5, 3, 8, 8) * 3 + 1, torch.randn(7, 3, 8, 8) * 3 + 1]
+    measure_bn_statistics(net, images)
+    with torch.no_grad():
+        pre = [net[0](x) for x in images]  # the BN input of each batch
+    bn = net[1]
+    assert not net.training
+    # a cumulative average over the batches, each batch weighted equally (not a momentum blend)
+    torch.testing.assert_close(bn.running_mean, sum(p.mean((0, 2, 3)) for p in pre) / 2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, sum(p.var((0, 2, 3), unbiased=True) for p in pre) / 2,
+                               rtol=1e-4, atol=1e-5)

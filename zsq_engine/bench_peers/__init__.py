@@ -11,13 +11,13 @@
 
 A peer that cannot be built (package missing, tracing failure) is kept as a skipped entry with its
 reason; every built contender is checked for top-1 agreement with a fake-quant model before it is
-timed (``peer_set.check_and_split``).
+timed (``peer_set.check_and_split``; random-weight networks may pass on logit SQNR instead).
 """
-from .peer_set import (INT8_PEERS, PEERS, Candidate, PeerStatus, check_and_split, peer_candidates,
-                       skipped_rows)
+from .peer_set import (INT8_PEERS, PEERS, Candidate, PeerStatus, check_and_split, logit_sqnr_db,
+                       peer_candidates, skipped_rows)
 from .ratios import add_peer_ratios
 from .status import PeerUnavailable
 from .versions import peer_versions
 
 __all__ = ["PEERS", "INT8_PEERS", "Candidate", "PeerStatus", "PeerUnavailable", "peer_candidates",
-           "check_and_split", "skipped_rows", "add_peer_ratios", "peer_versions"]
+           "check_and_split", "logit_sqnr_db", "skipped_rows", "add_peer_ratios", "peer_versions"]

@@ -20,7 +20,7 @@ from ..runtime.latency import Contender
 from .status import PeerUnavailable
 
 __all__ = ["PEERS", "INT8_PEERS", "Candidate", "PeerStatus", "peer_candidates", "check_and_split",
-           "skipped_rows"]
+           "logit_sqnr_db", "skipped_rows"]
 
 FP32_COMPILE, TORCH_AO, PT2E, ORT = "fp32 torch.compile", "torch.ao int8", "torchao pt2e int8", "onnxruntime"
 PEERS = (FP32_COMPILE, TORCH_AO, PT2E, ORT)
@@ -67,6 +67,7 @@ class PeerStatus:
     precision: str
     reference: str
     agreement: Optional[float] = None    # top-1 agreement with the reference, percent
+    sqnr_db: Optional[float] = None      # logit signal-to-noise ratio against the reference, dB
     skipped: Optional[str] = None        # why it is not timed; None when it is
     contender: Optional[Contender] = None
 
@@ -151,16 +152,30 @@ def _logits(out) -> torch.Tensor:
     return out.detach().float().cpu()
 
 
+def logit_sqnr_db(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """10 log10(|ref|^2 / |got - ref|^2) over all logits, each image's mean logit removed first
+    (a constant shift changes no prediction). +inf when the two are equal."""
+    ref = ref.double() - ref.double().mean(1, keepdim=True)
+    got = got.double() - got.double().mean(1, keepdim=True)
+    noise = float((got - ref).pow(2).sum())
+    signal = float(ref.pow(2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-300) / noise))
+
+
 def check_and_split(candidates: Sequence[Candidate], references: Dict[str, Callable[[torch.Tensor], torch.Tensor]],
-                    images: torch.Tensor, *, batch: int = 1, min_agreement: float = 90.0
-                    ) -> Tuple[List[Contender], List[PeerStatus]]:
+                    images: torch.Tensor, *, batch: int = 1, min_agreement: float = 90.0,
+                    min_sqnr_db: Optional[float] = None) -> Tuple[List[Contender], List[PeerStatus]]:
     """Build every candidate for the current thread count and check it before any timing.
 
     ``references``: ``{name: fn}`` giving the float logits of the models the candidates are checked
     against (fake-quant models, run eagerly); ``images``: float NCHW check images, fed to each
     contender in chunks of ``batch`` (the smallest timed batch size, so that a compiled contender
     compiles nothing the timing does not need). Top-1 agreement below ``min_agreement`` percent
-    skips the contender. Returns the contenders to time and one status per candidate, in order."""
+    skips the contender, unless ``min_sqnr_db`` is given and its logits reach that SQNR against the
+    reference: the gate for random-weight networks, whose near-tied top-1 predictions flip under
+    any rounding difference while the logits still say whether it is the same network. Returns the contenders to time and one status per candidate, in order."""
     if not 0.0 <= float(min_agreement) <= 100.0:
         raise ValueError(f"min_agreement must be a percentage in [0, 100], got {min_agreement}")
     if images.dim() != 4 or images.shape[0] < 1:
@@ -193,9 +208,12 @@ def check_and_split(candidates: Sequence[Candidate], references: Dict[str, Calla
             status.skipped = f"output shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}"
             continue
         status.agreement = float((got.argmax(1) == ref.argmax(1)).float().mean()) * 100
-        if status.agreement < min_agreement:
+        status.sqnr_db = logit_sqnr_db(got, ref)
+        by_sqnr = min_sqnr_db is not None and status.sqnr_db >= min_sqnr_db
+        if status.agreement < min_agreement and not by_sqnr:
+            sqnr_note = "" if min_sqnr_db is None else f" and its logit SQNR {status.sqnr_db:.1f} dB below {min_sqnr_db:g} dB"
             status.skipped = (f"top-1 agreement {status.agreement:.1f}% with {cand.reference} is below "
-                              f"{min_agreement:g}%: not the same network, not timed")
+                              f"{min_agreement:g}%{sqnr_note}: not the same network, not timed")
             continue
         c.name = cand.name
         status.contender = c
@@ -207,5 +225,6 @@ def skipped_rows(statuses: Sequence[PeerStatus], batches: Sequence[int], extra: 
     """One row per (skipped status, batch size), shaped like ``measure``'s rows with ``ms`` None."""
     return [{"impl": s.name, "precision": s.precision, "batch": b, "ms": None, "images_per_s": None,
              "cuda_graph": False, "speedup_vs_fp32": None, "speedup_vs_torch_ao": None, "skipped": s.skipped,
-             "agreement_vs_fake_quant": s.agreement, "agreement_reference": s.reference, **(extra or {})}
+             "agreement_vs_fake_quant": s.agreement, "sqnr_db_vs_reference": s.sqnr_db,
+             "agreement_reference": s.reference, **(extra or {})}
             for s in statuses if s.skipped for b in batches]
