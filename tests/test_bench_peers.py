@@ -13,7 +13,7 @@ from zsq_engine.bench_peers import (INT8_PEERS, PEERS, Candidate, PeerUnavailabl
 from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime.latency import Contender
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 SHAPE = (3, 16, 16)
 

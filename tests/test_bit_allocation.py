@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime_helpers import compare, healthy
+from _support.runtime import compare, healthy
 from zsq_engine.models import get_model
 from zsq_engine.quant import calibrate_activations, quantize_model
 from zsq_engine.quant.bit_allocation import (LayerCost, Option, allocate, apply_bit_plan, average_bits, layer_costs,

@@ -13,7 +13,7 @@ import torch
 from zsq_engine.cli import build_parser, main
 from zsq_engine.utils import save_torch_atomic
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 def _mode(path) -> int:

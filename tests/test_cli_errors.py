@@ -14,7 +14,7 @@ import torch
 from zsq_engine.cli import main
 from zsq_engine.commands import guard
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 class ExpensiveWorkStarted(AssertionError):

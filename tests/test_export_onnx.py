@@ -22,7 +22,8 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 rt = pytest.importorskip("onnxruntime")
 
-from runtime_helpers import fq_input_codes, healthy, needs_fmnist, perturbed_qat_student, ptq  # noqa: E402
+from _support.data import needs_fmnist  # noqa: E402
+from _support.runtime import fq_input_codes, healthy, perturbed_qat_student, ptq  # noqa: E402
 from zsq_engine.export import UnsupportedLayerError, to_onnx  # noqa: E402
 from zsq_engine.export import ort  # noqa: E402
 from zsq_engine.quant import quantize_model  # noqa: E402

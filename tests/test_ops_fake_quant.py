@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import non_contiguous, quant_range, random_qparams
+from _support.numerics import non_contiguous, quant_range, random_qparams
 
 from zsq_engine import ops
 

@@ -106,6 +106,7 @@ def test_opcheck(case, backend):
         opcheck(op, args)
 
 
+@pytest.mark.interpreter
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton cannot run here")
 def test_opcheck_triton_interpreted():
     # one op per kernel family is enough under the (slow) interpreter

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import DEVICES
+from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
 from zsq_engine.ops.epilogue import Epilogue

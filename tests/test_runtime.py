@@ -1,6 +1,6 @@
 """Integer runtime: conversion, every supported layer, residual grids, int4 storage, save/load.
 
-The oracle is the fake-quant model the integer model came from (see tests/runtime_helpers.py).
+The oracle is the fake-quant model the integer model came from (see tests/_support/runtime.py).
 Small models and inputs keep this file fast; real-data agreement is in test_runtime_accuracy.py,
 the full Fashion-MNIST numbers come from `zsq convert --check` and are recorded in docs/runtime.md.
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime_helpers import compare, healthy, perturbed_qat_student, ptq
+from _support.runtime import compare, healthy, perturbed_qat_student, ptq
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import SamePad2d
 from zsq_engine.quant import QuantConv2d

@@ -14,7 +14,7 @@ from zsq_engine.runtime import convert, load
 from zsq_engine.runtime.io import load_with_meta
 from zsq_engine.runtime.latency import make_contenders, measure, torch_ao_x86_int8
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 @pytest.fixture(scope="module")

@@ -238,6 +238,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.subprocess
 def test_two_process_gloo_equals_single(tmp_path):
     args = ["synthesize", "--model", "fmnist_resnet", "--method", "genie", "--num-images", "20", "--batch-size", "4",
             "--iters", "3", "--preset", "fast", "--seed", "5", "--no-progress"]

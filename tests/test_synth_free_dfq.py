@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime_helpers import healthy
+from _support.runtime import healthy
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import BlockArgs, EfficientNetLite
 from zsq_engine.models.mobilenetv2 import MobileNetV2

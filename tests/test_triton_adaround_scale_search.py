@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from helpers import non_contiguous, quant_range  # noqa: E402
+from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import adaround as KA  # noqa: E402
 from zsq_engine.kernels import scale_search as KS  # noqa: E402
@@ -27,6 +27,8 @@ from zsq_engine.ops.reference import scale_search as RS  # noqa: E402
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
 if not DEVICES:
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 SUM_RTOL = 2e-5
 

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from helpers import non_contiguous, quant_range  # noqa: E402
+from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import fake_quant as K  # noqa: E402
 from zsq_engine.kernels import rng as krng  # noqa: E402
@@ -23,6 +23,8 @@ from zsq_engine.ops.reference import rng as rrng  # noqa: E402
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
 if not DEVICES:
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # fp32 accumulation of a few hundred tiles per lane + tree reductions: a few hundred unit

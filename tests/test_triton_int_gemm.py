@@ -3,7 +3,7 @@ the float64 reference in zsq_engine.ops.epilogue. On CPU these run through the i
 import pytest
 import torch
 
-from tests.conftest import DEVICES
+from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
 from zsq_engine.ops.epilogue import Epilogue, apply_reference, dequant_reference, zero_point_product_reference
@@ -16,6 +16,8 @@ if not ok:
     pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
 
 from zsq_engine.kernels import int_gemm  # noqa: E402
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 EPS32 = 2.0 ** -24
 OUT_EPS = {torch.float32: EPS32, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
