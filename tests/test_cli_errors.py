@@ -91,6 +91,7 @@ FILE_ARGS = {
 }
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "text", "wrong_kind"])
 @pytest.mark.parametrize("command", sorted(FILE_ARGS))

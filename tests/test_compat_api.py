@@ -206,6 +206,7 @@ def test_lp_loss_matches_research_helper(p, reduction):
     assert torch.equal(pa.grad, pr.grad) and torch.equal(ta.grad, tr.grad)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_import_stays_light():
     code = ("import sys, zsq_engine; assert 'zsq_engine.compat' not in sys.modules; import zsq_engine.compat; "

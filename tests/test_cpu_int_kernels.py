@@ -144,6 +144,7 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kh,kw,stride,padding,dilation,groups,c,o", CONV_CASES)
 @pytest.mark.parametrize("xdtype,pad_value", [(torch.uint8, 0), (torch.uint8, 200), (torch.int8, -100)])
 def test_conv_int32_exact_every_isa(isa, kh, kw, stride, padding, dilation, groups, c, o, xdtype, pad_value):
@@ -167,6 +168,7 @@ def test_conv_zero_points_pad_with_act_zero_point(isa, xdtype, za):
     assert torch.equal(out, conv_ref(x, w, (2, 2), (1, 1), (1, 1), 1, za, za, zw).int())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,stride,padding,dilation", [
     (3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (7, 1, 3, 1), (3, 1, 2, 2), (1, 1, 0, 1),
 ])
@@ -206,6 +208,7 @@ def test_conv_large_map_two_threads(isa, threads):
 RESIDUALS = ["none", "fp32", "fp16", "bf16", "int8", "uint8"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residual_kind", RESIDUALS)
 @pytest.mark.parametrize("act", ["none", "relu", "relu6"])
 def test_gemm_epilogue_float_out(isa, residual_kind, act):

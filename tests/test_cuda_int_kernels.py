@@ -143,6 +143,7 @@ GEOMETRIES = [(3, 3, 1, 1, 1), (3, 3, 2, 1, 1), (5, 5, 1, 2, 1), (5, 5, 2, 2, 1)
               (3, 3, 1, 2, 2), (1, 1, 1, 0, 1), (3, 5, 2, 1, 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("kh,kw,stride,padding,dilation", GEOMETRIES)
 @pytest.mark.parametrize("c", [1, 6, 8, 19])  # C % 4 != 0 takes the byte-load path

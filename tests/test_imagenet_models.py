@@ -17,6 +17,8 @@ from _support.user_modules import install_module
 from zsq_engine.cli import main
 from zsq_engine.models import get_model
 
+pytestmark = pytest.mark.slow  # whole pipelines (synthesize, quantize, convert) on ImageNet architectures
+
 SMALL_ARCHS = '''
 import torch
 from torch import nn

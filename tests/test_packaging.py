@@ -50,6 +50,7 @@ def _run_python(code: str, cwd: Path, extra_path: bool = True) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_import_without_triton_and_extension():
     code = BLOCKER + """
@@ -117,6 +118,7 @@ def test_kernels_importable_as_subpackage(where, tmp_path):
     assert version == importlib.metadata.version("zsq_engine")
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_wheel_contains_kernels_subpackage(tmp_path):
     """A regular wheel ships kernels/ as zsq_engine/kernels/ (extension skipped for speed)."""

@@ -10,6 +10,8 @@ from zsq_engine.cli import main
 from zsq_engine.models import get_model
 from zsq_engine.recon import reconstruct_model
 
+pytestmark = pytest.mark.slow  # reconstruction runs, one of them with two processes
+
 
 class Killed(Exception):
     pass

@@ -136,6 +136,7 @@ def test_residual_between_differently_scaled_branches(wbits, abits):
     compare(q, im, torch.randn(4, 3, 9, 11))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape,bits", [("resnet18", (3, 33, 31), (8, 8)), ("mobilenet_v2", (3, 32, 32), (4, 4)),
                                              ("efficientnet_lite0", (3, 34, 34), (8, 8))])
 def test_reference_architectures(name, shape, bits):
@@ -152,6 +153,7 @@ def test_reference_architectures(name, shape, bits):
     compare(q, im, torch.randn(1, *shape), max_flip_fraction=2e-3)
 
 
+@pytest.mark.slow
 def test_resnet50_bottlenecks_w4a4():
     """Bottleneck blocks (1x1 -> 3x3 -> 1x1 + projection shortcut) at W4A4 (minmax weights: fast)."""
     model = healthy(get_model("resnet50", num_classes=10), (3, 32, 32), batches=1)

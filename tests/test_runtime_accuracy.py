@@ -18,6 +18,8 @@ from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime import IntConv2d, convert
 from zsq_engine.runtime.agreement import agreement
 
+pytestmark = pytest.mark.slow  # converts and runs models on 1,000 Fashion-MNIST test images
+
 N_TEST = 1000
 
 

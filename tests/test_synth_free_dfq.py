@@ -101,6 +101,7 @@ def _assert_same(a, b, x):
     assert (ya - yb).abs().max().item() <= 1e-5 * max(scale, 1.0), ((ya - yb).abs().max(), scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [_small_mobilenet, _small_efficientnet], ids=["mobilenetv2", "efficientnet"])
 def test_equalization_keeps_depthwise_nets_equivalent(build):
     net = build()

@@ -115,6 +115,7 @@ def test_uniform_bit_identical(dev, seed, offset, numel):
 
 # ----------------------------------------------------------------------------- STE forward / backward
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,signed", BIT_CONFIGS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", SHAPES, ids=_ids)
@@ -132,6 +133,7 @@ def test_forward_backward_bit_identical(dev, shape_axis, dtype, bits, signed):
     assert torch.equal(dx, R.fq_backward(dy, x, scale, zp, qmin, qmax, axis))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
 def test_every_bit_width_with_lsq(dev, bits, signed):
@@ -246,6 +248,7 @@ def test_low_precision_output_rounding_matches_reference(dev, dtype):
 
 # ----------------------------------------------------------------------------- LSQ
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", SHAPES, ids=_ids)
 def test_lsq_backward(dev, shape_axis, dtype):
@@ -279,6 +282,7 @@ def test_lsq_is_deterministic(dev):
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape_axis", [((300,), None), ((3, 4, 50), 1), ((2, 130), 0), ((40, 7), 1),
                                         ((5, 3, 2, 9), 2)], ids=_ids)
 def test_small_tiles_force_multi_tile_and_split_paths(dev, monkeypatch, shape_axis):
@@ -308,6 +312,7 @@ def test_small_tiles_force_multi_tile_and_split_paths(dev, monkeypatch, shape_ax
 QDROP_SHAPES = [((7,), None), ((1025,), None), ((3, 4, 5, 6), 1), ((3, 4, 5, 6), 3), ((9, 130), 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", QDROP_SHAPES, ids=_ids)
 def test_qdrop_bit_identical(dev, shape_axis, dtype):

@@ -15,7 +15,8 @@ if not ok:
 
 from zsq_engine.kernels.int_conv import int8_conv2d_nhwc  # noqa: E402
 
-pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
+# the Triton kernels, interpreted on a machine without a GPU; interpreted convs take seconds each
+pytestmark = [pytest.mark.interpreter, pytest.mark.slow]
 
 EPS32 = 2.0 ** -24
 

@@ -86,6 +86,7 @@ def _meta(path):
     return torch.load(path, map_location="cpu", weights_only=True)["meta"]
 
 
+@pytest.mark.slow
 def test_user_model_pipeline_quantize_eval_convert(user_module, tmp_path, capsys):
     """synthesize -> quantize (Genie-M) -> eval of the saved file -> convert --check -> eval of the
     integer file, all on a user model and a --val-dir; the accuracies each step reports must agree
@@ -139,6 +140,7 @@ def test_user_model_pipeline_quantize_eval_convert(user_module, tmp_path, capsys
     assert f"top-1 {check['int_accuracy']:.2f} %" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_real_folder_calibration_and_qat_on_user_model(user_module, tmp_path, capsys):
     spec = f"{user_module}:tiny"
     val = write_folder(tmp_path / "val", ["w", "x", "y", "z"], per_class=2)
