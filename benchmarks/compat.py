@@ -23,7 +23,7 @@ Each group also has ``accelerated exact=False`` rows (``accelerate(model, exact=
 BRECQ uniform and QDrop LSQ / LSQ+ quantizers as one fused kernel per direction, last-bit
 tolerance) where the style has such a mode.
 
-The original quantizers are the test suite's re-implementations (tests/test_compat_refs.py),
+The original quantizers are the test suite's re-implementations (tests/_support/compat_refs.py),
 so the benchmark times exactly what the parity tests check.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from benchmarks import harness
 from zsq_engine import compat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import test_compat_refs as refs  # noqa: E402
+from _support import compat_refs as refs  # noqa: E402
 
 BITS = 4
 

@@ -4,11 +4,12 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bash scripts/bootstrap.sh demo|test [extra args...]
+usage: bash scripts/bootstrap.sh demo|test|fast [extra args...]
 
 Sets up the repository's virtual environment, then runs one command:
   demo   .venv/bin/zsq demo [extra args]
-  test   .venv/bin/python -m pytest -q tests [extra args]
+  test   .venv/bin/python -m pytest -q tests [extra args]             (every test)
+  fast   .venv/bin/python -m pytest -q -m "not slow" tests [extra args] (the fast tier)
 
 Set-up (skipped when .venv/.zsq-stamp matches setup.py, pyproject.toml, csrc/ and the
 ZSQ_TORCH_SPEC, ZSQ_TRITON_SPEC, ZSQ_SKIP_EXT, TORCH_CUDA_ARCH_LIST settings):
@@ -37,8 +38,8 @@ if [[ $# -lt 1 ]]; then
 fi
 case "$1" in
     -h | --help) usage; exit 0 ;;
-    demo | test) MODE="$1"; shift ;;
-    *) echo "bootstrap.sh: unknown command '$1' (expected demo or test)" >&2; usage >&2; exit 2 ;;
+    demo | test | fast) MODE="$1"; shift ;;
+    *) echo "bootstrap.sh: unknown command '$1' (expected demo, test or fast)" >&2; usage >&2; exit 2 ;;
 esac
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -211,5 +212,9 @@ case "$MODE" in
     test)
         step "pytest -q tests $*"
         exec "$PY" -m pytest -q tests "$@"
+        ;;
+    fast)
+        step "pytest -q -m 'not slow' tests $*"
+        exec "$PY" -m pytest -q -m "not slow" tests "$@"
         ;;
 esac

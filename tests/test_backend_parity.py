@@ -50,6 +50,7 @@ def _run_all(device, dtype):
     return outs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backend_matches_reference(backend, dtype, device):

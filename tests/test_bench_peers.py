@@ -14,7 +14,7 @@ from zsq_engine.bench_peers import (INT8_PEERS, PEERS, Candidate, PeerUnavailabl
 from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime.latency import Contender
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 SHAPE = (3, 16, 16)
 
@@ -66,6 +66,7 @@ def _outputs(contender: Contender, images: torch.Tensor, batch: int) -> torch.Te
     return torch.cat([torch.as_tensor(o).float() for o in outs])
 
 
+@pytest.mark.slow
 def test_the_reference_separates_predictions(nets):
     # otherwise top-1 agreement would be trivially 100 % (a random net predicting one class)
     fp, q, _, images = nets
@@ -73,6 +74,7 @@ def test_the_reference_separates_predictions(nets):
         assert len(set(q(images).argmax(1).tolist())) >= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peer", PEERS)
 def test_each_peer_reproduces_the_fake_quant_model(nets, peer):
     if peer == "torchao pt2e int8":  # absent, or built for another torch: skip
@@ -167,6 +169,7 @@ ROW_KEYS = {"bench", "model", "input", "impl", "precision", "batch", "threads", 
             "device"}
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_benchmark_rows_schema_with_a_skipped_peer(monkeypatch):
     pytest.importorskip("onnxruntime")
@@ -192,6 +195,7 @@ def test_benchmark_rows_schema_with_a_skipped_peer(monkeypatch):
         assert r["agreement_reference"] == want
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_zsq_bench_prints_peer_rows_and_skip_reasons(tmp_path, capsys, monkeypatch):
     from zsq_engine.cli import main

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime_helpers import compare, healthy
+from _support.runtime import compare, healthy
 from zsq_engine.models import get_model
 from zsq_engine.quant import calibrate_activations, quantize_model
 from zsq_engine.quant.bit_allocation import (LayerCost, Option, allocate, apply_bit_plan, average_bits, layer_costs,
@@ -120,6 +120,7 @@ def test_mixed_int8_int4_model_runs_on_the_integer_runtime():
         apply_bit_plan(q, {"nope": (4, 4)})
 
 
+@pytest.mark.slow
 def test_fmnist_plan_meets_its_budget():
     model = get_model("fmnist_resnet", pretrained=True).eval()
     images = torch.randn(16, 1, 28, 28)
@@ -136,6 +137,7 @@ def test_fmnist_plan_meets_its_budget():
     assert len({w for w, _ in plan.values()}) > 1          # really mixed
 
 
+@pytest.mark.slow
 def test_cli_quantize_with_equalize_and_bits_budget_round_trips(tmp_path, capsys):
     from zsq_engine.cli import main
     from zsq_engine.quant import list_quant_layers
@@ -175,6 +177,7 @@ def test_cli_qat_bits_budget_needs_images_to_rank_the_layers(tmp_path, capsys, m
     assert not (tmp_path / "q.pt").exists()
 
 
+@pytest.mark.slow
 def test_cli_qat_bits_budget_plan_reaches_training(tmp_path, capsys, monkeypatch):
     import zsq_engine.qat
     from zsq_engine.cli import main

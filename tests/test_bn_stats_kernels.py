@@ -53,6 +53,7 @@ def _ref_loss_and_grads(acts, means, vars_, variant):
     return loss.detach(), grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -72,6 +73,7 @@ def test_primitives_match_reference(backend, variant, dtype):
         torch.testing.assert_close(g.float(), g_ref.float(), **GRAD_TOL[dtype])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,6 +119,7 @@ def test_opcheck_custom_op(backend):
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", ["gdfq", "genie"])
 def test_large_mean_small_variance(backend, variant):

@@ -13,7 +13,7 @@ import torch
 from zsq_engine.cli import build_parser, main
 from zsq_engine.utils import save_torch_atomic
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 def _mode(path) -> int:
@@ -160,6 +160,7 @@ def test_atomic_writes_get_the_umask_permissions_and_never_half_a_file(tmp_path,
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_convert_writes_a_normal_file_and_replaces_only_with_overwrite(tmp_path, capsys):
     out = tmp_path / "int.pt"
@@ -173,6 +174,7 @@ def test_convert_writes_a_normal_file_and_replaces_only_with_overwrite(tmp_path,
     assert out.read_bytes() != first
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_demo_writes_its_results_without_matplotlib(tmp_path, capsys, monkeypatch):
     from zsq_engine.data import sources as data_sources
@@ -225,6 +227,7 @@ def test_demo_latency_line_is_a_median_of_interleaved_runs_with_a_noise_warning(
     assert "warning: the latency measurement is noisy" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_requires_grad_scalar_warning_from_synthesis_or_reconstruction():
     """The progress bars read the loss of the last step: detached first, so torch does not warn
     that a tensor requiring grad was converted to a Python number."""

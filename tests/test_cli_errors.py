@@ -14,7 +14,7 @@ import torch
 from zsq_engine.cli import main
 from zsq_engine.commands import guard
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 class ExpensiveWorkStarted(AssertionError):
@@ -91,6 +91,7 @@ FILE_ARGS = {
 }
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "text", "wrong_kind"])
 @pytest.mark.parametrize("command", sorted(FILE_ARGS))

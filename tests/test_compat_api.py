@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
 
-from test_compat_refs import (AdaRoundQuantizer, GenieActivationQuantizer, GenieWeightQuantizer, LSQFakeQuantize,
+from _support.compat_refs import (AdaRoundQuantizer, GenieActivationQuantizer, GenieWeightQuantizer, LSQFakeQuantize,
                               MysteryQuantizer, OpCounter, UniformAffineQuantizer, lp_loss_ref, round_ste_ref)
 from zsq_engine import compat
 from zsq_engine.quant import QuantSpec, UniformQuantizer
@@ -206,6 +206,8 @@ def test_lp_loss_matches_research_helper(p, reduction):
     assert torch.equal(pa.grad, pr.grad) and torch.equal(ta.grad, tr.grad)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_import_stays_light():
     code = ("import sys, zsq_engine; assert 'zsq_engine.compat' not in sys.modules; import zsq_engine.compat; "
             "bad = [m for m in ('triton', 'zsq_engine._C', 'zsq_engine.kernels') if m in sys.modules]; "

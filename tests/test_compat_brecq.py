@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from test_compat_refs import (AdaRoundQuantizer, OpCounter, UniformAffineQuantizer, assert_same_state,  # noqa: F401
+from _support.compat_refs import (AdaRoundQuantizer, OpCounter, UniformAffineQuantizer, assert_same_state,  # noqa: F401
                               backend, compare_records, run_steps)
 from zsq_engine import compat
 
@@ -94,7 +94,7 @@ def test_adaround_nearest_mode_runs_the_original(backend, monkeypatch):
 def test_block_reconstruction_steps_match(backend):
     """A BRECQ weight+activation reconstruction loop (soft AdaRound, learnable activation step,
     lp_loss + rounding regulariser, Adam) with and without accelerate + compat.lp_loss."""
-    from test_compat_refs import lp_loss_ref, rectified_sigmoid_ref
+    from _support.compat_refs import lp_loss_ref, rectified_sigmoid_ref
 
     torch.manual_seed(0)
     x = torch.randn(4, 8, 10, 10).relu().to(backend)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from test_compat_refs import (LSQFakeQuantize, LSQPlusFakeQuantize, OpCounter, UniformAffineQuantizer,  # noqa: F401
+from _support.compat_refs import (LSQFakeQuantize, LSQPlusFakeQuantize, OpCounter, UniformAffineQuantizer,  # noqa: F401
                               backend)
 from zsq_engine import compat
 

@@ -6,7 +6,7 @@ import torch
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 
-from test_compat_refs import (GenieActivationQuantizer, GenieWeightQuantizer, OpCounter,  # noqa: F401
+from _support.compat_refs import (GenieActivationQuantizer, GenieWeightQuantizer, OpCounter,  # noqa: F401
                               assert_same_state, backend, compare_records, run_steps)
 from zsq_engine import compat
 

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from test_compat_refs import (FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize, OpCounter,  # noqa: F401
+from _support.compat_refs import (FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize, OpCounter,  # noqa: F401
                               assert_same_state, backend, compare_records, run_steps)
 from zsq_engine import compat
 

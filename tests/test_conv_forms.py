@@ -116,6 +116,7 @@ def test_narrow_conv_pays_only_for_narrow_3x3_stride_1_cpu_convs():
     assert not ops.narrow_conv_pays(x1.to("meta"), torch.randn(16, 1, 3, 3, device="meta"))  # CPU only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda: GDFQGenerator((1, 28, 28), 10), lambda: ZAQGenerator((3, 30, 30), 32),
                                   lambda: ZAQGenerator((1, 12, 12), 16)])
 def test_generators_compute_the_same_function_with_fast_convs(make):

@@ -147,6 +147,7 @@ SHAPE_AXES = [((1,), None), ((7,), None), ((123,), None), ((1025,), None), ((7,)
               ((3, 5, 4, 7), 3), ((2, 1, 3), 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,axis", SHAPE_AXES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fake_quant_family_matches_reference(shape, axis, dtype):
@@ -222,6 +223,7 @@ def test_half_output_rounds_like_the_reference():
     assert torch.equal(y.reshape(-1), via_fp32[pick])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,axis,dtype", [((300_001,), None, torch.float32), ((600, 500), 0, torch.bfloat16),
                                                ((500, 600), 1, torch.float32), ((100, 30, 101), 1, torch.float16)])
 def test_multithreaded_path_and_thread_count_independence(shape, axis, dtype):
@@ -366,6 +368,7 @@ SEARCH_SETTINGS = [(2.4, False, 4, False), (2.0, True, 8, True), (1.0, False, 2,
                    (0.5, False, 3, True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,axis", [((33,), None), ((5, 3, 3, 3), 0), ((4, 7, 6), 1), ((6, 40), 1),
                                         ((1, 123), 0)])
 @pytest.mark.parametrize("p,symmetric,bits,signed", SEARCH_SETTINGS)
@@ -556,6 +559,7 @@ def _opcheck_cases():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(16))
 def test_opcheck_with_cpu_backend_forced(index):
     op, args = _opcheck_cases()[index]

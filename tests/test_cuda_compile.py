@@ -94,6 +94,8 @@ def test_parse_ptxas_reads_spills_and_smem():
                                                       "spill_loads": 8, "smem": 2048}}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @needs_nvcc
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles_for_sm80_and_sm90a(source, compiled):
@@ -108,6 +110,8 @@ def test_nvcc_compiles_for_sm80_and_sm90a(source, compiled):
         assert "sm_80" in listing and "sm_90a" in listing, listing
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @needs_nvcc
 @pytest.mark.skipif(shutil.which("nm") is None, reason="nm is not on PATH")
 def test_declared_launchers_are_defined(compiled):
@@ -125,6 +129,8 @@ def test_declared_launchers_are_defined(compiled):
     assert not missing, f"launchers declared in launchers.h but not defined extern \"C\": {missing}"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @needs_nvcc
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
 def test_ptxas_resources_within_limits(source, compiled):

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cpu_int_kernels import (check_float_out, check_requant, conv_ref, epilogue_expected,
-                                        rand_int)
+from _support.integer import check_float_out, check_requant, conv_ref, epilogue_expected, rand_int
 from zsq_engine import ops
 from zsq_engine.ops.dispatch import backend_status
 from zsq_engine.ops.epilogue import Epilogue
@@ -144,6 +143,8 @@ GEOMETRIES = [(3, 3, 1, 1, 1), (3, 3, 2, 1, 1), (5, 5, 1, 2, 1), (5, 5, 2, 2, 1)
               (3, 3, 1, 2, 2), (1, 1, 1, 0, 1), (3, 5, 2, 1, 1)]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kh,kw,stride,padding,dilation", GEOMETRIES)
 @pytest.mark.parametrize("c", [1, 6, 8, 19])  # C % 4 != 0 takes the byte-load path
 @pytest.mark.parametrize("xdtype", [torch.uint8, torch.int8])
@@ -163,6 +164,7 @@ def test_emulated_dp4a_int32_exact(emulated, kh, kw, stride, padding, dilation, 
     assert torch.equal(out, ref.int())
 
 
+@pytest.mark.subprocess
 def test_emulated_int4_relayout_matches_int8(emulated):
     c = 13
     w = rand_int((c, 5, 5, 1), -8, 7, torch.int8)
@@ -182,6 +184,7 @@ def test_emulated_int4_relayout_matches_int8(emulated):
 _KIND = {torch.int32: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("out_dtype,residual_dtype", [
     (torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
     (torch.int8, torch.int8), (torch.uint8, torch.uint8), (torch.uint8, None)])

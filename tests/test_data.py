@@ -185,6 +185,7 @@ def test_loader_normalization(tmp_path):
     assert float(raw.min()) >= 0.0 and float(raw.max()) <= 1.0
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_real_fashion_mnist_splits():
     train_x, train_y = load_fashion_mnist("train")

@@ -63,6 +63,8 @@ def test_forced_backend_on_wrong_device(monkeypatch):
             dispatch.select("int_mm", torch.device("cpu"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_env_var_forces_backend():
     code = ("import torch; from zsq_engine.ops import dispatch;"
             "print(dispatch.select('pack_int4', torch.device('cpu'))[0])")

@@ -22,7 +22,8 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 rt = pytest.importorskip("onnxruntime")
 
-from runtime_helpers import fq_input_codes, healthy, needs_fmnist, perturbed_qat_student, ptq  # noqa: E402
+from _support.data import needs_fmnist  # noqa: E402
+from _support.runtime import fq_input_codes, healthy, perturbed_qat_student, ptq  # noqa: E402
 from zsq_engine.export import UnsupportedLayerError, to_onnx  # noqa: E402
 from zsq_engine.export import ort  # noqa: E402
 from zsq_engine.quant import quantize_model  # noqa: E402
@@ -225,6 +226,7 @@ def test_errors_name_the_problem_and_write_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,wbits,abits", [("resnet18", 4, 4), ("mobilenet_v2", 8, 8),
                                                ("efficientnet_lite0", 4, 4)])
 def test_imagenet_models_random_weights(tmp_path, name, wbits, abits):
@@ -243,6 +245,7 @@ def test_imagenet_models_random_weights(tmp_path, name, wbits, abits):
     assert torch.isfinite(ort.run(ort.session(tmp_path / "m.onnx"), x)).all()
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("wbits,abits", [(8, 8), (4, 4)])
 def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits):
@@ -272,6 +275,7 @@ def test_fmnist_agreement_and_fusion(tmp_path, wbits, abits):
     assert ops.get("QLinearConv") == 3 and ops.get("QGemm") == 1  # each block's conv1 and the classifier
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_cli_export_and_bench_row(tmp_path, capsys):
     from zsq_engine.cli import main
@@ -301,6 +305,7 @@ def test_cli_export_and_bench_row(tmp_path, capsys):
     assert all(r["ms"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_qat_student_with_learnable_ranges(tmp_path):
     """A QAT student (learnable LSQ ranges, trained float weights) exports like any fake-quant model
     (the Genie / QAT checkpoint rows of docs/export.md were measured with `zsq export --check`)."""
@@ -368,6 +373,7 @@ def test_naive_ptq_biases_on_the_accumulator_grid(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_load_quantized_keeps_the_8bit_first_input(tmp_path):
     """save -> load of a model with an 8-bit first-layer input: the loaded model has the stem's
     input quantizer, computes the same outputs and exports the same graph."""
@@ -389,6 +395,7 @@ def test_load_quantized_keeps_the_8bit_first_input(tmp_path):
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
 
 
+@pytest.mark.slow
 def test_mixed_precision_plan_exports(tmp_path, capsys):
     """A per-layer plan (2..8-bit weights, 4 / 6 / 8-bit inputs in one model), saved as `zsq quantize
     --bits-budget` saves it, exported by `zsq export --checkpoint`: each layer's grids in the graph,
@@ -455,6 +462,7 @@ def _assert_biases_on_grid(q):
     assert checked > 0
 
 
+@pytest.mark.slow
 def test_reconstruction_and_qat_end_with_biases_on_the_accumulator_grid():
     """Genie-M / QDrop reconstruction and QAT end where naive PTQ does: every quantized-input
     layer's bias a whole number of s_x * s_w[o] steps (so the export adds exactly that bias)."""

@@ -8,26 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from _support.data import GOLDFISH, SHARK, TENCH, TISSUE, write_folder
 from zsq_engine.data import ImageFolder
 from zsq_engine.data.imagenet_classes import folder_class_indices, imagenet_wnids, is_wnid
 from zsq_engine.evaluation import evaluate_topk
-
-# Standard ImageNet-1k indices known independently of the committed list (torchvision's
-# class list: 0 tench, 1 goldfish, 2 great white shark, 999 toilet tissue).
-TENCH, GOLDFISH, SHARK, TISSUE = "n01440764", "n01443537", "n01484850", "n15075141"
-
-
-def write_folder(root, classes, per_class=2, size=(40, 36), colour=lambda c, j: (c * 40 % 256, j * 50, 90)):
-    """root/<class>/<j>.png, solid colours; returns root."""
-    from PIL import Image
-
-    for c, name in enumerate(classes):
-        d = root / name
-        d.mkdir(parents=True)
-        for j in range(per_class):
-            Image.new("RGB", size, colour(c, j)).save(d / f"{j}.png")
-    return root
-
 
 def test_wnid_list_is_the_standard_order():
     wnids = imagenet_wnids()

@@ -9,14 +9,15 @@
 """
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 import torch
 
-from test_imagenet_data import SHARK, TENCH, write_folder
+from _support.data import SHARK, TENCH, write_folder
+from _support.user_modules import install_module
 from zsq_engine.cli import main
 from zsq_engine.models import get_model
+
+pytestmark = pytest.mark.slow  # whole pipelines (synthesize, quantize, convert) on ImageNet architectures
 
 SMALL_ARCHS = '''
 import torch
@@ -63,10 +64,7 @@ def small_mobilenet_v2():
 
 @pytest.fixture
 def archs(tmp_path, monkeypatch):
-    name = f"zsq_small_archs_{abs(hash(str(tmp_path))) % 10 ** 8}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(SMALL_ARCHS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
+    return install_module(tmp_path, monkeypatch, "zsq_small_archs", SMALL_ARCHS)
 
 
 @pytest.mark.parametrize("factory", ["small_resnet", "small_mobilenet_v2"])

@@ -69,6 +69,7 @@ def test_the_resolver_sees_relative_and_lazy_imports():
     assert not private_of_another_package(ROOT / "ops" / "backends" / "cpu.py", "zsq_engine._ext.get_extension")
 
 
+@pytest.mark.slow
 def test_no_module_imports_a_private_name_of_another_package():
     bad = [f"{path.relative_to(ROOT.parent)}:{line}: {name}"
            for path in source_files() for line, name in imported_names(path)

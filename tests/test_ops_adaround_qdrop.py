@@ -137,6 +137,7 @@ def test_qdrop_bad_arguments():
         ops.qdrop_mix(x, x, 0.5, -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("numel", [1, 1025, 300_001])  # the last is split across OpenMP threads
 def test_qdrop_mix_cpu_kernel_equals_reference(dtype, numel):

@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import non_contiguous, quant_range, random_qparams
+from _support.numerics import non_contiguous, quant_range, random_qparams
 
 from zsq_engine import ops
 
@@ -25,6 +25,7 @@ def _inputs(shape, dtype, device, scale_max=0.2):
     return (torch.randn(shape) * 3 * scale_max * 8).to(dtype).to(device)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,signed", list(itertools.product(BITS, [True, False])))
@@ -42,6 +43,7 @@ def test_fake_quant_per_tensor_matches_native(shape, dtype, bits, signed, device
     assert torch.equal(dx, dx_ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 5), (2, 3, 4, 5), (1, 123)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,signed", [(2, True), (4, False), (3, False), (8, True)])
@@ -111,6 +113,7 @@ def _sum_tolerance(dy, qmin, qmax, grad_factor):
     return 2e-6 * float(dy.float().abs().sum()) * max(qmax - qmin, 1) * grad_factor + 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,axis", [((1,), None), ((7,), None), ((1025,), None), ((3, 5, 7), None),
                                         ((6, 5), 0), ((6, 5), 1), ((2, 3, 4, 5), 0), ((2, 3, 4, 5), 1),
                                         ((2, 3, 4, 5), 3), ((4, 1, 3, 3), 0)])

@@ -95,6 +95,7 @@ def _quantized_cases():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
 @pytest.mark.parametrize("case", ["int_mm", "pack_int4", "unpack_int4", "conv2d_int", "qgemm", "qgemm_w4",
                                   "qconv2d_nhwc"])
@@ -106,6 +107,7 @@ def test_opcheck(case, backend):
         opcheck(op, args)
 
 
+@pytest.mark.interpreter
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton cannot run here")
 def test_opcheck_triton_interpreted():
     # one op per kernel family is enough under the (slow) interpreter
@@ -151,6 +153,7 @@ def test_cpu_tensors_reach_the_backend_dispatch_picks(monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_torch_compile_sees_the_ops_without_graph_breaks():
     torch._dynamo.reset()
     m, n, k = 4, 3, 10

@@ -30,6 +30,7 @@ def _cases(device):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(9))
 def test_opcheck(index, device):
     op, args = _cases(device)[index]

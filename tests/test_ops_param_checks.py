@@ -92,6 +92,7 @@ def test_empty_and_k0_products_agree_on_every_backend(backend):
         assert y.shape == (m, n) and torch.equal(y, bias.expand(m, n))  # the epilogue of a zero product
 
 
+@pytest.mark.slow
 def test_scale_search_refuses_a_nan_channel(backend):
     w = torch.randn(4, 9)
     w[2, 5] = math.nan

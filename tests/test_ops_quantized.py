@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import DEVICES
+from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
 from zsq_engine.ops.epilogue import Epilogue
@@ -42,6 +42,7 @@ def expected_gemm(a, w, za=0, zw=None, sa=None, sw=None, bias=None, act="none"):
     return v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", cases("qgemm"))
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 37), (33, 17, 130)])
 def test_qgemm_int32_exact(backend, device, m, n, k):
@@ -112,6 +113,7 @@ def expected_conv(x, w, stride, padding, dilation, groups, pad_value):
     return out.permute(0, 2, 3, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", cases("qconv2d_nhwc"))
 @pytest.mark.parametrize("ksize,stride,padding,dilation,groups,c,o", [
     (1, 1, 0, 1, 1, 5, 7), (3, 2, 1, 1, 1, 6, 4), (3, 1, 1, 1, 6, 6, 6), (5, 1, 2, 2, 1, 3, 2),
@@ -125,6 +127,7 @@ def test_qconv2d_int32_exact(backend, device, ksize, stride, padding, dilation, 
     assert torch.equal(out, expected_conv(x, w, stride, padding, dilation, groups, 5).to(torch.int32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", cases("qconv2d_nhwc"))
 def test_qconv2d_residual_relu6(backend, device):
     x = rand_q((1, 6, 6, 8), torch.int8, device)

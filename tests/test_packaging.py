@@ -50,6 +50,8 @@ def _run_python(code: str, cwd: Path, extra_path: bool = True) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_import_without_triton_and_extension():
     code = BLOCKER + """
 import json
@@ -82,6 +84,7 @@ print(json.dumps({"status": status, "message": message,
     assert report["version"] == __version__
 
 
+@pytest.mark.subprocess
 def test_import_is_lazy():
     """`import zsq_engine` loads neither the extension nor triton by itself."""
     code = """
@@ -101,6 +104,7 @@ def test_require_extension_rejects_unknown_part():
         require_extension("gpu")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not _installed(), reason="zsq_engine is not pip-installed")
 @pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
 def test_kernels_importable_as_subpackage(where, tmp_path):
@@ -114,6 +118,8 @@ def test_kernels_importable_as_subpackage(where, tmp_path):
     assert version == importlib.metadata.version("zsq_engine")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_wheel_contains_kernels_subpackage(tmp_path):
     """A regular wheel ships kernels/ as zsq_engine/kernels/ (extension skipped for speed)."""
     pytest.importorskip("setuptools")

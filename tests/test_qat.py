@@ -16,6 +16,8 @@ from zsq_engine.qat import (QATTrainer, channel_attention, channel_relation, fea
 from zsq_engine.qat.taps import FeatureTaps, block_names
 from zsq_engine.qat.teacher import NarrowAwareConv2d, fast_frozen_copy
 
+pytestmark = pytest.mark.slow  # most tests train a generator and a student for a few steps
+
 SHAPE = (1, 28, 28)
 
 

@@ -8,6 +8,8 @@ import pytest
 from zsq_engine.models import get_model
 from zsq_engine.qat import QATTrainer, distillation_gap
 
+pytestmark = pytest.mark.slow  # minutes of QAT on 2 CPU cores
+
 SHAPE = (1, 28, 28)
 
 

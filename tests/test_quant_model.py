@@ -443,6 +443,7 @@ def _accuracy(model, x, y, batch=1000):
     return 100.0 * correct / x.shape[0]
 
 
+@pytest.mark.slow
 def test_fmnist_naive_w8a8_close_to_fp():
     model, x, y = _fmnist()
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -61,6 +61,7 @@ def test_spec_rejects_bad_flags_and_axis():
     assert QuantSpec(per_channel=False, axis=7).resolve_axis(2) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("symmetric,signed", KINDS)
 @pytest.mark.parametrize("axis", AXES)

@@ -64,6 +64,7 @@ def test_a_unit_that_ends_worse_keeps_its_calibrated_start():
     assert all(type(m).__name__ not in ("AdaRoundWeightQuantizer", "LSQActQuantizer") for m in q.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["BasicBlock", "InvertedResidual", "MBConvBlock"])
 def test_reconstruction_lowers_block_mse(index):
     name, block, x = _blocks()[index]
@@ -166,6 +167,7 @@ def fmnist():
     return get_model("fmnist_resnet", pretrained=True), calib, test
 
 
+@pytest.mark.slow
 def test_pipeline_beats_naive_ptq(fmnist):
     from zsq_engine.evaluation import evaluate_accuracy
     from zsq_engine.quant import naive_ptq

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_imagenet_data import write_folder
-from test_user_model import user_module  # noqa: F401  (fixture)
+from _support.data import write_folder
 from zsq_engine.cli import main
 from zsq_engine.models import get_model
 from zsq_engine.recon import reconstruct_model
+
+pytestmark = pytest.mark.slow  # reconstruction runs, one of them with two processes
 
 
 class Killed(Exception):
@@ -56,7 +57,7 @@ def test_resume_gives_the_uninterrupted_model(tmp_path):
         _run(model, images + 1, checkpoint=ckpt)
 
 
-def test_quantize_cli_resumes_a_killed_run(user_module, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_quantize_cli_resumes_a_killed_run(user_module, tmp_path, monkeypatch, capsys):
     import zsq_engine.recon as recon
 
     val = write_folder(tmp_path / "val", ["w", "x", "y", "z"], per_class=2)
@@ -81,7 +82,8 @@ def test_quantize_cli_resumes_a_killed_run(user_module, tmp_path, monkeypatch, c
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def test_two_process_gloo_reconstruction_equals_single(user_module, tmp_path):  # noqa: F811
+@pytest.mark.subprocess
+def test_two_process_gloo_reconstruction_equals_single(user_module, tmp_path):
     """torchrun with 2 processes (gloo) shares each batch; the model equals the 1-process one up to
     float summation order: same integer weights (at most a rare flip at a rounding boundary) and
     logits within float tolerance (learned scales differ in the last float bits)."""

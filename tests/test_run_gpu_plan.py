@@ -9,6 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.subprocess  # every test runs benchmarks/run_gpu.sh in bash
+
 
 def _dry_run(*extra):
     env = dict(os.environ, PY=sys.executable)

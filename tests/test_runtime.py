@@ -1,6 +1,6 @@
 """Integer runtime: conversion, every supported layer, residual grids, int4 storage, save/load.
 
-The oracle is the fake-quant model the integer model came from (see tests/runtime_helpers.py).
+The oracle is the fake-quant model the integer model came from (see tests/_support/runtime.py).
 Small models and inputs keep this file fast; real-data agreement is in test_runtime_accuracy.py,
 the full Fashion-MNIST numbers come from `zsq convert --check` and are recorded in docs/runtime.md.
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime_helpers import compare, healthy, perturbed_qat_student, ptq
+from _support.runtime import compare, healthy, perturbed_qat_student, ptq
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import SamePad2d
 from zsq_engine.quant import QuantConv2d
@@ -136,6 +136,7 @@ def test_residual_between_differently_scaled_branches(wbits, abits):
     compare(q, im, torch.randn(4, 3, 9, 11))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape,bits", [("resnet18", (3, 33, 31), (8, 8)), ("mobilenet_v2", (3, 32, 32), (4, 4)),
                                              ("efficientnet_lite0", (3, 34, 34), (8, 8))])
 def test_reference_architectures(name, shape, bits):
@@ -152,6 +153,7 @@ def test_reference_architectures(name, shape, bits):
     compare(q, im, torch.randn(1, *shape), max_flip_fraction=2e-3)
 
 
+@pytest.mark.slow
 def test_resnet50_bottlenecks_w4a4():
     """Bottleneck blocks (1x1 -> 3x3 -> 1x1 + projection shortcut) at W4A4 (minmax weights: fast)."""
     model = healthy(get_model("resnet50", num_classes=10), (3, 32, 32), batches=1)

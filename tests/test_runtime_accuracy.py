@@ -3,19 +3,22 @@
 On the first 1000 Fashion-MNIST test images with the committed ResNet: top-1 agreement >= 99.9 %
 and accuracy within 0.1 point at W8A8 and W4A4 (naive PTQ) and for a (short) block-reconstructed
 W4A4 model; on every image, every layer's input codes and the logits within the tolerance the
-classifier input's grid explains (see runtime_helpers.compare). The full 10,000-image numbers are
+classifier input's grid explains (see _support/runtime.py: compare). The full 10,000-image numbers are
 measured with `zsq convert --check` and recorded in docs/runtime.md. Also: the pre-packed CPU launch gives
 exactly what the public op gives, and it is bypassed when another backend is forced.
 """
 import pytest
 import torch
 
-from runtime_helpers import compare, needs_fmnist
+from _support.data import needs_fmnist
+from _support.runtime import compare
 from zsq_engine.models import get_model
 from zsq_engine.ops import use_backend
 from zsq_engine.quant import naive_ptq
 from zsq_engine.runtime import IntConv2d, convert
 from zsq_engine.runtime.agreement import agreement
+
+pytestmark = pytest.mark.slow  # converts and runs models on 1,000 Fashion-MNIST test images
 
 N_TEST = 1000
 

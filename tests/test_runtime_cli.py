@@ -14,7 +14,7 @@ from zsq_engine.runtime import convert, load
 from zsq_engine.runtime.io import load_with_meta
 from zsq_engine.runtime.latency import make_contenders, measure, torch_ao_x86_int8
 
-from runtime_helpers import needs_fmnist
+from _support.data import needs_fmnist
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,7 @@ def calib():
     return [x for x, _ in fmnist_calibration(32, None, 0)]
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_convert_naive_ptq_matches_the_library_and_checks(tmp_path, calib, capsys):
     out = tmp_path / "int.pt"
@@ -53,6 +54,7 @@ def test_convert_from_a_quantize_checkpoint(tmp_path, calib):
     assert torch.equal(im(x), convert(q)(x))
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     rc = main(["bench", "--model", "fmnist_resnet", "--wbits", "8", "--abits", "8", "--calib-images", "16",
@@ -73,6 +75,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_bench_an_integer_model_file(tmp_path, calib):
     from zsq_engine.runtime import save
@@ -107,6 +110,7 @@ def test_check_needs_val_dir_for_imagenet_models(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "--check needs evaluation images" in err and "--val-dir" in err
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_torch_ao_baseline_is_an_int8_version_of_the_network(calib):
     from zsq_engine.data import load_fashion_mnist, normalize_fashion_mnist

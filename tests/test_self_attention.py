@@ -20,6 +20,7 @@ def materialised(u):
 SHAPES = [(1, 1, 1), (2, 7, 3), (3, 49, 64), (2, 100, 17), (2, 784, 16), (1, 33, 5)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("spread", [1.0, 6.0])

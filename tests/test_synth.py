@@ -34,6 +34,7 @@ def teacher():
     return get_model("fmnist_resnet", pretrained=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,iters", [("zeroq", 30), ("genie", 30), ("gdfq", 25)])
 def test_bn_loss_drops(method, iters):
     extra = {"train_batch_size": 8} if method == "gdfq" else {}
@@ -49,6 +50,7 @@ def test_bn_loss_drops(method, iters):
     assert end * 2 <= start, f"{method}: BN loss {start:.4g} -> {end:.4g}"
 
 
+@pytest.mark.slow
 def test_hast_bn_loss_drops_with_imagenet_hardness_weights():
     """With ImageNet's hardness weights (beta, gamma) = (0.1, 0.5) the BN term dominates and the
     BN loss falls far below even the Gaussian start (gamma < 1 also exercises p_y -> 1)."""
@@ -70,6 +72,7 @@ def test_hast_hardness_loss_formula_and_confident_samples(gamma):
     assert torch.isfinite(ce.grad).all(), ce.grad
 
 
+@pytest.mark.slow
 def test_hast_bn_term_keeps_statistics():
     """HAST starts from Gaussian noise, whose per-batch BN statistics are already close (the hardness
     term first pulls them away), so its BN term is judged against the same run without it."""
@@ -154,6 +157,7 @@ def _same_file(a: Path, b: Path):
     assert fa["meta"] == fb["meta"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["hast", "gdfq"])
 def test_resume_equals_uninterrupted(tmp_path, method):
     kw = dict(num=12, batch_size=4, iters=3, seed=7, preset="fast")
@@ -196,6 +200,7 @@ def test_settings_mismatch_refuses(tmp_path):
         synthesize("fmnist_resnet", "zeroq", iters=2, out=out, **kw)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, capsys):
     out, png = tmp_path / "cli" / "g.pt", tmp_path / "prev.png"
     rc = cli_main(["synthesize", "--model", "fmnist_resnet", "--method", "gdfq", "--num", "6", "--batch-size", "3",
@@ -238,6 +243,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_process_gloo_equals_single(tmp_path):
     args = ["synthesize", "--model", "fmnist_resnet", "--method", "genie", "--num-images", "20", "--batch-size", "4",
             "--iters", "3", "--preset", "fast", "--seed", "5", "--no-progress"]

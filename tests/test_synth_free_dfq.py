@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime_helpers import healthy
+from _support.runtime import healthy
 from zsq_engine.models import get_model
 from zsq_engine.models.efficientnet_lite import BlockArgs, EfficientNetLite
 from zsq_engine.models.mobilenetv2 import MobileNetV2
@@ -101,6 +101,7 @@ def _assert_same(a, b, x):
     assert (ya - yb).abs().max().item() <= 1e-5 * max(scale, 1.0), ((ya - yb).abs().max(), scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [_small_mobilenet, _small_efficientnet], ids=["mobilenetv2", "efficientnet"])
 def test_equalization_keeps_depthwise_nets_equivalent(build):
     net = build()

@@ -151,6 +151,7 @@ def test_accuracy_rows_squant_is_quantize_squant_then_calibrate():
         accuracy_rows(model, [(3, 8)], calib, test, torch.device("cpu"), show_progress=False, weight_rounding="up")
 
 
+@pytest.mark.slow
 def test_cli_rounding_flags(tmp_path, capsys):
     from zsq_engine.cli import build_parser, main
     from zsq_engine.recon import load_quantized

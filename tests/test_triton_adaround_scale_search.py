@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from helpers import non_contiguous, quant_range  # noqa: E402
+from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import adaround as KA  # noqa: E402
 from zsq_engine.kernels import scale_search as KS  # noqa: E402
@@ -27,6 +27,8 @@ from zsq_engine.ops.reference import scale_search as RS  # noqa: E402
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
 if not DEVICES:
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 SUM_RTOL = 2e-5
 
@@ -71,6 +73,7 @@ ADA_SHAPES = [((6, 3, 3, 3), 0), ((5, 7), 1), ((33,), None), ((4, 130), 0), ((2,
 
 # ----------------------------------------------------------------------------- AdaRound
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,signed", [(4, False), (2, True), (8, False)])
 @pytest.mark.parametrize("shape_axis", ADA_SHAPES, ids=_ids)
 def test_adaround_forward(dev, shape_axis, bits, signed):
@@ -119,6 +122,7 @@ def test_adaround_low_precision(dev, dtype):
     torch.testing.assert_close(dalpha.float(), rdalpha.float(), rtol=2 * eps, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [20.0, 2.0, 3.7, 1.0, 0.0])
 @pytest.mark.parametrize("shape", [(7,), (6, 3, 3, 3), (1025,)], ids=str)
 def test_adaround_regularizer(dev, shape, beta):
@@ -206,6 +210,7 @@ def _check_search(x, qmin, qmax, axis, n, p, symmetric, dev):
     return clear
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape_axis", [((5, 3, 3, 3), 0), ((4, 7), 1), ((1, 123), 0), ((33,), None),
                                         ((3, 6, 5, 5), 1), ((2, 3, 12), 2), ((1025,), None)], ids=_ids)
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -216,6 +221,7 @@ def test_scale_search_asymmetric(dev, shape_axis, bits):
     assert bool(clear.any())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("p", [2.0, 2.4, 3.0])
 def test_scale_search_symmetric_and_other_p(dev, signed, p):
@@ -224,12 +230,14 @@ def test_scale_search_symmetric_and_other_p(dev, signed, p):
     _check_search(x, qmin, qmax, 0, 37, p, True, dev)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_scale_search_low_precision_input(dev, dtype):
     x = (torch.randn(3, 2, 50) * 2).to(dtype)
     _check_search(x, 0, 15, 1, 100, 2.4, False, dev)
 
 
+@pytest.mark.slow
 def test_scale_search_split_slices(dev, monkeypatch):
     # many slices per channel: partial errors of one channel come from several programs
     monkeypatch.setattr(cm, "INTERPRETER_PROGRAMS", 16)
@@ -240,6 +248,7 @@ def test_scale_search_split_slices(dev, monkeypatch):
     _check_search(non_contiguous(x), 0, 15, 0, 20, 2.4, False, dev)
 
 
+@pytest.mark.slow
 def test_scale_search_outliers_and_degenerate_channels(dev):
     x = torch.randn(4, 1024)
     x[:, 0] = 40.0  # one outlier per channel: the best 4-bit range clips it

@@ -48,6 +48,8 @@ def _records(run, sc):
     return [run["compiles"][i] for i in run["scenarios"][sc.id]["compiles"]]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: s.id)
 def test_compiles_for_the_gpu_with_resource_checks(sc, aot_run, record_property):
     recs = _records(aot_run, sc)
@@ -70,6 +72,8 @@ def _jit_kernels():
     return names
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_kernel_is_compiled_for_both_archs(aot_run):
     kernels = _jit_kernels()
     assert len(kernels) >= 15, kernels
@@ -79,6 +83,8 @@ def test_every_kernel_is_compiled_for_both_archs(aot_run):
         assert not missing, f"kernels never compiled for sm_{arch}: {sorted(missing)}"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_autotune_config_of_each_operand_kind_on_sm90a(aot_run):
     """The aligned int8 / W4A8 / W4A4 scenarios compile as many distinct GEMM configs as the
     large + small-M autotune lists hold (7 + 5), and each large one lowers to wgmma."""
@@ -91,6 +97,8 @@ def test_every_autotune_config_of_each_operand_kind_on_sm90a(aot_run):
         assert len(labels) == 12, (kind, sorted(labels))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unaligned_operands_are_not_given_cp_async(aot_run):
     """The specialisation matters: unaligned rows compile without cp.async (so the aligned
     scenarios' pipelining is the JIT's alignment at work, not something every compile has)."""

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from helpers import non_contiguous, quant_range  # noqa: E402
+from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import fake_quant as K  # noqa: E402
 from zsq_engine.kernels import rng as krng  # noqa: E402
@@ -23,6 +23,8 @@ from zsq_engine.ops.reference import rng as rrng  # noqa: E402
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
 if not DEVICES:
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # fp32 accumulation of a few hundred tiles per lane + tree reductions: a few hundred unit
@@ -113,6 +115,7 @@ def test_uniform_bit_identical(dev, seed, offset, numel):
 
 # ----------------------------------------------------------------------------- STE forward / backward
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,signed", BIT_CONFIGS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", SHAPES, ids=_ids)
@@ -130,6 +133,7 @@ def test_forward_backward_bit_identical(dev, shape_axis, dtype, bits, signed):
     assert torch.equal(dx, R.fq_backward(dy, x, scale, zp, qmin, qmax, axis))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
 def test_every_bit_width_with_lsq(dev, bits, signed):
@@ -244,6 +248,7 @@ def test_low_precision_output_rounding_matches_reference(dev, dtype):
 
 # ----------------------------------------------------------------------------- LSQ
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", SHAPES, ids=_ids)
 def test_lsq_backward(dev, shape_axis, dtype):
@@ -277,6 +282,7 @@ def test_lsq_is_deterministic(dev):
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape_axis", [((300,), None), ((3, 4, 50), 1), ((2, 130), 0), ((40, 7), 1),
                                         ((5, 3, 2, 9), 2)], ids=_ids)
 def test_small_tiles_force_multi_tile_and_split_paths(dev, monkeypatch, shape_axis):
@@ -306,6 +312,7 @@ def test_small_tiles_force_multi_tile_and_split_paths(dev, monkeypatch, shape_ax
 QDROP_SHAPES = [((7,), None), ((1025,), None), ((3, 4, 5, 6), 1), ((3, 4, 5, 6), 3), ((9, 130), 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_axis", QDROP_SHAPES, ids=_ids)
 def test_qdrop_bit_identical(dev, shape_axis, dtype):

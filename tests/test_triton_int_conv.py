@@ -3,7 +3,7 @@ the float64 epilogue reference. On CPU these run through the interpreter."""
 import pytest
 import torch
 
-from tests.conftest import DEVICES
+from _support.devices import DEVICES
 from zsq_engine.ops import dispatch
 from zsq_engine.ops.epilogue import Epilogue, conv_product_reference, dequant_reference, finish_reference
 from zsq_engine.ops.reference.integer import conv2d_int
@@ -14,6 +14,9 @@ if not ok:
     pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
 
 from zsq_engine.kernels.int_conv import int8_conv2d_nhwc  # noqa: E402
+
+# the Triton kernels, interpreted on a machine without a GPU; interpreted convs take seconds each
+pytestmark = [pytest.mark.interpreter, pytest.mark.slow]
 
 EPS32 = 2.0 ** -24
 

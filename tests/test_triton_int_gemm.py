@@ -3,7 +3,7 @@ the float64 reference in zsq_engine.ops.epilogue. On CPU these run through the i
 import pytest
 import torch
 
-from tests.conftest import DEVICES
+from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
 from zsq_engine.ops.epilogue import Epilogue, apply_reference, dequant_reference, zero_point_product_reference
@@ -16,6 +16,8 @@ if not ok:
     pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
 
 from zsq_engine.kernels import int_gemm  # noqa: E402
+
+pytestmark = pytest.mark.interpreter  # the Triton kernels, interpreted on a machine without a GPU
 
 EPS32 = 2.0 ** -24
 OUT_EPS = {torch.float32: EPS32, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
@@ -46,6 +48,7 @@ def test_int8_gemm_exact(m, n, k, device):
     assert torch.equal(out, ref_int_mm(a, w.t()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("split_k", [2, 5])
 def test_split_k_exact(split_k, device):
@@ -61,6 +64,7 @@ def test_split_k_heuristic():
     assert int_gemm.choose_split_k(1, 16, 4096, dev) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,n,k", [(37, 29, 75), (4, 9, 64), (1, 3, 1)])
 def test_w4a8_exact_with_extremes(m, n, k, device):
@@ -72,6 +76,7 @@ def test_w4a8_exact_with_extremes(m, n, k, device):
     assert torch.equal(int_gemm.w4a8_gemm(a, pack_int4(w4), split_k=2), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("a_signed", [True, False])
 @pytest.mark.parametrize("m,n,k", [(37, 29, 75), (2, 5, 33)])
@@ -195,6 +200,7 @@ def _magnitude(product, ep):
     return mag
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,out_dtype,opts", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
 @pytest.mark.parametrize("kind", ["w8a8", "w4a8", "w8a8-splitk"])
@@ -217,6 +223,7 @@ def test_epilogue_against_float64(name, out_dtype, opts, kind, device):
         _check_float_out(out, v_ref, mag, out_dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("a_uint8", [False, True])
 def test_int32_out_with_zero_points_is_exact(a_uint8, device):

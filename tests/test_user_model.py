@@ -1,111 +1,16 @@
 """Users' own models (``package.module:factory``), checked ``--weights`` and ``--val-dir`` end to end.
 
-The user's module is written by the test into tmp_path and put on sys.path; the image folders
-are small solid-colour PNGs written by the tests (helpers from test_imagenet_data).
+The user's module (``_support/user_modules.py``) is written by the ``user_module`` fixture into
+tmp_path and put on sys.path; the image folders are small solid-colour PNGs written by the tests
+(``_support/data.py``).
 """
 from __future__ import annotations
-
-import textwrap
 
 import pytest
 import torch
 
-from test_imagenet_data import SHARK, TENCH, TISSUE, write_folder
+from _support.data import SHARK, TENCH, TISSUE, write_folder
 from zsq_engine.cli import main
-
-USER_MODULE = '''
-import torch
-from torch import nn
-
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 4
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes=NUM_CLASSES, act=None):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
-                                  act or nn.ReLU())
-        self.layer1 = Block(8)  # ResNet stage naming: ZAQ taps its output
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.layer1(self.stem(x))), 1))
-
-
-def tiny(num_classes=NUM_CLASSES):
-    torch.manual_seed(0)
-    model = TinyNet(num_classes)
-    for m in model.modules():  # non-trivial BN statistics, as a trained model has
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
-
-
-def tiny_gelu():
-    torch.manual_seed(0)
-    return TinyNet(act=nn.GELU())
-
-
-class Shared(nn.Module):
-    """Calls one conv twice per forward: not a reconstruction unit."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.twice = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.twice(torch.relu(self.twice(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def shared():
-    torch.manual_seed(0)
-    return Shared()
-
-
-def oracle():
-    """Reads the ImageNet index k = 32 a + b an image encodes as red = 8 a, green = 8 b:
-    logit_k = sum over (red, a), (green, b) of 2 c r - c^2 (linear in the channel means), which
-    is largest for the centre c nearest to each channel's value."""
-    k = torch.arange(1000)
-    centre = lambda level: (level * 8 / 255.0 - 0.5) / 0.25  # noqa: E731
-    ca, cb = centre(k // 32), centre(k % 32)
-    fc = nn.Linear(3, 1000)
-    with torch.no_grad():
-        fc.weight.zero_()
-        fc.weight[:, 0], fc.weight[:, 1] = 2 * ca, 2 * cb
-        fc.bias.copy_(-ca * ca - cb * cb)
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-
-
-oracle.NUM_CLASSES = 1000  # the factory's own attribute wins over the module's constant
-'''
-
-
-@pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    name = f"zsq_user_{abs(hash(str(tmp_path))) % 10 ** 8}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(USER_MODULE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
 
 
 def _colour_for_index(k, j):
@@ -181,6 +86,7 @@ def _meta(path):
     return torch.load(path, map_location="cpu", weights_only=True)["meta"]
 
 
+@pytest.mark.slow
 def test_user_model_pipeline_quantize_eval_convert(user_module, tmp_path, capsys):
     """synthesize -> quantize (Genie-M) -> eval of the saved file -> convert --check -> eval of the
     integer file, all on a user model and a --val-dir; the accuracies each step reports must agree
@@ -234,6 +140,7 @@ def test_user_model_pipeline_quantize_eval_convert(user_module, tmp_path, capsys
     assert f"top-1 {check['int_accuracy']:.2f} %" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_real_folder_calibration_and_qat_on_user_model(user_module, tmp_path, capsys):
     spec = f"{user_module}:tiny"
     val = write_folder(tmp_path / "val", ["w", "x", "y", "z"], per_class=2)

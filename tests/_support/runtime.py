@@ -7,18 +7,10 @@ that layer. Codes may differ by one where a value lies within float rounding of 
 (the fake-quant model sums in a different order), so tests bound the fraction and size of such
 flips instead of demanding bit equality, and check the logits against the flips they explain.
 """
-from pathlib import Path
-
-import pytest
 import torch
 from torch import nn
 
-from zsq_engine.data import fashion_mnist as fm
 from zsq_engine.quant import QuantLayer, naive_ptq
-
-HAVE_FMNIST = all((Path(fm.FMNIST_SYSTEM_DIR) / f"{p}-{k}-ubyte.gz").is_file()
-                  for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
 
 
 def healthy(model: nn.Module, shape, batches: int = 3) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests (not fixtures)."""
+"""Quantization ranges, random quantization parameters and strided views for the op tests."""
 import torch
 
 
