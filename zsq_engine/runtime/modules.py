@@ -65,7 +65,7 @@ class _IntLayer(nn.Module):
         self.register_buffer("_w_float", None, persistent=False)
         self._ready = False
         self._epilogue: Optional[Epilogue] = None
-        self._launch = None  # pre-packed direct call of the C++ CPU kernel (see cpu_launch.py)
+        self._launch = None  # prepared call of the C++ CPU kernel (cpu_launch.py)
 
     # ------------------------------------------------------------------ storage
     def _store(self, codes: torch.Tensor, zp: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
@@ -146,6 +146,12 @@ class _IntLayer(nn.Module):
 
     def _make_launch(self):
         return None
+
+    def _residual_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of the residual this layer's calls pass (codes of ``residual_q``, else fp32)."""
+        if self.residual is None:
+            return None
+        return torch.float32 if self.residual_q is None else self.residual_q.dtype
 
     def _launched(self, x: torch.Tensor, residual: Optional[torch.Tensor], op: str):
         """The output of the pre-packed CPU launch, or None when the public op must run
@@ -233,7 +239,8 @@ class IntConv2d(_IntLayer):
         if self._w_run.device.type != "cpu":
             return None
         return make_launch("conv", self._w_run, self._epilogue, stride=self.stride, padding=self.padding,
-                           dilation=self.dilation, groups=self.groups, pad_value=self.input_q.zero_point)
+                           dilation=self.dilation, groups=self.groups, pad_value=self.input_q.zero_point,
+                           residual_dtype=self._residual_dtype())
 
     @classmethod
     @torch.no_grad()
@@ -301,7 +308,7 @@ class IntLinear(_IntLayer):
         if self._w_run.device.type != "cpu":
             return None
         return make_launch("linear", self._w_run, self._epilogue, w_packed=self.config["packed"],
-                           k=self.in_features)
+                           k=self.in_features, residual_dtype=self._residual_dtype())
 
     @classmethod
     @torch.no_grad()

@@ -1,0 +1,82 @@
+"""The prepared integer CPU calls (ops.backends.cpu_int.prepare_conv / prepare_linear) and the
+static execution plan of IntModel: same numbers as the public ops / the step-by-step program."""
+import pytest
+import torch
+
+from zsq_engine.ops import Epilogue, qconv2d_nhwc, qgemm
+from zsq_engine.ops.dispatch import backend_status
+
+pytestmark = pytest.mark.skipif(not backend_status("cpu")[0], reason="C++ extension not built")
+
+
+def _epilogue(n, out_dtype, act_zp=3, relu=True, residual_q=None):
+    g = torch.Generator().manual_seed(n)
+    ep = Epilogue(weight_scale=torch.rand(n, generator=g) * 0.02 + 0.001, act_scale=0.05, act_zero_point=act_zp,
+                  bias=torch.randn(n, generator=g), activation="relu" if relu else "none", out_dtype=out_dtype,
+                  out_scale=0.1 if out_dtype != torch.float32 else None,
+                  out_zero_point=0 if out_dtype != torch.float32 else 0,
+                  quant_min=0 if out_dtype == torch.uint8 else None, quant_max=255 if out_dtype == torch.uint8 else None)
+    if residual_q is not None:
+        ep.residual_scale, ep.residual_zero_point = residual_q
+    return ep
+
+
+@pytest.mark.parametrize("groups,out_dtype,residual", [(1, torch.uint8, None), (1, torch.float32, "float"),
+                                                       (2, torch.uint8, "int8"), (8, torch.float32, None)])
+def test_prepared_conv_equals_public_op(groups, out_dtype, residual):
+    from zsq_engine.ops.backends.cpu_int import prepare_conv
+
+    g = torch.Generator().manual_seed(0)
+    c, o = 8, 8 if groups == 8 else 24
+    x = torch.randint(0, 256, (2, 9, 7, c), generator=g, dtype=torch.int32).to(torch.uint8)
+    w = torch.randint(-127, 128, (o, 3, 3, c // groups), generator=g, dtype=torch.int32).to(torch.int8)
+    res = None
+    if residual == "float":
+        res = torch.randn(2, 5, 4, o, generator=g)
+    elif residual == "int8":
+        res = torch.randint(-128, 128, (2, 5, 4, o), generator=g, dtype=torch.int32).to(torch.int8)
+    ep = _epilogue(o, out_dtype, residual_q=(0.07, -2) if residual == "int8" else None)
+    conv = prepare_conv(w, ep, stride=(2, 2), padding=(1, 1), groups=groups, pad_value=3,
+                        residual_dtype=None if res is None else res.dtype)
+    assert conv.depthwise == (groups == 8)
+    ep.residual = res
+    want = qconv2d_nhwc(x, w, (2, 2), (1, 1), (1, 1), groups, ep, pad_value=3)
+    got = conv(x, res)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    # the bound call is reusable: a second input gives the public op's answer for it
+    x2 = torch.randint(0, 256, x.shape, generator=g, dtype=torch.int32).to(torch.uint8)
+    assert torch.equal(conv(x2, res), qconv2d_nhwc(x2, w, (2, 2), (1, 1), (1, 1), groups, ep, pad_value=3))
+
+
+@pytest.mark.parametrize("w_packed", [False, True])
+def test_prepared_linear_equals_public_op(w_packed):
+    from zsq_engine.ops import pack_int4
+    from zsq_engine.ops.backends.cpu_int import prepare_linear
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-128, 128, (5, 37), generator=g, dtype=torch.int32).to(torch.int8)
+    lo, hi = (-8, 8) if w_packed else (-127, 128)
+    w = torch.randint(lo, hi, (11, 37), generator=g, dtype=torch.int32).to(torch.int8)
+    wk = pack_int4(w) if w_packed else w
+    ep = _epilogue(11, torch.float32, act_zp=0, relu=False)
+    lin = prepare_linear(wk, ep, w_packed=w_packed, k=37)
+    assert lin.out_features == 11
+    want = qgemm(a, wk, ep, w_packed=True, k=37) if w_packed else qgemm(a, wk, ep)
+    assert torch.equal(lin(a), want)
+    # float64 check of the same product (independent of the kernels)
+    ref = (a.double() @ w.double().t()) * (ep.weight_scale.double() * 0.05) + ep.bias.double()
+    assert torch.allclose(lin(a).double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_prepare_rejects_bad_arguments():
+    from zsq_engine.ops.backends.cpu_int import prepare_conv, prepare_linear
+
+    w = torch.zeros(4, 3, 3, 2, dtype=torch.int8)
+    with pytest.raises(ValueError, match="w must be an int8 CPU tensor"):
+        prepare_conv(w.float())
+    ep = _epilogue(4, torch.float32)
+    ep.residual = torch.zeros(1, 1, 1, 4)
+    with pytest.raises(ValueError, match="residual must be None when preparing"):
+        prepare_conv(w, ep)
+    with pytest.raises(TypeError, match="epilogue must be an Epilogue"):
+        prepare_linear(torch.zeros(4, 8, dtype=torch.int8), epilogue=(1, 2))
