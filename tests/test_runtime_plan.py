@@ -80,3 +80,67 @@ def test_prepare_rejects_bad_arguments():
         prepare_conv(w, ep)
     with pytest.raises(TypeError, match="epilogue must be an Epilogue"):
         prepare_linear(torch.zeros(4, 8, dtype=torch.int8), epilogue=(1, 2))
+
+
+# ---------------------------------------------------------------------------------- static plan
+def _models():
+    from runtime_helpers import healthy, ptq
+    from zsq_engine.models import get_model
+
+    torch.manual_seed(0)
+    yield "fmnist_resnet w8a8 8-bit input", ptq(get_model("fmnist_resnet", pretrained=True), (1, 28, 28), 8, 8,
+                                                quantize_first_input=True), (1, 28, 28)
+    yield "fmnist_resnet w4a4", ptq(get_model("fmnist_resnet", pretrained=True), (1, 28, 28), 4, 4), (1, 28, 28)
+    yield "mobilenet_v2 w8a8", ptq(healthy(get_model("mobilenet_v2", num_classes=10), (3, 32, 32), batches=1),
+                                   (3, 32, 32), 8, 8), (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    from zsq_engine.runtime import convert
+
+    return [(name, convert(q), shape) for name, q, shape in _models()]
+
+
+def test_plan_equals_step_by_step_run(converted):
+    """Bit for bit: the plan calls the same kernels on the same values and quantizes with the
+    same fp32 operations; the buffers it reuses must not leak between calls."""
+    for name, im, shape in converted:
+        g = torch.Generator().manual_seed(2)
+        xs = [torch.randn(3, *shape, generator=g) for _ in range(3)]
+        im.use_plan = False
+        want = [im.run(x) for x in xs]
+        im.use_plan = True
+        im.drop_plans()
+        got = [im(x) for x in xs] + [im(x) for x in xs]  # the first call builds the plan
+        assert len(im._plans) == 1, name
+        for i, y in enumerate(got):
+            assert torch.equal(y, want[i % 3]), f"{name}: call {i}"
+        assert got[0].data_ptr() != got[3].data_ptr()  # outputs are fresh tensors, not plan buffers
+        y1 = im(xs[0][:1])  # another shape: another plan
+        assert len(im._plans) == 2 and torch.equal(y1, im.run(xs[0][:1]))
+
+
+def test_plan_yields_to_forced_backend_and_moves(converted):
+    from zsq_engine.ops import use_backend
+
+    name, im, shape = converted[1]
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
+    fast = im(x)
+    im(x)
+    calls = []
+    launched = [m for m in im.layers.values() if m._launch is not None]
+    for m in launched:
+        inner = m._launch
+        m._launch = lambda *a, inner=inner: calls.append(1) or inner(*a)
+    with use_backend("reference"):
+        ref = im(x)
+    assert not calls  # the plan is not used while another backend is forced
+    assert (ref - fast).abs().max() < 0.05 * (1 + ref.abs().max())
+    assert torch.equal(im(x), fast) and len(calls) == len(launched)  # the plan calls each layer's launch
+    for m in launched:
+        m._launch = None  # no prepared call: the plan runs the layer's own forward (public op)
+    assert torch.equal(im(x), fast)
+    im.to(torch.float32)  # any _apply drops the plans (they point at the old buffers)
+    assert not im._plans
+    assert torch.equal(im(x), fast)
