@@ -68,6 +68,42 @@ def test_prepared_linear_equals_public_op(w_packed):
     assert torch.allclose(lin(a).double(), ref, rtol=1e-5, atol=1e-4)
 
 
+def test_prepared_call_writes_buffers_and_codes():
+    """out= buffers are written in place; a codes grid gives the fp32 output's codes with the
+    fake-quant op's arithmetic (runtime.quantize.quantize), bit for bit."""
+    from zsq_engine.ops.backends.cpu_int import CodesGrid, prepare_conv, prepare_linear
+    from zsq_engine.runtime.qparams import ActQParams
+    from zsq_engine.runtime.quantize import quantize
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (2, 6, 6, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+    w = torch.randint(-127, 128, (32, 3, 3, 16), generator=g, dtype=torch.int32).to(torch.int8)
+    res = torch.randn(2, 6, 6, 32, generator=g)
+    ep = _epilogue(32, torch.float32)
+    plain = prepare_conv(w, ep, padding=(1, 1), pad_value=3, residual_dtype=torch.float32)
+    want = plain(x, res)
+    buf = torch.empty(2, 6, 6, 32)
+    assert plain(x, res, out=buf).data_ptr() == buf.data_ptr() and torch.equal(buf, want)
+    for grid in (ActQParams(0.037, 0, 0, 255), ActQParams(0.05, -3, -8, 7)):  # uint8 / signed 4-bit grids
+        both = prepare_conv(w, ep, padding=(1, 1), pad_value=3, residual_dtype=torch.float32,
+                            codes=CodesGrid(grid.scale, grid.zero_point, grid.qmin, grid.qmax))
+        y, q = both(x, res)
+        assert torch.equal(y, want)
+        assert q.dtype == grid.dtype and torch.equal(q, quantize(want, grid))
+    lin_ep = _epilogue(8, torch.float32, act_zp=0, relu=False)
+    a = torch.randint(-128, 128, (3, 20), generator=g, dtype=torch.int32).to(torch.int8)
+    wl = torch.randint(-127, 128, (8, 20), generator=g, dtype=torch.int32).to(torch.int8)
+    grid = ActQParams(0.2, 128, 0, 255)
+    y, q = prepare_linear(wl, lin_ep, codes=CodesGrid(0.2, 128, 0, 255))(a)
+    assert torch.equal(q, quantize(y, grid)) and torch.equal(y, qgemm(a, wl, lin_ep))
+    with pytest.raises(ValueError, match="needs an fp32-output epilogue"):
+        prepare_conv(w, _epilogue(32, torch.uint8), codes=CodesGrid(0.1, 0, 0, 255))
+    with pytest.raises(RuntimeError, match="prepared without a residual"):
+        prepare_conv(w, ep, padding=(1, 1))(x, res)
+    with pytest.raises(RuntimeError, match="out must be a contiguous"):
+        plain(x, res, out=torch.empty(2, 6, 6, 31))
+
+
 def test_prepare_rejects_bad_arguments():
     from zsq_engine.ops.backends.cpu_int import prepare_conv, prepare_linear
 
@@ -119,6 +155,9 @@ def test_plan_equals_step_by_step_run(converted):
         assert got[0].data_ptr() != got[3].data_ptr()  # outputs are fresh tensors, not plan buffers
         y1 = im(xs[0][:1])  # another shape: another plan
         assert len(im._plans) == 2 and torch.equal(y1, im.run(xs[0][:1]))
+        if "8-bit input" in name:
+            # the integer stem's fp32 output is also quantized for the next conv: one pass writes both
+            assert im.layers["conv1"]._codes_launches, "the stem did not write its codes in its epilogue"
 
 
 def test_plan_yields_to_forced_backend_and_moves(converted):

@@ -38,11 +38,12 @@ def cpu_kernels_selected(op: str) -> bool:
 
 def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, stride=(1, 1), padding=(0, 0),
                 dilation=(1, 1), groups: int = 1, pad_value: int = 0, w_packed: bool = False,
-                k: Optional[int] = None, residual_dtype: Optional[torch.dtype] = None) -> Optional[Callable]:
+                k: Optional[int] = None, residual_dtype: Optional[torch.dtype] = None, codes=None) -> Optional[Callable]:
     """The prepared call ``launch(x, residual=None) -> out`` of one conv (``kind='conv'``: ``x``
     NHWC codes, ``w`` int8 OHWI) or linear (``kind='linear'``: ``x`` [M, K] codes, ``w`` int8
     [N, K] or packed int4 with ``w_packed``); None when the C++ kernels are not built. Callers
-    check :func:`cpu_kernels_selected` before each call."""
+    check :func:`cpu_kernels_selected` before each call. ``codes``: a ``cpu_int.CodesGrid`` for a
+    second output (the fp32 output's codes)."""
     op = "qconv2d_nhwc" if kind == "conv" else "qgemm"
     # built whenever the C++ kernels exist (whether they are used is decided per call, so a model
     # converted inside use_backend("reference") still gets them afterwards)
@@ -51,6 +52,7 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
     from ..ops.backends import cpu_int
 
     if kind == "linear":
-        return cpu_int.prepare_linear(w, epilogue, w_packed=w_packed, k=k, residual_dtype=residual_dtype)
+        return cpu_int.prepare_linear(w, epilogue, w_packed=w_packed, k=k, residual_dtype=residual_dtype,
+                                      codes=codes)
     return cpu_int.prepare_conv(w, epilogue, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                pad_value=pad_value, residual_dtype=residual_dtype)
+                                pad_value=pad_value, residual_dtype=residual_dtype, codes=codes)

@@ -81,6 +81,9 @@ class IntModel(nn.Module):
         # forward runs a static plan per input shape on the CPU (plan.py); False: always the
         # step-by-step run (same numbers; kept to measure the plan against)
         self.use_plan = True
+        # a plan lets a layer write its fp32 output's codes in the same pass (plan.py); False:
+        # the program's separate quantize passes (same numbers; kept to measure the difference)
+        self.fuse_codes = True
         self.eval()
 
     # ------------------------------------------------------------------ description
@@ -223,7 +226,7 @@ class IntModel(nn.Module):
             if plan is not None:
                 return plan.run(x)
             out, slots = self.run(x, keep=True)  # checks x; shows every value's shape
-            self._plans[key] = Plan(self, slots)
+            self._plans[key] = Plan(self, slots, fuse_codes=self.fuse_codes)
             return out
         return self.run(x)
 

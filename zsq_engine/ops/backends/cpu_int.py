@@ -214,60 +214,94 @@ def _qconv2d_nhwc(x, w, stride, padding, dilation, groups, epilogue, pad_value):
                                   *epilogue_args(epilogue), isa=isa_code())
 
 
-class PreparedIntConv:
+_RESIDUAL_KIND = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
+
+
+class CodesGrid(NamedTuple):
+    """A second output of an fp32-output call: the same values as codes of this activation grid,
+    with the fake-quant op's arithmetic ``clamp(round_half_even(v * fp32(1/scale)) + zero_point,
+    qmin, qmax)`` (int8 when ``qmin < 0``, else uint8)."""
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int8 if self.qmin < 0 else torch.uint8
+
+
+def _native_args(ep: BoundEpilogue, residual_dtype: Optional[torch.dtype], codes: Optional[CodesGrid]) -> tuple:
+    if residual_dtype is not None and residual_dtype not in _RESIDUAL_KIND:
+        raise ValueError(f"residual_dtype must be one of {list(_RESIDUAL_KIND)}, got {residual_dtype}")
+    if codes is None:
+        grid = (-1, 1.0, 0, 0, 0)
+    else:
+        if ep.out_kind != _OUT_KIND[torch.float32]:
+            raise ValueError("codes: a second (codes) output needs an fp32-output epilogue")
+        inv = float(torch.reciprocal(torch.tensor(float(codes.scale), dtype=torch.float32)))
+        grid = (_OUT_KIND[codes.dtype], inv, int(codes.zero_point), int(codes.qmin), int(codes.qmax))
+    return (ep.out_kind, ep.act_zero_point, ep.weight_zero_point, ep.weight_scale, ep.act_scale, ep.bias,
+            -1 if residual_dtype is None else _RESIDUAL_KIND[residual_dtype], ep.residual_scale,
+            ep.residual_zero_point, ep.activation, ep.out_scale, ep.out_zero_point, ep.quant_min, ep.quant_max) + grid
+
+
+class PreparedIntCall:
+    """A native ``_C.IntPreparedCpu`` (csrc/cpu/int_prepared.cpp): weight and epilogue checked and
+    bound once; each call checks only the activation, the residual and the buffers."""
+
+    __slots__ = ("_native", "epilogue", "codes")
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None):
+        """The output (into ``out`` when given); ``(output, codes)`` when prepared with ``codes``."""
+        y, q = self._native(x, residual, out)
+        return y if q is None else (y, q)
+
+    def call_into(self, x: torch.Tensor, residual: Optional[torch.Tensor], out: Optional[torch.Tensor],
+                  codes: Optional[torch.Tensor]):
+        """``(output, codes or None)`` written into the given buffers (None: allocated)."""
+        return self._native(x, residual, out, codes)
+
+
+class PreparedIntConv(PreparedIntCall):
     """One integer NHWC conv with everything but the activation bound: the weight packed into
     panels (or kept as the depthwise kernel's [C, kh, kw, 1]), the geometry, the epilogue
     (:class:`BoundEpilogue`) and the micro-kernel ISA (``ZSQ_CPU_INT_ISA`` read when prepared).
-    ``conv(x, residual=None)``: ``x`` int8 / uint8 NHWC ``[B, H, W, C]`` codes, ``residual`` the
-    NHWC tensor the epilogue adds (of the dtype it was prepared for); returns the NHWC output.
-    The C++ boundary still checks shapes and dtypes on every call. Made by :func:`prepare_conv`."""
+    ``conv(x, residual=None, out=None)``: ``x`` int8 / uint8 NHWC ``[B, H, W, C]`` codes,
+    ``residual`` the NHWC tensor the epilogue adds (of the dtype it was prepared for); returns the
+    NHWC output. Made by :func:`prepare_conv`."""
 
-    __slots__ = ("_fn", "_head", "_tail", "_kw", "epilogue", "depthwise", "out_channels")
+    __slots__ = ("depthwise", "out_channels")
 
     def __init__(self, w: torch.Tensor, epilogue: BoundEpilogue, stride, padding, dilation, groups: int,
-                 pad_value: int) -> None:
+                 pad_value: int, residual_dtype: Optional[torch.dtype], codes: Optional[CodesGrid]) -> None:
         o, kh, kw, cg = w.shape
-        geometry = (int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), int(dilation[0]),
-                    int(dilation[1]))
-        self.epilogue, self.out_channels = epilogue, o
-        self.depthwise = groups == o and cg == 1
-        if self.depthwise:  # the depthwise kernel's own test is groups == C == O (C checked by the kernel)
-            self._fn, self._kw = _C.int_depthwise_conv2d_nhwc_cpu, {}
-            self._head = (w.contiguous(),) + geometry + (int(pad_value),)
+        geometry = [int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), int(dilation[0]),
+                    int(dilation[1])]
+        self.epilogue, self.codes, self.out_channels = epilogue, codes, o
+        self.depthwise = groups == o and cg == 1  # the depthwise kernel's case: groups == C == O
+        if self.depthwise:
+            weight, colsum, mode = w.contiguous(), None, 1
         else:
             packed = pack_weight(w, groups=groups)
-            self._fn, self._kw = _C.int_conv2d_nhwc_cpu, {"isa": isa_code()}
-            self._head = (packed.panels, packed.colsum, o, kh, kw) + geometry + (int(groups), int(pad_value))
-        self._tail = epilogue.args()[7:]
-
-    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        e = self.epilogue
-        return self._fn(x, *self._head, e.out_kind, e.act_zero_point, e.weight_zero_point, e.weight_scale,
-                        e.act_scale, e.bias, residual, *self._tail, **self._kw)
+            weight, colsum, mode = packed.panels, packed.colsum, 0
+        self._native = _C.IntPreparedCpu(mode, weight, colsum, o, kh * kw * cg, kh, kw, geometry, int(groups),
+                                         int(pad_value), *_native_args(epilogue, residual_dtype, codes),
+                                         isa_code())
 
 
-class PreparedIntLinear:
+class PreparedIntLinear(PreparedIntCall):
     """One integer GEMM ``a [M, K] x w [N, K]^T`` with the weight packed once and the epilogue
-    bound (see :class:`PreparedIntConv`); ``linear(a, residual=None)`` with ``a`` int8 / uint8
-    ``[M, K]`` and ``residual`` ``[M, N]``. Made by :func:`prepare_linear`."""
+    bound (see :class:`PreparedIntConv`); ``linear(a, residual=None, out=None)`` with ``a`` int8 /
+    uint8 ``[M, K]`` and ``residual`` ``[M, N]``. Made by :func:`prepare_linear`."""
 
-    __slots__ = ("_packed", "_tail", "_isa", "epilogue")
+    __slots__ = ("out_features",)
 
-    def __init__(self, packed: PackedWeight, epilogue: BoundEpilogue) -> None:
-        if packed.groups != 1:
-            raise ValueError(f"packed holds {packed.groups} groups; a linear needs a weight packed with groups=1")
-        self._packed, self.epilogue, self._isa = packed, epilogue, isa_code()
-        self._tail = epilogue.args()[7:]
-
-    @property
-    def out_features(self) -> int:
-        return self._packed.n
-
-    def __call__(self, a: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        p, e = self._packed, self.epilogue
-        return _C.int_gemm_cpu(a, 0 if a.dtype == torch.int8 else 1, p.k, p.panels, p.colsum, p.n, e.out_kind,
-                               e.act_zero_point, e.weight_zero_point, e.weight_scale, e.act_scale, e.bias,
-                               residual, *self._tail, isa=self._isa)
+    def __init__(self, packed: PackedWeight, epilogue: BoundEpilogue, residual_dtype: Optional[torch.dtype],
+                 codes: Optional[CodesGrid]) -> None:
+        self.epilogue, self.codes, self.out_features = epilogue, codes, packed.n
+        self._native = _C.IntPreparedCpu(2, packed.panels, packed.colsum, packed.n, packed.k, 1, 1, [1, 1, 0, 0, 1, 1],
+                                         1, 0, *_native_args(epilogue, residual_dtype, codes), isa_code())
 
 
 def _bind(epilogue, residual_dtype) -> BoundEpilogue:
@@ -281,30 +315,34 @@ def _bind(epilogue, residual_dtype) -> BoundEpilogue:
 
 
 def prepare_conv(w: torch.Tensor, epilogue: Optional[Epilogue] = None, *, stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), groups: int = 1, pad_value: int = 0,
-                 residual_dtype: Optional[torch.dtype] = None) -> PreparedIntConv:
+                 dilation=(1, 1), groups: int = 1, pad_value: int = 0, residual_dtype: Optional[torch.dtype] = None,
+                 codes: Optional[CodesGrid] = None) -> PreparedIntConv:
     """A :class:`PreparedIntConv` for ``w`` int8 OHWI ``[O, kh, kw, C/groups]`` (what
     ``qconv2d_nhwc`` takes) and ``epilogue`` without its residual; ``residual_dtype``: the dtype
     of the residual the calls will pass (an int8 / uint8 one is dequantised with the epilogue's
     ``residual_scale`` / ``residual_zero_point``). ``pad_value``: the code of a zero input (the
-    activation zero point)."""
-    if _C is None or not hasattr(_C, "int_conv2d_nhwc_cpu"):
+    activation zero point). ``codes``: also write the fp32 output as codes of this grid in the
+    same pass (calls then return ``(output, codes)``)."""
+    if _C is None or not hasattr(_C, "IntPreparedCpu"):
         raise RuntimeError("prepare_conv needs the C++ extension zsq_engine._C, which is not built")
     if not isinstance(w, torch.Tensor) or w.dtype != torch.int8 or w.dim() != 4 or w.device.type != "cpu":
         raise ValueError(f"w must be an int8 CPU tensor [O, kh, kw, C/groups], got "
                          f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
-    return PreparedIntConv(w, _bind(epilogue, residual_dtype), stride, padding, dilation, int(groups), pad_value)
+    return PreparedIntConv(w, _bind(epilogue, residual_dtype), stride, padding, dilation, int(groups), pad_value,
+                           residual_dtype, codes)
 
 
 def prepare_linear(w: torch.Tensor, epilogue: Optional[Epilogue] = None, *, w_packed: bool = False,
-                   k: Optional[int] = None, residual_dtype: Optional[torch.dtype] = None) -> PreparedIntLinear:
+                   k: Optional[int] = None, residual_dtype: Optional[torch.dtype] = None,
+                   codes: Optional[CodesGrid] = None) -> PreparedIntLinear:
     """A :class:`PreparedIntLinear` for ``w`` int8 ``[N, K]`` (or packed int4 uint8
     ``[N, ceil(k/2)]`` with ``w_packed``); arguments as :func:`prepare_conv`."""
-    if _C is None or not hasattr(_C, "int_gemm_cpu"):
+    if _C is None or not hasattr(_C, "IntPreparedCpu"):
         raise RuntimeError("prepare_linear needs the C++ extension zsq_engine._C, which is not built")
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.device.type != "cpu":
         raise ValueError(f"w must be a 2-D CPU tensor [N, K], got {tuple(getattr(w, 'shape', ()))}")
-    return PreparedIntLinear(pack_weight(w, w_packed=w_packed, k=k), _bind(epilogue, residual_dtype))
+    return PreparedIntLinear(pack_weight(w, w_packed=w_packed, k=k), _bind(epilogue, residual_dtype), residual_dtype,
+                             codes)
 
 
 if _C is not None and hasattr(_C, "int_gemm_cpu"):
