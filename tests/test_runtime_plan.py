@@ -183,3 +183,13 @@ def test_plan_yields_to_forced_backend_and_moves(converted):
     im.to(torch.float32)  # any _apply drops the plans (they point at the old buffers)
     assert not im._plans
     assert torch.equal(im(x), fast)
+
+
+def test_plan_built_under_inference_mode_runs_outside_it(converted):
+    name, im, shape = converted[0]
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    want = im.run(x)
+    im.drop_plans()
+    with torch.inference_mode():
+        assert torch.equal(im(x), want) and torch.equal(im(x), want)
+    assert torch.equal(im(x), want)  # the same plan, its buffers written outside inference mode

@@ -121,7 +121,10 @@ class Plan:
         self._storages = set()
 
         def alloc(shape, dtype) -> torch.Tensor:
-            t = torch.empty(shape, dtype=dtype)
+            # a normal tensor even when the plan is built under torch.inference_mode(): an
+            # inference tensor could not be written in place by later calls outside it
+            with torch.inference_mode(False):
+                t = torch.empty(shape, dtype=dtype)
             self._storages.add(t.untyped_storage().data_ptr())
             return t
         for i, (s, generic, release) in enumerate(zip(program, model._steps, model._release)):
