@@ -138,10 +138,12 @@ def converted():
     return [(name, convert(q), shape) for name, q, shape in _models()]
 
 
-def test_plan_equals_step_by_step_run(converted):
+@pytest.mark.parametrize("buffers", [False, True])
+def test_plan_equals_step_by_step_run(converted, buffers):
     """Bit for bit: the plan calls the same kernels on the same values and quantizes with the
     same fp32 operations; the buffers it reuses must not leak between calls."""
-    for name, im, shape in converted:
+    for name, im, shape in converted[:1] if buffers else converted:
+        im.plan_buffers = buffers
         g = torch.Generator().manual_seed(2)
         xs = [torch.randn(3, *shape, generator=g) for _ in range(3)]
         im.use_plan = False
@@ -158,6 +160,7 @@ def test_plan_equals_step_by_step_run(converted):
         if "8-bit input" in name:
             # the integer stem's fp32 output is also quantized for the next conv: one pass writes both
             assert im.layers["conv1"]._codes_launches, "the stem did not write its codes in its epilogue"
+        im.plan_buffers = False
 
 
 def test_plan_yields_to_forced_backend_and_moves(converted):

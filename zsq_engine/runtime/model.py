@@ -84,6 +84,10 @@ class IntModel(nn.Module):
         # a plan lets a layer write its fp32 output's codes in the same pass (plan.py); False:
         # the program's separate quantize passes (same numbers; kept to measure the difference)
         self.fuse_codes = True
+        # True: the plan writes each layer output into its own buffer allocated once; off because
+        # it was slower on ResNet-18 at 224x224 (every value in separate memory instead of the
+        # allocator handing back recently freed, cache-warm blocks; docs/runtime.md)
+        self.plan_buffers = False
         self.eval()
 
     # ------------------------------------------------------------------ description
@@ -226,7 +230,7 @@ class IntModel(nn.Module):
             if plan is not None:
                 return plan.run(x)
             out, slots = self.run(x, keep=True)  # checks x; shows every value's shape
-            self._plans[key] = Plan(self, slots, fuse_codes=self.fuse_codes)
+            self._plans[key] = Plan(self, slots, fuse_codes=self.fuse_codes, buffers=self.plan_buffers)
             return out
         return self.run(x)
 

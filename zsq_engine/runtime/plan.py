@@ -3,8 +3,9 @@
 :meth:`IntModel.run` interprets the program: each step goes through ``nn.Module.__call__``, the
 layer's input checks and a backend lookup. A plan is built once per input shape from one such
 run (which shows every value's shape) and then runs each step as one call: integer layers call
-their prepared kernel (:mod:`.cpu_launch`) directly into output buffers allocated once,
-quantize steps write into buffers too, and a layer whose fp32 output the program quantizes next
+their prepared kernel (:mod:`.cpu_launch`) directly (into output buffers allocated once when
+``buffers``: off by default, measured slower on ResNet-18 at 224x224, docs/runtime.md),
+quantize steps write into buffers allocated once, and a layer whose fp32 output the program quantizes next
 writes those codes in the same pass (the kernel's second output). Every other step is the
 program's own step function. Values keep the program's conventions and the arithmetic is the
 same, so the plan's output equals :meth:`IntModel.run`'s bit for bit.
@@ -54,7 +55,7 @@ def _layer_step(layer, s: dict, value: torch.Tensor, alloc, own_buffer: bool, co
     codes_slot, codes_buf, codes_q = None, None, None
     if codes is not None:
         codes_slot, codes_q = codes
-        codes_buf = alloc(_nhwc_shape(value), codes_q.dtype)
+        codes_buf = alloc(_nhwc_shape(value), codes_q.dtype) if own_buffer else None
 
     def run(env):
         launch = layer._launch if layer._ready else None
@@ -101,7 +102,7 @@ def _quantize_step(src: str, out: str, q: ActQParams, value: torch.Tensor, alloc
 class Plan:
     """The steps of one :class:`IntModel` for one input shape (built by :meth:`IntModel.forward`)."""
 
-    def __init__(self, model, slots: Dict[str, torch.Tensor], fuse_codes: bool = True) -> None:
+    def __init__(self, model, slots: Dict[str, torch.Tensor], fuse_codes: bool = True, buffers: bool = False) -> None:
         self.input_slot, self.output_slot = model.input_slot, model.output_slot
         program = model.program
         producer = {s["out"]: i for i, s in enumerate(program)}
@@ -131,7 +132,7 @@ class Plan:
             op = s["op"]
             if op in ("conv", "linear"):
                 value = slots[s["out"]]
-                fn = _layer_step(model.layers[s["layer"]], s, value, alloc, s["out"] != self.output_slot,
+                fn = _layer_step(model.layers[s["layer"]], s, value, alloc, buffers and s["out"] != self.output_slot,
                                  fused.get(i))
             elif op == "quantize" and slots[s["in"]].dtype == torch.float32:
                 fn = _quantize_step(s["in"], s["out"], ActQParams.from_dict(s["q"]), slots[s["in"]], alloc,
