@@ -19,6 +19,7 @@
 #include "cpu/fake_quant.h"
 #include "cpu/int4_pack.h"
 #include "cpu/int_gemm.h"
+#include "cpu/int_prepared.h"
 #include "cpu/qdrop_mix.h"
 #include "cpu/scale_search.h"
 #include "cpu/self_attention.h"
@@ -1133,6 +1134,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() =
       "zsq_engine native extension: INT4 packing kernels (CPU, CUDA), fused fake-quant CPU "
       "kernels and build introspection";
+  bind_int_prepared(m);
 
   m.def("pack_int4_cpu", &pack_int4_cpu, pybind11::arg("x"),
         "Pack int4 values along the last dim.\n\n"

@@ -74,6 +74,14 @@ struct IntEpilogue {
   float out_scale = 1.0f;
   int32_t out_zero_point = 0;
   int32_t quant_min = 0, quant_max = 0;
+  // optional second output of an fp32-output epilogue: the same fp32 value quantised with the
+  // fake-quant op's arithmetic, clamp(round_half_even(v * inv_scale) + zero_point), so one pass
+  // writes a value's float carrier and its codes for the next layer (int8 / uint8, [M, N])
+  void* codes = nullptr;
+  OutKind codes_kind = OutKind::kUint8;
+  float codes_inv_scale = 1.0f;
+  int32_t codes_zero_point = 0;
+  int32_t codes_min = 0, codes_max = 0;
 };
 
 // out[M, N] (row-major, `out`'s element type per ep.out) = epilogue(a @ w^T): a [M, k] stored

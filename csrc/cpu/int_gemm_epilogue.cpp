@@ -117,6 +117,18 @@ ZSQ_MULTIVERSION void requant_row(const float* v, int64_t cols, float so, float 
   }
 }
 
+// The fake-quant op's arithmetic (zsq_engine/runtime/quantize.py): multiply by the fp32
+// reciprocal (not a division, unlike requant_row), round half to even, add z, clamp.
+ZSQ_MULTIVERSION void quantize_row(const float* v, int64_t cols, float inv, float zp, float qmin,
+                                   float qmax, int32_t* q) {
+  for (int64_t j = 0; j < cols; ++j) {
+    float x = round_half_even(v[j] * inv) + zp;
+    x = x > qmin ? x : qmin;
+    x = x < qmax ? x : qmax;
+    q[j] = static_cast<int32_t>(x);
+  }
+}
+
 ZSQ_MULTIVERSION void store_half_row(const float* v, int64_t cols, uint16_t* out) {
   for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<uint16_t>(float_to_half(v[j]));
 }
@@ -206,6 +218,18 @@ void finish_row(const int32_t* acc, int64_t cols, int64_t m, int64_t n0, uint32_
                      ep.residual_scale, ep.residual_zero_point, cols);
   }
   activate_row(v, ep.activation, cols);
+  if (ep.codes != nullptr) {
+    alignas(64) int32_t q[kChunk];
+    quantize_row(v, cols, ep.codes_inv_scale, static_cast<float>(ep.codes_zero_point),
+                 static_cast<float>(ep.codes_min), static_cast<float>(ep.codes_max), q);
+    if (ep.codes_kind == OutKind::kInt8) {
+      int8_t* o = static_cast<int8_t*>(ep.codes) + out_off;
+      for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<int8_t>(q[j]);
+    } else {
+      uint8_t* o = static_cast<uint8_t*>(ep.codes) + out_off;
+      for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<uint8_t>(q[j]);
+    }
+  }
   switch (ep.out) {
     case OutKind::kFloat32: std::memcpy(static_cast<float*>(te.out) + out_off, v, cols * sizeof(float)); break;
     case OutKind::kFloat16: store_half_row(v, cols, static_cast<uint16_t*>(te.out) + out_off); break;

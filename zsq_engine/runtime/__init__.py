@@ -6,8 +6,9 @@
     save(int_model, "int.pt"); int_model = load("int.pt")
 
 Modules: :mod:`.graph` (trace into supported operations), :mod:`.convert` (fusion and lowering),
-:mod:`.modules` (``IntConv2d`` / ``IntLinear``), :mod:`.cpu_launch` (their pre-packed C++ CPU
+:mod:`.modules` (``IntConv2d`` / ``IntLinear``), :mod:`.cpu_launch` (their prepared C++ CPU
 calls), :mod:`.model` (``IntModel``: the program and its execution, CUDA-graph capture),
+:mod:`.plan` (the static CPU execution plan per input shape),
 :mod:`.qparams` (grids and integer weights read from the fake-quant layers), :mod:`.quantize`,
 :mod:`.io` (files), :mod:`.agreement` (integer vs fake-quant on labelled data), :mod:`.latency`
 (FP32 / FP16 / BF16 / integer / torch.ao timing for ``zsq bench``). Details: ``docs/runtime.md``.

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .plan import Plan, plan_key, plan_usable
 from .qparams import ActQParams
 from .quantize import quantize
 
@@ -76,6 +77,17 @@ class IntModel(nn.Module):
         self._steps = [self._compile(s) for s in self.program]
         self._release = self._last_uses()
         self._graphs: Dict[tuple, tuple] = {}
+        self._plans: Dict[tuple, Plan] = {}
+        # forward runs a static plan per input shape on the CPU (plan.py); False: always the
+        # step-by-step run (same numbers; kept to measure the plan against)
+        self.use_plan = True
+        # a plan lets a layer write its fp32 output's codes in the same pass (plan.py); False:
+        # the program's separate quantize passes (same numbers; kept to measure the difference)
+        self.fuse_codes = True
+        # True: the plan writes each layer output into its own buffer allocated once; off because
+        # it was slower on ResNet-18 at 224x224 (every value in separate memory instead of the
+        # allocator handing back recently freed, cache-warm blocks; docs/runtime.md)
+        self.plan_buffers = False
         self.eval()
 
     # ------------------------------------------------------------------ description
@@ -212,7 +224,19 @@ class IntModel(nn.Module):
             static_in.copy_(x)
             g.replay()
             return static_out.clone()
+        if self.use_plan and isinstance(x, torch.Tensor) and plan_usable(x):
+            key = plan_key(x)
+            plan = self._plans.get(key)
+            if plan is not None:
+                return plan.run(x)
+            out, slots = self.run(x, keep=True)  # checks x; shows every value's shape
+            self._plans[key] = Plan(self, slots, fuse_codes=self.fuse_codes, buffers=self.plan_buffers)
+            return out
         return self.run(x)
+
+    def drop_plans(self) -> None:
+        """Forget the CPU execution plans (they are rebuilt on the next call)."""
+        self._plans.clear()
 
     # ------------------------------------------------------------------ CUDA graphs
     @staticmethod
@@ -247,4 +271,5 @@ class IntModel(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._graphs.clear()  # captured graphs point at the old storage
+        self._plans.clear()
         return super()._apply(fn, *args, **kwargs)

@@ -65,7 +65,8 @@ class _IntLayer(nn.Module):
         self.register_buffer("_w_float", None, persistent=False)
         self._ready = False
         self._epilogue: Optional[Epilogue] = None
-        self._launch = None  # pre-packed direct call of the C++ CPU kernel (see cpu_launch.py)
+        self._launch = None  # prepared call of the C++ CPU kernel (cpu_launch.py)
+        self._codes_launches: dict = {}  # the same with a second, codes output (codes_launch)
 
     # ------------------------------------------------------------------ storage
     def _store(self, codes: torch.Tensor, zp: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
@@ -141,11 +142,33 @@ class _IntLayer(nn.Module):
             self._w_float = None
         self._epilogue = self._make_epilogue()
         self._launch = None if self.input_q is None else self._make_launch()
+        self._codes_launches = {}
         self._ready = True
         return self
 
-    def _make_launch(self):
+    def codes_launch(self, q: ActQParams):
+        """The prepared call that also writes this layer's fp32 output as codes of ``q`` in the
+        same pass (``call_into`` returns both), or None (no prepared call, or an output that is
+        not fp32). Made once per grid (the weight is packed again: plans call it once)."""
+        if self._launch is None or self.output_q is not None or self.input_q is None:
+            return None
+        key = (q.scale, q.zero_point, q.qmin, q.qmax)
+        hit = self._codes_launches.get(key)
+        if hit is None:
+            from ..ops.backends.cpu_int import CodesGrid
+
+            hit = self._make_launch(codes=CodesGrid(*key))
+            self._codes_launches[key] = hit
+        return hit
+
+    def _make_launch(self, codes=None):
         return None
+
+    def _residual_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of the residual this layer's calls pass (codes of ``residual_q``, else fp32)."""
+        if self.residual is None:
+            return None
+        return torch.float32 if self.residual_q is None else self.residual_q.dtype
 
     def _launched(self, x: torch.Tensor, residual: Optional[torch.Tensor], op: str):
         """The output of the pre-packed CPU launch, or None when the public op must run
@@ -229,11 +252,12 @@ class IntConv2d(_IntLayer):
         # its NHWC kernel (faster than NCHW: docs/runtime.md) and writes NHWC, the program's float layout
         return w.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
-    def _make_launch(self):
+    def _make_launch(self, codes=None):
         if self._w_run.device.type != "cpu":
             return None
         return make_launch("conv", self._w_run, self._epilogue, stride=self.stride, padding=self.padding,
-                           dilation=self.dilation, groups=self.groups, pad_value=self.input_q.zero_point)
+                           dilation=self.dilation, groups=self.groups, pad_value=self.input_q.zero_point,
+                           residual_dtype=self._residual_dtype(), codes=codes)
 
     @classmethod
     @torch.no_grad()
@@ -297,11 +321,11 @@ class IntLinear(_IntLayer):
     def _weight_shape(self):
         return (self.out_features, self.in_features)
 
-    def _make_launch(self):
+    def _make_launch(self, codes=None):
         if self._w_run.device.type != "cpu":
             return None
         return make_launch("linear", self._w_run, self._epilogue, w_packed=self.config["packed"],
-                           k=self.in_features)
+                           k=self.in_features, residual_dtype=self._residual_dtype(), codes=codes)
 
     @classmethod
     @torch.no_grad()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -111,30 +112,69 @@ def _f32_scalar(name: str, v) -> float:
     return float(t[0])
 
 
+@dataclass(frozen=True)
+class BoundEpilogue:
+    """An :class:`Epilogue` converted once into what the C++ kernels take: named fields instead
+    of the 14 positional arguments (whose order lives only in :meth:`args`), codes for the output
+    kind and the activation, fp32 / int32 tensors already contiguous. ``residual`` is not bound:
+    it changes per call (its grid, ``residual_scale`` / ``residual_zero_point``, does not)."""
+
+    out_kind: int = 0  # _OUT_KIND: 0 int32 accumulator, 1 fp32, 2 fp16, 3 bf16, 4 int8, 5 uint8
+    act_zero_point: int = 0
+    weight_zero_point: Optional[torch.Tensor] = None
+    weight_scale: Optional[torch.Tensor] = None
+    act_scale: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    residual_scale: float = 1.0
+    residual_zero_point: int = 0
+    activation: int = 0  # ACTIVATION_CODES
+    out_scale: float = 1.0
+    out_zero_point: int = 0
+    quant_min: int = 0
+    quant_max: int = 0
+
+    @classmethod
+    def bind(cls, ep: Optional[Epilogue], device: Optional[torch.device] = None,
+             residual_dtype: Optional[torch.dtype] = None) -> "BoundEpilogue":
+        """Convert ``ep`` (None: int32 accumulator output); scales given as python numbers become
+        tensors on ``device`` (the CPU by default). ``residual_dtype``: the dtype of the residual
+        the calls will pass (``ep.residual``'s when None); an integer residual binds
+        ``ep.residual_scale``."""
+        if ep is None:
+            return cls()
+        ep.validate()
+        wzp = None
+        if ep.has_weight_zero_point():
+            zw = ep.weight_zero_point
+            wzp = (zw.detach().to(torch.int32).reshape(-1).contiguous() if isinstance(zw, torch.Tensor)
+                   else torch.tensor([zw], dtype=torch.int32, device=device))
+        if ep.integer_output:
+            return cls(act_zero_point=ep.act_zero_point, weight_zero_point=wzp)
+        bias = None if ep.bias is None else ep.bias.detach().to(torch.float32).reshape(-1).contiguous()
+        if residual_dtype is None and ep.residual is not None:
+            residual_dtype = ep.residual.dtype
+        res_scale = 1.0
+        if residual_dtype in QUANT_OUT_DTYPES:
+            res_scale = _f32_scalar("residual_scale", ep.residual_scale)
+        out_scale, qmin, qmax = 1.0, 0, 0
+        if ep.out_dtype in QUANT_OUT_DTYPES:
+            out_scale = _f32_scalar("out_scale", ep.out_scale)
+            qmin, qmax = ep.quant_range()
+        return cls(_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale, device),
+                   _f32_vector(ep.act_scale, device), bias, res_scale, ep.residual_zero_point,
+                   ACTIVATION_CODES[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
+
+    def args(self, residual: Optional[torch.Tensor] = None) -> tuple:
+        """The 14 positional epilogue arguments of the ``_C.int_*`` functions (csrc/binding.cpp)."""
+        return (self.out_kind, self.act_zero_point, self.weight_zero_point, self.weight_scale, self.act_scale,
+                self.bias, residual, self.residual_scale, self.residual_zero_point, self.activation,
+                self.out_scale, self.out_zero_point, self.quant_min, self.quant_max)
+
+
 def epilogue_args(ep: Optional[Epilogue], device: Optional[torch.device] = None) -> tuple:
-    """The 14 epilogue arguments of the ``_C.int_*`` functions (see csrc/binding.cpp); scales
-    given as python numbers become tensors on ``device`` (the CPU by default)."""
-    if ep is None:
-        return (0, 0, None, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
-    ep.validate()
-    wzp = None
-    if ep.has_weight_zero_point():
-        zw = ep.weight_zero_point
-        wzp = (zw.detach().to(torch.int32).reshape(-1).contiguous() if isinstance(zw, torch.Tensor)
-               else torch.tensor([zw], dtype=torch.int32, device=device))
-    if ep.integer_output:
-        return (0, ep.act_zero_point, wzp, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
-    bias = None if ep.bias is None else ep.bias.detach().to(torch.float32).reshape(-1).contiguous()
-    res_scale = 1.0
-    if ep.residual is not None and ep.residual.dtype in QUANT_OUT_DTYPES:
-        res_scale = _f32_scalar("residual_scale", ep.residual_scale)
-    out_scale, qmin, qmax = 1.0, 0, 0
-    if ep.out_dtype in QUANT_OUT_DTYPES:
-        out_scale = _f32_scalar("out_scale", ep.out_scale)
-        qmin, qmax = ep.quant_range()
-    return (_OUT_KIND[ep.out_dtype], ep.act_zero_point, wzp, _f32_vector(ep.weight_scale, device),
-            _f32_vector(ep.act_scale, device), bias, ep.residual, res_scale, ep.residual_zero_point,
-            ACTIVATION_CODES[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
+    """The 14 epilogue arguments of the ``_C.int_*`` functions for one call (``ep.residual``
+    included); see :class:`BoundEpilogue`."""
+    return BoundEpilogue.bind(ep, device).args(None if ep is None else ep.residual)
 
 
 def _act_kind(a: torch.Tensor, a_packed: bool, a_signed: bool) -> int:
@@ -172,6 +212,137 @@ def _qconv2d_nhwc(x, w, stride, padding, dilation, groups, epilogue, pad_value):
     packed = cached_pack(w, groups=groups)
     return _C.int_conv2d_nhwc_cpu(x, packed.panels, packed.colsum, o, kh, kw, *geometry, groups, pad_value,
                                   *epilogue_args(epilogue), isa=isa_code())
+
+
+_RESIDUAL_KIND = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
+
+
+class CodesGrid(NamedTuple):
+    """A second output of an fp32-output call: the same values as codes of this activation grid,
+    with the fake-quant op's arithmetic ``clamp(round_half_even(v * fp32(1/scale)) + zero_point,
+    qmin, qmax)`` (int8 when ``qmin < 0``, else uint8)."""
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int8 if self.qmin < 0 else torch.uint8
+
+
+def _native_args(ep: BoundEpilogue, residual_dtype: Optional[torch.dtype], codes: Optional[CodesGrid]) -> tuple:
+    if residual_dtype is not None and residual_dtype not in _RESIDUAL_KIND:
+        raise ValueError(f"residual_dtype must be one of {list(_RESIDUAL_KIND)}, got {residual_dtype}")
+    if codes is None:
+        grid = (-1, 1.0, 0, 0, 0)
+    else:
+        if ep.out_kind != _OUT_KIND[torch.float32]:
+            raise ValueError("codes: a second (codes) output needs an fp32-output epilogue")
+        inv = float(torch.reciprocal(torch.tensor(float(codes.scale), dtype=torch.float32)))
+        grid = (_OUT_KIND[codes.dtype], inv, int(codes.zero_point), int(codes.qmin), int(codes.qmax))
+    return (ep.out_kind, ep.act_zero_point, ep.weight_zero_point, ep.weight_scale, ep.act_scale, ep.bias,
+            -1 if residual_dtype is None else _RESIDUAL_KIND[residual_dtype], ep.residual_scale,
+            ep.residual_zero_point, ep.activation, ep.out_scale, ep.out_zero_point, ep.quant_min, ep.quant_max) + grid
+
+
+class PreparedIntCall:
+    """A native ``_C.IntPreparedCpu`` (csrc/cpu/int_prepared.cpp): weight and epilogue checked and
+    bound once; each call checks only the activation, the residual and the buffers."""
+
+    __slots__ = ("_native", "epilogue", "codes")
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None):
+        """The output (into ``out`` when given); ``(output, codes)`` when prepared with ``codes``."""
+        y, q = self._native(x, residual, out)
+        return y if q is None else (y, q)
+
+    def call_into(self, x: torch.Tensor, residual: Optional[torch.Tensor], out: Optional[torch.Tensor],
+                  codes: Optional[torch.Tensor]):
+        """``(output, codes or None)`` written into the given buffers (None: allocated)."""
+        return self._native(x, residual, out, codes)
+
+
+class PreparedIntConv(PreparedIntCall):
+    """One integer NHWC conv with everything but the activation bound: the weight packed into
+    panels (or kept as the depthwise kernel's [C, kh, kw, 1]), the geometry, the epilogue
+    (:class:`BoundEpilogue`) and the micro-kernel ISA (``ZSQ_CPU_INT_ISA`` read when prepared).
+    ``conv(x, residual=None, out=None)``: ``x`` int8 / uint8 NHWC ``[B, H, W, C]`` codes,
+    ``residual`` the NHWC tensor the epilogue adds (of the dtype it was prepared for); returns the
+    NHWC output. Made by :func:`prepare_conv`."""
+
+    __slots__ = ("depthwise", "out_channels")
+
+    def __init__(self, w: torch.Tensor, epilogue: BoundEpilogue, stride, padding, dilation, groups: int,
+                 pad_value: int, residual_dtype: Optional[torch.dtype], codes: Optional[CodesGrid]) -> None:
+        o, kh, kw, cg = w.shape
+        geometry = [int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), int(dilation[0]),
+                    int(dilation[1])]
+        self.epilogue, self.codes, self.out_channels = epilogue, codes, o
+        self.depthwise = groups == o and cg == 1  # the depthwise kernel's case: groups == C == O
+        if self.depthwise:
+            weight, colsum, mode = w.contiguous(), None, 1
+        else:
+            packed = pack_weight(w, groups=groups)
+            weight, colsum, mode = packed.panels, packed.colsum, 0
+        self._native = _C.IntPreparedCpu(mode, weight, colsum, o, kh * kw * cg, kh, kw, geometry, int(groups),
+                                         int(pad_value), *_native_args(epilogue, residual_dtype, codes),
+                                         isa_code())
+
+
+class PreparedIntLinear(PreparedIntCall):
+    """One integer GEMM ``a [M, K] x w [N, K]^T`` with the weight packed once and the epilogue
+    bound (see :class:`PreparedIntConv`); ``linear(a, residual=None, out=None)`` with ``a`` int8 /
+    uint8 ``[M, K]`` and ``residual`` ``[M, N]``. Made by :func:`prepare_linear`."""
+
+    __slots__ = ("out_features",)
+
+    def __init__(self, packed: PackedWeight, epilogue: BoundEpilogue, residual_dtype: Optional[torch.dtype],
+                 codes: Optional[CodesGrid]) -> None:
+        self.epilogue, self.codes, self.out_features = epilogue, codes, packed.n
+        self._native = _C.IntPreparedCpu(2, packed.panels, packed.colsum, packed.n, packed.k, 1, 1, [1, 1, 0, 0, 1, 1],
+                                         1, 0, *_native_args(epilogue, residual_dtype, codes), isa_code())
+
+
+def _bind(epilogue, residual_dtype) -> BoundEpilogue:
+    if isinstance(epilogue, BoundEpilogue):
+        return epilogue
+    if epilogue is not None and not isinstance(epilogue, Epilogue):
+        raise TypeError(f"epilogue must be an Epilogue, a BoundEpilogue or None, got {type(epilogue).__name__}")
+    if epilogue is not None and epilogue.residual is not None:
+        raise ValueError("epilogue.residual must be None when preparing: pass the residual to each call")
+    return BoundEpilogue.bind(epilogue, residual_dtype=residual_dtype)
+
+
+def prepare_conv(w: torch.Tensor, epilogue: Optional[Epilogue] = None, *, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups: int = 1, pad_value: int = 0, residual_dtype: Optional[torch.dtype] = None,
+                 codes: Optional[CodesGrid] = None) -> PreparedIntConv:
+    """A :class:`PreparedIntConv` for ``w`` int8 OHWI ``[O, kh, kw, C/groups]`` (what
+    ``qconv2d_nhwc`` takes) and ``epilogue`` without its residual; ``residual_dtype``: the dtype
+    of the residual the calls will pass (an int8 / uint8 one is dequantised with the epilogue's
+    ``residual_scale`` / ``residual_zero_point``). ``pad_value``: the code of a zero input (the
+    activation zero point). ``codes``: also write the fp32 output as codes of this grid in the
+    same pass (calls then return ``(output, codes)``)."""
+    if _C is None or not hasattr(_C, "IntPreparedCpu"):
+        raise RuntimeError("prepare_conv needs the C++ extension zsq_engine._C, which is not built")
+    if not isinstance(w, torch.Tensor) or w.dtype != torch.int8 or w.dim() != 4 or w.device.type != "cpu":
+        raise ValueError(f"w must be an int8 CPU tensor [O, kh, kw, C/groups], got "
+                         f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
+    return PreparedIntConv(w, _bind(epilogue, residual_dtype), stride, padding, dilation, int(groups), pad_value,
+                           residual_dtype, codes)
+
+
+def prepare_linear(w: torch.Tensor, epilogue: Optional[Epilogue] = None, *, w_packed: bool = False,
+                   k: Optional[int] = None, residual_dtype: Optional[torch.dtype] = None,
+                   codes: Optional[CodesGrid] = None) -> PreparedIntLinear:
+    """A :class:`PreparedIntLinear` for ``w`` int8 ``[N, K]`` (or packed int4 uint8
+    ``[N, ceil(k/2)]`` with ``w_packed``); arguments as :func:`prepare_conv`."""
+    if _C is None or not hasattr(_C, "IntPreparedCpu"):
+        raise RuntimeError("prepare_linear needs the C++ extension zsq_engine._C, which is not built")
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.device.type != "cpu":
+        raise ValueError(f"w must be a 2-D CPU tensor [N, K], got {tuple(getattr(w, 'shape', ()))}")
+    return PreparedIntLinear(pack_weight(w, w_packed=w_packed, k=k), _bind(epilogue, residual_dtype), residual_dtype,
+                             codes)
 
 
 if _C is not None and hasattr(_C, "int_gemm_cpu"):
