@@ -120,7 +120,7 @@ def test_prepare_rejects_bad_arguments():
 
 # ---------------------------------------------------------------------------------- static plan
 def _models():
-    from runtime_helpers import healthy, ptq
+    from _support.runtime import healthy, ptq
     from zsq_engine.models import get_model
 
     torch.manual_seed(0)
