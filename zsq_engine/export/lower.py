@@ -184,11 +184,12 @@ class _Lowering:
         if nd.kind == "qconv" and len(nd.users) == 1 and self.by_name[nd.users[0]].kind == "bn":
             bn = self.by_name[nd.users[0]].module
         container = self.container if (m.weight_bits or 8) <= 4 else "int8"
-        w = export_weight(m, where, bn, container)
+        int_bias = not self.float_bias and (nd.kind == "qlinear" or self.requantized_directly(nd))
+        x_scale = self.qdq_scale.get((src, q), 0.0)
+        w = export_weight(m, where, bn, container, input_scale=x_scale if q is not None and int_bias else None)
         base = nd.target or nd.name
         wq = self.weight_dq(base, w)
-        int_bias = not self.float_bias and (nd.kind == "qlinear" or self.requantized_directly(nd))
-        bias = self.bias_input(base, w, q, self.qdq_scale.get((src, q), 0.0), int_bias, where)
+        bias = self.bias_input(base, w, q, x_scale, int_bias, where)
         if q is not None:
             self.input_codes[nd.target] = self.codes_of[(src, q)]
             if int_bias:

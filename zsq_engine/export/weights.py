@@ -28,6 +28,8 @@ from ..runtime.qparams import integer_weight
 
 __all__ = ["ExportedWeight", "export_weight", "quantize_bias", "CONTAINERS"]
 
+INT32_MAX = 2 ** 31 - 1
+
 # container -> (lowest, highest) code
 CONTAINERS = {"int8": (-128, 127), "int4": (-8, 7)}
 
@@ -56,9 +58,13 @@ def _bn_factor_shift(bn: nn.BatchNorm2d, where: str):
 
 
 @torch.no_grad()
-def export_weight(layer: nn.Module, where: str, bn: Optional[nn.BatchNorm2d], container: str) -> ExportedWeight:
+def export_weight(layer: nn.Module, where: str, bn: Optional[nn.BatchNorm2d], container: str,
+                  input_scale: Optional[float] = None) -> ExportedWeight:
     """The integer weight of a QuantConv2d / QuantLinear (plus the BN it absorbs) for ``container``
-    ('int8', or 'int4' for grids of at most 4 bits). Raises ValueError naming ``where``."""
+    ('int8', or 'int4' for grids of at most 4 bits). ``input_scale``: the scale of the layer's
+    input codes when its bias goes into the graph as int32 on ``input_scale * scale``; a channel's
+    codes are then spread only as far as that bias stays inside int32. Raises ValueError naming
+    ``where``."""
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {sorted(CONTAINERS)}, got {container!r}")
     codes, scale, zp, qmin, qmax = integer_weight(layer, where)
@@ -90,10 +96,17 @@ def export_weight(layer: nn.Module, where: str, bn: Optional[nn.BatchNorm2d], co
     kept_zp = sign.to(torch.int64) * zp.to(torch.int64) + shift
     peak = flat.abs().max(1).values.clamp_min(1)
     spread = torch.ones(out_ch, dtype=torch.int64)
-    grow = (2 * spread * peak <= hi) & fits
+    # a spread of 2^k makes the accumulator grid 2^k finer, so the bias k more bits long
+    bias_steps = (bias.abs() / (float(input_scale) * scale64) if input_scale and has_bias
+                  else torch.zeros(out_ch, dtype=torch.float64))
+
+    def can_grow(spread):
+        return (2 * spread * peak <= hi) & fits & (bias_steps * (2 * spread).double() < INT32_MAX)
+
+    grow = can_grow(spread)
     while bool(grow.any()):
         spread = torch.where(grow, 2 * spread, spread)
-        grow = (2 * spread * peak <= hi) & fits
+        grow = can_grow(spread)
     cmask = fits.view(view)
     out_codes = torch.where(cmask, d * spread.view(view), kept_codes)
     out_zp = torch.where(fits, torch.zeros_like(kept_zp), kept_zp)
@@ -112,7 +125,7 @@ def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray
     """``(int32 codes, fp32 scales)`` of ``bias`` on the accumulator grid ``input_scale * weight_scale``."""
     acc_scale = (np.float32(input_scale) * weight_scale.astype(np.float32)).astype(np.float32)
     q = np.rint(bias / acc_scale.astype(np.float64))
-    if np.abs(q).max(initial=0) >= 2 ** 31 - 1:
+    if np.abs(q).max(initial=0) >= INT32_MAX:
         raise ValueError(f"{where}: its bias does not fit int32 on the accumulator grid (input scale "
                          f"{input_scale:.3g} x weight scale down to {weight_scale.min():.3g}); the QDQ graph "
                          "cannot hold it")
