@@ -12,8 +12,10 @@ from .epilogue import Epilogue
 from .integer_ops import conv2d_int, int_mm, pack_int4, unpack_int4
 from .narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
 from .quantized_ops import qconv2d_nhwc, qgemm
-from .quant_ops import (adaround_fake_quant, adaround_h, adaround_init, adaround_regularizer, fake_quant,
-                        lsq_fake_quant, minmax_qparams, qdrop_fake_quant, qdrop_mix, scale_search)
+from .adaround import adaround_fake_quant, adaround_h, adaround_init, adaround_regularizer
+from .fake_quant import fake_quant, lsq_fake_quant, qdrop_fake_quant
+from .qdrop_mix import qdrop_mix
+from .scale_search import minmax_qparams, scale_search
 from .reference.bn_stats import BNLossSpec
 from .upsample_ops import upsample2x_conv3x3
 
