@@ -16,6 +16,8 @@ def _device_of(args) -> torch.device:
     for a in args:
         if isinstance(a, torch.Tensor):
             return a.device
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):  # a Tensor[] argument
+            return a[0].device
     raise TypeError("an op needs at least one tensor argument")
 
 

@@ -1,5 +1,5 @@
-"""Triton kernels (``zsq_engine.kernels``) of the ops not yet in a family folder (int_mm, the BN
-loss, qgemm / qconv2d_nhwc), registered under the 'triton' backend. The op families under
+"""Triton kernels (``zsq_engine.kernels``) of the ops not yet in a family folder (int_mm, qgemm /
+qconv2d_nhwc), registered under the 'triton' backend. The op families under
 ``zsq_engine/ops/<family>/`` register their own in ``<family>/triton.py``.
 
 Importing this module must not fail without Triton: kernels are registered only when Triton
@@ -17,8 +17,6 @@ from ..dispatch import register
 # primitive name -> (kernel module, launcher name)
 _LAUNCHERS = {
     "int_mm": ("int_gemm", "int_mm"),
-    "bn_stats_forward": ("bn_stats", "bn_stats_forward"),
-    "bn_stats_backward": ("bn_stats", "bn_stats_backward"),
 }
 
 
