@@ -8,34 +8,20 @@ primitives.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from ..dispatch import register
 
-# primitive name -> (kernel module, launcher name)
-_LAUNCHERS = {
-    "int_mm": ("int_gemm", "int_mm"),
-}
 
-
-def _register_all() -> None:
+def _register_int_mm() -> None:
     try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the machine
+        from zsq_engine.kernels import int_gemm
+    except ImportError:  # pragma: no cover - Triton missing
         return
-    for primitive, (module_name, launcher) in _LAUNCHERS.items():
-        try:
-            module = importlib.import_module(f"zsq_engine.kernels.{module_name}")
-        except ImportError:
-            continue
-        fn = getattr(module, launcher, None)
-        if fn is not None:
-            register(primitive, "triton")(fn)
+    register("int_mm", "triton")(int_gemm.int_mm)
 
 
-_register_all()
+_register_int_mm()
 
 
 def _register_quantized() -> None:
