@@ -86,7 +86,8 @@ def _extension_modules() -> tuple[list, dict]:
         )
         return [], {}
 
-    cpu_sources = ["csrc/binding.cpp"] + _relative_sources("csrc/cpu/*.cpp")
+    cpu_sources = (["csrc/binding.cpp"] + _relative_sources("csrc/bind/*.cpp")
+                   + _relative_sources("csrc/cpu/*.cpp"))
     cuda_sources = _relative_sources("csrc/cuda/*.cu")
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)
     if torch.version.cuda and cpp_extension.CUDA_HOME is None:

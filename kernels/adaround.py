@@ -1,6 +1,6 @@
 """AdaRound kernels: soft/hard rounded weights, their gradients, and the rounding regulariser.
 
-Matches ``zsq_engine.ops.reference.adaround`` (BRECQ AdaRound and the Genie-M variant that also
+Matches ``zsq_engine.ops.adaround.reference`` (BRECQ AdaRound and the Genie-M variant that also
 learns the scale): ``h = clamp(sigmoid(alpha) * (zeta - gamma) + gamma, 0, 1)`` (or
 ``alpha >= 0`` when hard), ``W = (clamp(w_floor + h + zp, qmin, qmax) - zp) * scale``; clamps pass
 gradient on their closed intervals. Everything is computed in fp32 registers; the sigmoid /

@@ -268,15 +268,15 @@ def _run_fake_quant(aligned, mode, dtype, layout):
     s, z = _t((c,), torch.float32), _t((c,), torch.float32)
     q = (-8, 7)
     if mode == "fwd":
-        return fq.fake_quant_forward(x, s, z, *q, axis)
+        return fq.fq_forward(x, s, z, *q, axis)
     if mode == "ste_bwd":
-        return fq.fake_quant_backward(dy, x, s, z, *q, axis)
+        return fq.fq_backward(dy, x, s, z, *q, axis)
     if mode == "lsq_bwd":
         return fq.lsq_backward(dy, x, s, z, *q, axis, 0.01)
     if mode == "qdrop_fwd":
-        return fq.qdrop_fake_quant_forward(x, s, z, *q, axis, 0.5, 1, 0)
+        return fq.qdrop_fq_forward(x, s, z, *q, axis, 0.5, 1, 0)
     if mode == "qdrop_bwd":
-        return fq.qdrop_fake_quant_backward(dy, x, s, z, *q, axis, 0.5, 1, 0)
+        return fq.qdrop_fq_backward(dy, x, s, z, *q, axis, 0.5, 1, 0)
     return fq.qdrop_lsq_backward(dy, x, s, z, *q, axis, 0.01, 0.5, 1, 0)
 
 

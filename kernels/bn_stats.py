@@ -1,6 +1,6 @@
 """Fused, batched BatchNorm-statistics loss: every hooked layer in one launch per direction.
 
-What is computed is defined by :mod:`zsq_engine.ops.reference.bn_stats` (``bn_stats_forward`` /
+What is computed is defined by :mod:`zsq_engine.ops.bn_stats.reference` (``bn_stats_forward`` /
 ``bn_stats_backward`` and the ``saved`` layout: fp32 ``[3, G]`` rows ``(mean_g, A_g, B_g)``).
 
 Work decomposition. A *group* is one statistic: a channel (per-batch statistics, over (N, H, W))

@@ -1,6 +1,6 @@
 """Fused fake-quant kernels: STE forward/backward, LSQ/LSQ+ backward, and QDrop mixing.
 
-Numerics are bit-identical to ``zsq_engine.ops.reference.fake_quant`` / ``.qdrop``:
+Numerics are bit-identical to ``zsq_engine.ops.fake_quant.reference``:
 ``inv = 1/scale`` (IEEE division, ``tl.div_rn``), ``q = round_half_even(x_fp32 * inv) + zp``,
 clamp, ``y = (q - zp) * scale`` as an fp32 product rounded to x's dtype (what the reference's
 fp64 product becomes after torch's fp64 -> fp16/bf16 conversion, which goes through fp32).
@@ -202,8 +202,8 @@ def _lsq(dy, x, scale, zero_point, quant_min, quant_max, axis, grad_factor, qdro
     return (dx, dscale.to(dscale_dtype).reshape(scale.shape), dzp.to(dzp_dtype).reshape(zero_point.shape))
 
 
-def fake_quant_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
-                       quant_max: int, axis: Optional[int]) -> torch.Tensor:
+def fq_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+               quant_max: int, axis: Optional[int]) -> torch.Tensor:
     """Fake-quantized x, same shape and dtype (fp32/fp16/bf16).
 
     ``scale`` fp32 [C] (or one element), ``zero_point`` [C] holding integers; ``axis`` None
@@ -211,8 +211,8 @@ def fake_quant_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     return _elementwise(x, None, scale, zero_point, quant_min, quant_max, axis, backward=False, qdrop=None)
 
 
-def fake_quant_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                        quant_min: int, quant_max: int, axis: Optional[int]) -> torch.Tensor:
+def fq_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                quant_min: int, quant_max: int, axis: Optional[int]) -> torch.Tensor:
     """Straight-through gradient: dy (dy's dtype) where qmin <= round(x/s)+zp <= qmax, else 0."""
     return _elementwise(x, dy, scale, zero_point, quant_min, quant_max, axis, backward=True, qdrop=None)
 
@@ -227,17 +227,17 @@ def lsq_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_po
     return _lsq(dy, x, scale, zero_point, quant_min, quant_max, axis, grad_factor, qdrop=None)
 
 
-def qdrop_fake_quant_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
-                             quant_max: int, axis: Optional[int], p: float, seed: int, offset: int
-                             ) -> torch.Tensor:
+def qdrop_fq_forward(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                     quant_max: int, axis: Optional[int], p: float, seed: int, offset: int
+                     ) -> torch.Tensor:
     """Fake-quantized x where ``uniform(seed, i + offset) < p``, x itself elsewhere."""
     return _elementwise(x, None, scale, zero_point, quant_min, quant_max, axis, backward=False,
                         qdrop=_qdrop_args(p, seed, offset))
 
 
-def qdrop_fake_quant_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                              quant_min: int, quant_max: int, axis: Optional[int], p: float, seed: int,
-                              offset: int) -> torch.Tensor:
+def qdrop_fq_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                      quant_min: int, quant_max: int, axis: Optional[int], p: float, seed: int,
+                      offset: int) -> torch.Tensor:
     """STE gradient on the quantized elements, dy on the dropped (float) ones."""
     return _elementwise(x, dy, scale, zero_point, quant_min, quant_max, axis, backward=True,
                         qdrop=_qdrop_args(p, seed, offset))

@@ -1,7 +1,7 @@
 """Fused Lp clipping search (BRECQ 'mse' / Genie-M step init): all candidates x all channels in
 one kernel launch.
 
-Steps (matching ``zsq_engine.ops.reference.scale_search``):
+Steps (matching ``zsq_engine.ops.scale_search.reference``):
 
 1. channel min/max with ``torch.aminmax`` on the channel-major ``[C, M]`` view;
 2. the candidate table: ratios ``1 - 0.01 i`` (fp64 -> fp32 as the reference's python float),

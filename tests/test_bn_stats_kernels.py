@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from zsq_engine import ops
-from zsq_engine.ops import bn_ops, dispatch
-from zsq_engine.ops.reference import bn_stats as ref
+from zsq_engine.ops import dispatch
+from zsq_engine.ops.bn_stats import library as bn_ops
+from zsq_engine.ops.bn_stats import reference as ref
 
 BACKENDS = [b for b in ("reference", "cpu", "triton") if dispatch.backend_status(b)[0]]
 VARIANTS = ["genie", "zeroq", "gdfq", "hast"]

@@ -22,10 +22,10 @@ import torch
 
 from zsq_engine import ops
 from zsq_engine._ext import extension_status, get_extension
-from zsq_engine.ops.reference import adaround as RA
-from zsq_engine.ops.reference import fake_quant as RF
-from zsq_engine.ops.reference import qdrop as RQ
-from zsq_engine.ops.reference import scale_search as RS
+from zsq_engine.ops.adaround import reference as RA
+from zsq_engine.ops.fake_quant import reference as RF
+from zsq_engine.ops.fake_quant import reference as RQ
+from zsq_engine.ops.scale_search import reference as RS
 
 _C = get_extension()
 _FUNCTIONS = ("fq_forward_cpu", "fq_backward_cpu", "lsq_backward_cpu", "qdrop_fq_forward_cpu",

@@ -21,8 +21,8 @@ from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import adaround as KA  # noqa: E402
 from zsq_engine.kernels import scale_search as KS  # noqa: E402
-from zsq_engine.ops.reference import adaround as RA  # noqa: E402
-from zsq_engine.ops.reference import scale_search as RS  # noqa: E402
+from zsq_engine.ops.adaround import reference as RA  # noqa: E402
+from zsq_engine.ops.scale_search import reference as RS  # noqa: E402
 
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
 if not DEVICES:

@@ -16,8 +16,8 @@ from _support.numerics import non_contiguous, quant_range  # noqa: E402
 from zsq_engine.kernels import _common as cm  # noqa: E402
 from zsq_engine.kernels import fake_quant as K  # noqa: E402
 from zsq_engine.kernels import rng as krng  # noqa: E402
-from zsq_engine.ops.reference import fake_quant as R  # noqa: E402
-from zsq_engine.ops.reference import qdrop as RQ  # noqa: E402
+from zsq_engine.ops.fake_quant import reference as R  # noqa: E402
+from zsq_engine.ops.fake_quant import reference as RQ  # noqa: E402
 from zsq_engine.ops.reference import rng as rrng  # noqa: E402
 
 DEVICES = (["cpu"] if cm.INTERPRET else []) + (["cuda"] if torch.cuda.is_available() else [])
@@ -124,11 +124,11 @@ def test_forward_backward_bit_identical(dev, shape_axis, dtype, bits, signed):
     qmin, qmax = quant_range(bits, signed)
     scale, zp = _qparams(shape, axis, qmin, qmax, dev)
     x, dy = _data(shape, dtype, dev, spread=0.1 * (qmax - qmin) * 0.2)
-    y = K.fake_quant_forward(x, scale, zp, qmin, qmax, axis)
+    y = K.fq_forward(x, scale, zp, qmin, qmax, axis)
     ref = R.fq_forward(x, scale, zp, qmin, qmax, axis)
     assert y.dtype == dtype and y.shape == x.shape
     assert torch.equal(y, ref)
-    dx = K.fake_quant_backward(dy, x, scale, zp, qmin, qmax, axis)
+    dx = K.fq_backward(dy, x, scale, zp, qmin, qmax, axis)
     assert dx.dtype == dtype
     assert torch.equal(dx, R.fq_backward(dy, x, scale, zp, qmin, qmax, axis))
 
@@ -141,9 +141,9 @@ def test_every_bit_width_with_lsq(dev, bits, signed):
     shape, axis = (2, 5, 3, 7), 1
     scale, zp = _qparams(shape, axis, qmin, qmax, dev)
     x, dy = _data(shape, torch.float32, dev, spread=0.05 * (qmax - qmin))
-    assert torch.equal(K.fake_quant_forward(x, scale, zp, qmin, qmax, axis),
+    assert torch.equal(K.fq_forward(x, scale, zp, qmin, qmax, axis),
                        R.fq_forward(x, scale, zp, qmin, qmax, axis))
-    assert torch.equal(K.fake_quant_backward(dy, x, scale, zp, qmin, qmax, axis),
+    assert torch.equal(K.fq_backward(dy, x, scale, zp, qmin, qmax, axis),
                        R.fq_backward(dy, x, scale, zp, qmin, qmax, axis))
     _assert_lsq(K.lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.37),
                 R.lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.37), dy, x, scale, zp, qmin, qmax, axis, 0.37)
@@ -162,11 +162,11 @@ def test_rounding_ties_and_clamp_boundaries(dev, dtype):
     scale = torch.tensor([0.25], device=dev)
     zp = torch.tensor([3.0], device=dev)
     dy = torch.linspace(-2, 2, x.numel()).to(dtype).to(dev)
-    y = K.fake_quant_forward(x, scale, zp, qmin, qmax, None)
+    y = K.fq_forward(x, scale, zp, qmin, qmax, None)
     ref = R.fq_forward(x, scale, zp, qmin, qmax, None)
     assert torch.equal(y, ref)
     assert y.float().min().item() == (qmin - 3) / 4 and y.float().max().item() == (qmax - 3) / 4
-    assert torch.equal(K.fake_quant_backward(dy, x, scale, zp, qmin, qmax, None),
+    assert torch.equal(K.fq_backward(dy, x, scale, zp, qmin, qmax, None),
                        R.fq_backward(dy, x, scale, zp, qmin, qmax, None))
     _assert_lsq(K.lsq_backward(dy, x, scale, zp, qmin, qmax, None, 1.0),
                 R.lsq_backward(dy, x, scale, zp, qmin, qmax, None, 1.0), dy, x, scale, zp, qmin, qmax, None, 1.0)
@@ -182,7 +182,7 @@ def test_round_half_even_large_magnitudes(dev):
     vals = torch.cat([vals, -vals, torch.tensor([3e9, -3e9, 1e38, -1e38, 0.5, -0.5, 1.5, -2.5])]).float()
     x = vals.to(dev)
     scale, zp = torch.ones(1, device=dev), torch.zeros(1, device=dev)
-    y = K.fake_quant_forward(x, scale, zp, qmin, qmax, None)
+    y = K.fq_forward(x, scale, zp, qmin, qmax, None)
     assert torch.equal(y, R.fq_forward(x, scale, zp, qmin, qmax, None))
     assert not torch.isnan(y).any()
     assert torch.equal(y[:40].cpu(), torch.round(vals[:40]))
@@ -199,9 +199,9 @@ def test_tiny_scales_and_special_values(dev, dtype):
     scale = torch.tensor([1e-8, 3e-8, 1e-7], device=dev)
     zp = torch.tensor([0.0, 128.0, 255.0], device=dev)
     dy = torch.randn(shape).to(dtype).to(dev)
-    y = K.fake_quant_forward(x, scale, zp, qmin, qmax, axis)
+    y = K.fq_forward(x, scale, zp, qmin, qmax, axis)
     assert torch.equal(y, R.fq_forward(x, scale, zp, qmin, qmax, axis))
-    assert torch.equal(K.fake_quant_backward(dy, x, scale, zp, qmin, qmax, axis),
+    assert torch.equal(K.fq_backward(dy, x, scale, zp, qmin, qmax, axis),
                        R.fq_backward(dy, x, scale, zp, qmin, qmax, axis))
     out = K.lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.5)
     ref = R.lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.5)
@@ -209,7 +209,7 @@ def test_tiny_scales_and_special_values(dev, dtype):
     # NaN propagates like torch.clamp
     xn = x.clone()
     xn[2, 5] = float("nan")
-    torch.testing.assert_close(K.fake_quant_forward(xn, scale, zp, qmin, qmax, axis),
+    torch.testing.assert_close(K.fq_forward(xn, scale, zp, qmin, qmax, axis),
                                R.fq_forward(xn, scale, zp, qmin, qmax, axis), rtol=0, atol=0, equal_nan=True)
 
 
@@ -241,7 +241,7 @@ def test_low_precision_output_rounding_matches_reference(dev, dtype):
     a, s, x = a[keep], s[keep], x[keep]
     assert a.numel() >= 2
     zp = torch.zeros_like(s)
-    y = K.fake_quant_forward(x.to(dev), s.to(dev), zp.to(dev), -8, 7, 0)
+    y = K.fq_forward(x.to(dev), s.to(dev), zp.to(dev), -8, 7, 0)
     ref = R.fq_forward(x, s, zp, -8, 7, 0)
     assert torch.equal(y.cpu(), ref)
 
@@ -271,7 +271,7 @@ def test_lsq_zero_point_outside_range_and_int_zero_point(dev):
     ref = R.lsq_backward(dy, x, scale, zp, 0, 15, axis, 1.0)
     assert out[2].dtype == torch.float32 and out[2].shape == zp.shape
     _assert_lsq(out, ref, dy, x, scale, zp, 0, 15, axis, 1.0)
-    assert torch.equal(K.fake_quant_forward(x, scale, zp, -8, 7, axis), R.fq_forward(x, scale, zp, -8, 7, axis))
+    assert torch.equal(K.fq_forward(x, scale, zp, -8, 7, axis), R.fq_forward(x, scale, zp, -8, 7, axis))
 
 
 def test_lsq_is_deterministic(dev):
@@ -299,7 +299,7 @@ def test_small_tiles_force_multi_tile_and_split_paths(dev, monkeypatch, shape_ax
     assert bn * bc * bj <= 32 and (split[1] * split[3] > 1 or split[0] * split[2] > 1)
     x, dy = _data(shape, torch.bfloat16, dev, spread=1.0)
     scale, zp = _qparams(shape, axis, -8, 7, dev)
-    assert torch.equal(K.fake_quant_forward(x, scale, zp, -8, 7, axis), R.fq_forward(x, scale, zp, -8, 7, axis))
+    assert torch.equal(K.fq_forward(x, scale, zp, -8, 7, axis), R.fq_forward(x, scale, zp, -8, 7, axis))
     _assert_lsq(K.lsq_backward(dy, x, scale, zp, -8, 7, axis, 0.2),
                 R.lsq_backward(dy, x, scale, zp, -8, 7, axis, 0.2), dy, x, scale, zp, -8, 7, axis, 0.2)
     out = K.qdrop_lsq_backward(dy, x, scale, zp, -8, 7, axis, 0.2, 0.5, 11, 5)
@@ -321,12 +321,12 @@ def test_qdrop_bit_identical(dev, shape_axis, dtype):
     scale, zp = _qparams(shape, axis, qmin, qmax, dev)
     x, dy = _data(shape, dtype, dev, spread=0.6)
     p, seed, offset = 0.3, 2024, 2 ** 32 - 17  # offset wraps mod 2^32 inside the tensor
-    y = K.qdrop_fake_quant_forward(x, scale, zp, qmin, qmax, axis, p, seed, offset)
+    y = K.qdrop_fq_forward(x, scale, zp, qmin, qmax, axis, p, seed, offset)
     assert torch.equal(y, RQ.qdrop_fq_forward(x, scale, zp, qmin, qmax, axis, p, seed, offset))
     if x.numel() > 100:  # both branches present
         quantized = R.fq_forward(x, scale, zp, qmin, qmax, axis)
         assert bool((y == x).any()) and bool((y == quantized).any())
-    dx = K.qdrop_fake_quant_backward(dy, x, scale, zp, qmin, qmax, axis, p, seed, offset)
+    dx = K.qdrop_fq_backward(dy, x, scale, zp, qmin, qmax, axis, p, seed, offset)
     assert torch.equal(dx, RQ.qdrop_fq_backward(dy, x, scale, zp, qmin, qmax, axis, p, seed, offset))
     out = K.qdrop_lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.25, p, seed, offset)
     ref = RQ.qdrop_lsq_backward(dy, x, scale, zp, qmin, qmax, axis, 0.25, p, seed, offset)
@@ -338,7 +338,7 @@ def test_qdrop_probability_edges(dev, p):
     shape, axis = (4, 64), 0
     scale, zp = _qparams(shape, axis, 0, 15, dev)
     x, dy = _data(shape, torch.float32, dev, spread=0.8)
-    y = K.qdrop_fake_quant_forward(x, scale, zp, 0, 15, axis, p, 7, 0)
+    y = K.qdrop_fq_forward(x, scale, zp, 0, 15, axis, p, 7, 0)
     assert torch.equal(y, RQ.qdrop_fq_forward(x, scale, zp, 0, 15, axis, p, 7, 0))
     if p == 0.0:
         assert torch.equal(y, x)
@@ -346,8 +346,8 @@ def test_qdrop_probability_edges(dev, p):
         assert torch.equal(y, R.fq_forward(x, scale, zp, 0, 15, axis))
     # a different seed or offset gives a different mask
     if p == 0.5:
-        y2 = K.qdrop_fake_quant_forward(x, scale, zp, 0, 15, axis, p, 8, 0)
-        y3 = K.qdrop_fake_quant_forward(x, scale, zp, 0, 15, axis, p, 7, 1)
+        y2 = K.qdrop_fq_forward(x, scale, zp, 0, 15, axis, p, 8, 0)
+        y3 = K.qdrop_fq_forward(x, scale, zp, 0, 15, axis, p, 7, 1)
         assert not torch.equal(y, y2) and not torch.equal(y, y3)
 
 
@@ -360,13 +360,13 @@ def test_non_contiguous_inputs(dev, dtype):
     x0, dy0 = _data(shape, dtype, dev, spread=1.0)
     x, dy = non_contiguous(x0), non_contiguous(dy0)
     assert not x.is_contiguous() and not dy.is_contiguous()
-    assert torch.equal(K.fake_quant_forward(x, scale, zp, 0, 15, axis), R.fq_forward(x0, scale, zp, 0, 15, axis))
-    assert torch.equal(K.fake_quant_backward(dy, x, scale, zp, 0, 15, axis),
+    assert torch.equal(K.fq_forward(x, scale, zp, 0, 15, axis), R.fq_forward(x0, scale, zp, 0, 15, axis))
+    assert torch.equal(K.fq_backward(dy, x, scale, zp, 0, 15, axis),
                        R.fq_backward(dy0, x0, scale, zp, 0, 15, axis))
     _assert_lsq(K.lsq_backward(dy, x, scale, zp, 0, 15, axis, 0.5),
                 R.lsq_backward(dy0, x0, scale, zp, 0, 15, axis, 0.5), dy0, x0, scale, zp, 0, 15, axis, 0.5)
     xt = x0.transpose(0, 2)  # permuted view, channel axis unchanged (1)
-    assert torch.equal(K.qdrop_fake_quant_forward(xt, scale, zp, 0, 15, 1, 0.5, 3, 0),
+    assert torch.equal(K.qdrop_fq_forward(xt, scale, zp, 0, 15, 1, 0.5, 3, 0),
                        RQ.qdrop_fq_forward(xt.contiguous(), scale, zp, 0, 15, 1, 0.5, 3, 0))
 
 
@@ -374,13 +374,13 @@ def test_one_element_qparams_with_axis_and_empty_input(dev):
     x, dy = _data((3, 5), torch.float32, dev)
     scale, zp = torch.tensor([0.1], device=dev), torch.tensor([2.0], device=dev)
     # one-element parameters with an axis behave per-tensor
-    assert torch.equal(K.fake_quant_forward(x, scale, zp, 0, 15, 1), R.fq_forward(x, scale, zp, 0, 15, None))
+    assert torch.equal(K.fq_forward(x, scale, zp, 0, 15, 1), R.fq_forward(x, scale, zp, 0, 15, None))
     out = K.lsq_backward(dy, x, scale, zp, 0, 15, 1, 1.0)
     ref = R.lsq_backward(dy, x, scale, zp, 0, 15, None, 1.0)
     _assert_lsq(out, ref, dy, x, scale, zp, 0, 15, None, 1.0)
     empty = torch.empty(0, 4, device=dev)
     s4, z4 = torch.full((4,), 0.1, device=dev), torch.zeros(4, device=dev)
-    assert K.fake_quant_forward(empty, s4, z4, 0, 15, 1).shape == (0, 4)
+    assert K.fq_forward(empty, s4, z4, 0, 15, 1).shape == (0, 4)
     dx, ds, dz = K.lsq_backward(empty, empty, s4, z4, 0, 15, 1, 1.0)
     assert dx.shape == (0, 4) and torch.equal(ds, torch.zeros_like(s4)) and torch.equal(dz, torch.zeros_like(z4))
 
@@ -389,18 +389,18 @@ def test_bad_arguments(dev):
     x = torch.randn(4, 3, device=dev)
     s, z = torch.full((3,), 0.1, device=dev), torch.zeros(3, device=dev)
     with pytest.raises(TypeError, match="x must have dtype"):
-        K.fake_quant_forward(x.double(), s, z, 0, 15, 1)
+        K.fq_forward(x.double(), s, z, 0, 15, 1)
     with pytest.raises(ValueError, match="scale must have 3 elements"):
-        K.fake_quant_forward(x, s[:2], z[:2], 0, 15, 1)
+        K.fq_forward(x, s[:2], z[:2], 0, 15, 1)
     with pytest.raises(ValueError, match="exactly one element"):
-        K.fake_quant_forward(x, s, z, 0, 15, None)
+        K.fq_forward(x, s, z, 0, 15, None)
     with pytest.raises(ValueError, match="quant_min must be < quant_max"):
-        K.fake_quant_forward(x, s, z, 5, 5, 1)
+        K.fq_forward(x, s, z, 5, 5, 1)
     with pytest.raises(TypeError, match="quant_max must be an int"):
-        K.fake_quant_forward(x, s, z, 0, 15.0, 1)
+        K.fq_forward(x, s, z, 0, 15.0, 1)
     with pytest.raises(ValueError, match="axis=2 is out of range"):
-        K.fake_quant_forward(x, s, z, 0, 15, 2)
+        K.fq_forward(x, s, z, 0, 15, 2)
     with pytest.raises(ValueError, match="dy must have the shape of x"):
-        K.fake_quant_backward(x[:2], x, s, z, 0, 15, 1)
+        K.fq_backward(x[:2], x, s, z, 0, 15, 1)
     with pytest.raises(TypeError, match="seed must be a python int"):
-        K.qdrop_fake_quant_forward(x, s, z, 0, 15, 1, 0.5, 1.5, 0)
+        K.qdrop_fq_forward(x, s, z, 0, 15, 1, 0.5, 1.5, 0)

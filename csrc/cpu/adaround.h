@@ -1,5 +1,5 @@
 // AdaRound (BRECQ) / Genie-M soft and hard rounding kernels and the rounding regulariser on the
-// CPU (torch-free). Formulas of zsq_engine/ops/reference/adaround.py with gamma = -0.1,
+// CPU (torch-free). Formulas of zsq_engine/ops/adaround/reference.py with gamma = -0.1,
 // zeta = 1.1:
 //   h(alpha) = clamp(sigmoid(alpha) * (zeta - gamma) + gamma, 0, 1)   (hard: alpha >= 0)
 //   w = (clamp(w_floor + h + zero_point, quant_min, quant_max) - zero_point) * scale

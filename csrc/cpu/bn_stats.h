@@ -1,6 +1,6 @@
-// Fused BatchNorm-statistics loss on the CPU (torch-free: raw pointers and sizes; csrc/binding.cpp
-// wraps them). Semantics and the `saved` layout are those of
-// zsq_engine/ops/reference/bn_stats.py: a *group* is one statistic, a channel (per-batch
+// Fused BatchNorm-statistics loss on the CPU (torch-free: raw pointers and sizes;
+// csrc/bind/bn_stats.cpp wraps them). Semantics and the `saved` layout are those of
+// zsq_engine/ops/bn_stats/reference.py: a *group* is one statistic, a channel (per-batch
 // statistics over N, H, W) or an (image, channel) pair (per-image statistics over H, W);
 // groups are numbered layer by layer, `c` (per batch) or `n * C + c` (per image) inside a layer.
 // `saved` is float [3, G]: rows mean_g, A_g, B_g with d loss / d a = A_g + B_g * (a - mean_g).

@@ -326,17 +326,17 @@ KernelArgs make_args(const ChannelLayout& layout, const ChannelTables& tables,
 
 }  // namespace
 
-void fake_quant_forward(ElemType type, const void* x, void* y, const ChannelLayout& layout,
-                        const FakeQuantParams& params, const QDropParams* qdrop,
-                        int num_threads) {
+void fq_forward(ElemType type, const void* x, void* y, const ChannelLayout& layout,
+                const FakeQuantParams& params, const QDropParams* qdrop,
+                int num_threads) {
   const ChannelTables tables = make_tables(params, layout.channels);
   KernelArgs a = make_args(layout, tables, params, qdrop, x, nullptr, y, 1.0);
   run<Op::kForward>(type, a, qdrop, num_threads, nullptr, nullptr);
 }
 
-void fake_quant_backward(ElemType type, const void* dy, const void* x, void* dx,
-                         const ChannelLayout& layout, const FakeQuantParams& params,
-                         const QDropParams* qdrop, int num_threads) {
+void fq_backward(ElemType type, const void* dy, const void* x, void* dx,
+                 const ChannelLayout& layout, const FakeQuantParams& params,
+                 const QDropParams* qdrop, int num_threads) {
   const ChannelTables tables = make_tables(params, layout.channels);
   KernelArgs a = make_args(layout, tables, params, qdrop, x, dy, dx, 1.0);
   run<Op::kSte>(type, a, qdrop, num_threads, nullptr, nullptr);

@@ -1,7 +1,8 @@
-// Fused fake-quantization kernels on the CPU (torch-free: raw pointers and sizes; csrc/binding.cpp
-// checks the arguments and wraps them). Numerics are those of the pure-PyTorch reference
-// primitives in zsq_engine/ops/reference/ (fake_quant.py, qdrop.py, rng.py) bit for bit for the
-// elementwise outputs; per-channel gradient sums are accumulated in double per thread and
+// Fused fake-quantization kernels on the CPU (torch-free: raw pointers and sizes;
+// csrc/bind/fake_quant.cpp checks the arguments and wraps them). Numerics are those of the
+// pure-PyTorch reference primitives in zsq_engine/ops/fake_quant/reference.py (and
+// ops/reference/rng.py) bit for bit for the elementwise outputs; per-channel gradient sums are
+// accumulated in double per thread and
 // rounded once to fp32.
 //
 // Per element (all in fp32, x widened from its storage type first):
@@ -45,14 +46,14 @@ struct QDropParams {
 
 // y = fake_quant(x). `qdrop` may be null (plain fake-quant). x and y: numel elements of `type`.
 // num_threads <= 0 means the OpenMP default; small tensors always run on the calling thread.
-void fake_quant_forward(ElemType type, const void* x, void* y, const ChannelLayout& layout,
-                        const FakeQuantParams& params, const QDropParams* qdrop, int num_threads);
+void fq_forward(ElemType type, const void* x, void* y, const ChannelLayout& layout,
+                const FakeQuantParams& params, const QDropParams* qdrop, int num_threads);
 
 // Straight-through gradient: dx = dy where quant_min <= q <= quant_max (q unclamped), else
 // dy * 0. With qdrop, dropped elements get dx = dy.
-void fake_quant_backward(ElemType type, const void* dy, const void* x, void* dx,
-                         const ChannelLayout& layout, const FakeQuantParams& params,
-                         const QDropParams* qdrop, int num_threads);
+void fq_backward(ElemType type, const void* dy, const void* x, void* dx,
+                 const ChannelLayout& layout, const FakeQuantParams& params,
+                 const QDropParams* qdrop, int num_threads);
 
 // LSQ / LSQ+ backward in one pass over dy and x: writes dx and the per-channel sums
 // dscale[channels], dzero_point[channels] (fp32). Per element, with gf = fp32(grad_factor):

@@ -1,4 +1,4 @@
-// INT4 packing on the CPU (torch-free: raw pointers and sizes; csrc/binding.cpp wraps them).
+// INT4 packing on the CPU (torch-free: raw pointers and sizes; csrc/bind/int4_pack.cpp wraps them).
 //
 // Layout, shared with the CUDA and Triton kernels: a row of k int4 values becomes
 // (k + 1) / 2 bytes; element 2i goes to the LOW nibble (bits 0-3) of byte i and element 2i+1

@@ -1,4 +1,4 @@
-// Integer GEMM and NHWC conv on the CPU (torch-free: raw pointers and sizes; csrc/binding.cpp
+// Integer GEMM and NHWC conv on the CPU (torch-free: raw pointers and sizes; csrc/bind/int_gemm.cpp
 // wraps them). These implement the `qgemm` / `qconv2d_nhwc` primitives of
 // zsq_engine/ops/quantized_ops.py with the fused epilogue of zsq_engine/ops/epilogue.py.
 //

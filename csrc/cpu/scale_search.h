@@ -1,5 +1,5 @@
 // Per-channel Lp clipping search for quantization parameters on the CPU (torch-free), the
-// BRECQ 'mse' / Genie-M step initialisation of zsq_engine/ops/reference/scale_search.py, with
+// BRECQ 'mse' / Genie-M step initialisation of zsq_engine/ops/scale_search/reference.py, with
 // every candidate and every channel in one call.
 #pragma once
 

@@ -2,7 +2,7 @@
  *
  * The .cu files include only CUDA headers (the CPU build of torch ships incomplete CUDA
  * headers), so each kernel is reached through a plain C function taking raw device pointers,
- * sizes and a stream. csrc/binding.cpp checks the tensors, takes the current stream from torch
+ * sizes and a stream. csrc/bind/<family>.cpp checks the tensors, takes the current stream from torch
  * and calls these. Every launcher returns cudaGetLastError() after its launch (cudaSuccess for
  * an empty problem, which launches nothing); it never synchronises.
  *

@@ -2,9 +2,9 @@
 
 Every public op (``zsq_engine.ops.fake_quant`` ...) is a name with one implementation per
 backend. The pure-PyTorch ``reference`` implementation always exists and is the oracle; the
-others are registered by the backend modules under ``zsq_engine.ops.backends`` and are only
-imported the first time an op is dispatched (so ``import zsq_engine`` never touches Triton, the
-C++ extension or a GPU).
+others are registered by the backend modules (``zsq_engine/ops/<family>/{cpu,triton,cuda}.py``,
+and ``zsq_engine.ops.backends`` for the ops without a family folder), imported the first time
+an op is dispatched (so ``import zsq_engine`` never touches Triton, the C++ extension or a GPU).
 
 Which implementation runs:
 
@@ -38,8 +38,11 @@ _REGISTRY: Dict[str, Dict[str, Callable]] = {}
 _CUDA_PREFERENCE: Dict[str, Tuple[str, ...]] = {}
 _DEFAULT_CUDA_PREFERENCE = ("triton", "cuda")
 
+# Modules whose import registers backend kernels: the shared backend modules (integer ops) and
+# each op family's cpu / cuda / triton module (added by the family, :func:`add_backend_modules`).
+_BACKEND_MODULES: List[str] = [f"zsq_engine.ops.backends.{name}" for name in ("cpu", "cuda", "triton")]
 _backend_modules_loaded = False
-_load_lock = threading.Lock()
+_load_lock = threading.RLock()  # re-entered when a backend module imports a family
 _warned: set = set()
 _forced = threading.local()
 
@@ -62,6 +65,28 @@ def register(op: str, backend: str, cuda_preference: Optional[Tuple[str, ...]] =
     return decorator
 
 
+def add_backend_modules(*modules: str) -> None:
+    """Name modules (``zsq_engine.ops.<family>.cpu`` ...) that register an op family's backend
+    kernels when imported. They are imported with the others the first time an op is
+    dispatched (at once if that already happened), so ``import zsq_engine`` never loads Triton
+    or the C++ extension."""
+    with _load_lock:
+        new = [m for m in modules if m not in _BACKEND_MODULES]
+        _BACKEND_MODULES.extend(new)
+        loaded = _backend_modules_loaded
+    if loaded:
+        for module in new:
+            _import_backend(module)
+
+
+def _import_backend(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken optional backend must never break the op layer
+        _warn_once(f"load:{module}", f"zsq_engine: the backend module {module!r} failed to load ({exc!r}); "
+                   "its kernels are treated as unavailable.")
+
+
 def _load_backend_modules() -> None:
     """Import the optional backend modules once; each registers what it can."""
     global _backend_modules_loaded
@@ -70,12 +95,10 @@ def _load_backend_modules() -> None:
     with _load_lock:
         if _backend_modules_loaded:
             return
-        for name in ("cpu", "cuda", "triton"):
-            try:
-                importlib.import_module(f"zsq_engine.ops.backends.{name}")
-            except Exception as exc:  # a broken optional backend must never break the op layer
-                _warn_once(f"load:{name}", f"zsq_engine: the {name!r} backend failed to load ({exc!r}); "
-                           "it is treated as unavailable.")
+        i = 0
+        while i < len(_BACKEND_MODULES):  # the list may grow while its modules import
+            _import_backend(_BACKEND_MODULES[i])
+            i += 1
         _backend_modules_loaded = True
 
 

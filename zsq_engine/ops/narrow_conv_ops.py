@@ -1,24 +1,15 @@
 """``conv3x3_narrow(x, w, b)`` = ``conv2d(x, w, b, padding=1)`` for convolutions with few output
 channels (a generator's last layer: 64 channels -> 1 or 3), as one batched GEMM and nine shifted
-sums, or with few input channels (a grayscale stem), as nine shifted copies and one GEMM.
+sums, or with few input channels (a grayscale stem), as nine shifted copies and one GEMM: CPU
+speed forms where oneDNN's convolution is slow at these shapes. Same function as the
+convolution up to float summation order; where it pays was measured (:func:`narrow_conv_pays`;
+figures in docs/architecture.md, "CPU speed forms", and docs/qat.md), on CUDA cuDNN is used.
 
-oneDNN's CPU convolution is slow at this shape: on the Fashion-MNIST generator's output layer
-([64, 64, 28, 28] -> 1 channel, 58 MFLOP forward) forward + backward took 55 ms on one Zen 4
-core, about 3 GFLOP/s. Here every tap of every output channel is computed at every input pixel
-first, ``z[n, (tap, co), p] = sum_ci w[co, ci, tap] x[n, ci, p]`` (a [9 C_out, C_in] x [C_in, HW]
-GEMM per image, ``torch.bmm``), then ``y[n, co, i, j] = sum_tap z[n, (tap, co), i + dy - 1, j + dx - 1]``
-(zero outside). Autograd differentiates both steps with GEMMs and slices; the same layer took
-10 ms forward + backward (``benchmarks/conv_forms.py`` has the rows). The extra memory is
-``z``: 9 x C_out per pixel, small exactly when C_out is.
-
-With few input channels the roles swap: ``cols`` = the nine shifted copies of the input
-([N, 9 C_in, HW]), then a [C_out, 9 C_in] x [9 C_in, HW] GEMM per image (the 1 -> 16 stem of the
-Fashion-MNIST ResNet: 1.4x faster than oneDNN at batch 64 on 2 threads).
-
-It is the same function as the convolution up to float summation order. Where it pays on CPU
-is measured, not assumed (:func:`narrow_conv_pays`: at most 4 outputs or a single input
-channel); for wide layers the convolution kernels win, and on CUDA cuDNN is used (callers
-check :func:`narrow_conv_pays`).
+Few outputs: ``z[n, (tap, co), p] = sum_ci w[co, ci, tap] x[n, ci, p]`` (a [9 C_out, C_in] x
+[C_in, HW] GEMM per image), then ``y[n, co, i, j] = sum_tap z[n, (tap, co), i + dy - 1, j + dx - 1]``
+(zero outside); the extra memory ``z`` is 9 x C_out per pixel, small exactly when C_out is.
+Few inputs: ``cols`` = the nine shifted copies of the input ([N, 9 C_in, HW]), then one
+[C_out, 9 C_in] x [9 C_in, HW] GEMM per image.
 """
 from __future__ import annotations
 
@@ -31,10 +22,8 @@ from ..opspec import checks
 
 __all__ = ["conv2d_narrow_aware", "conv3x3_narrow", "narrow_conv_pays", "NARROW_MAX_IN", "NARROW_MAX_OUT"]
 
-# Where the GEMM forms beat oneDNN on CPU (benchmarks/conv_forms.py, batch 64, 2 threads of a
-# Zen 4): 64 -> 1 3.5x and 1 -> 16 1.4x faster; 3 -> 16 0.64x and 3 -> 64 1.06x (on one thread
-# both were faster), 16 -> 16 20x slower. So: at most 4 outputs (the nine taps' GEMM output stays
-# small), or a single input channel.
+# Where the GEMM forms beat oneDNN on CPU (measured: docs/architecture.md, "CPU speed forms"):
+# at most 4 outputs (the nine taps' GEMM output stays small), or a single input channel.
 NARROW_MAX_OUT = 4
 NARROW_MAX_IN = 1
 

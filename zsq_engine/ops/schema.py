@@ -1,21 +1,7 @@
-"""Defining an op of the ``zsq`` namespace with a schema, per-device kernels and a fake.
-
-:func:`define_op` registers the integer ops (and any new op without autograd):
-
-* ``zsq::<name>`` gets a schema and a fake (meta) implementation, so ``opcheck`` and
-  ``torch.compile`` see it;
-* its kernel for CPU tensors and for CUDA tensors is the backend :mod:`.dispatch` picks for that
-  device (the C++ extension, Triton, CUDA; ``ZSQ_BACKEND`` / ``use_backend`` force one);
-* its default kernel, for tensors on any other device, is the pure-PyTorch reference.
-
-The backends stay registered under the op's own name with :func:`.dispatch.register`, so one
-name leads from the public function to every kernel. A schema takes only typed arguments: when
-the primitives take a richer Python value (an :class:`~zsq_engine.opspec.epilogue.Epilogue`),
-``to_primitive`` turns the schema arguments back into the primitive's arguments.
-
-The public function calls ``dispatch(name, device)`` itself in eager mode (what the op's
-per-device kernel would do, without the dispatcher round trip of tens of microseconds) and the
-custom op while torch.compile traces: see :func:`compiling`.
+"""How every op of the ``zsq`` namespace is defined: :func:`define_op` (a primitive: schema, fake,
+reference default kernel, per-device kernel chosen by :mod:`.dispatch`),
+:func:`define_differentiable_op` + :func:`with_eager_path` (a differentiable op, its autograd and
+the eager fast path). See docs/architecture.md, "One mechanism".
 """
 from __future__ import annotations
 
@@ -30,6 +16,8 @@ def _device_of(args) -> torch.device:
     for a in args:
         if isinstance(a, torch.Tensor):
             return a.device
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):  # a Tensor[] argument
+            return a[0].device
     raise TypeError("an op needs at least one tensor argument")
 
 
@@ -63,3 +51,63 @@ def define_op(name: str, schema: str, reference: Callable, fake: Callable,
 def compiling() -> bool:
     """Whether torch.compile is tracing: then the public functions call the custom op."""
     return torch.compiler.is_compiling()
+
+
+# Every differentiable op's plain implementation by its custom op: the eager path calls these.
+_IMPL = {}
+
+
+def define_differentiable_op(name: str, impl: Callable, fake: Optional[Callable]):
+    """``zsq::name`` as a ``torch.library.custom_op`` (schema from ``impl``'s annotations) with
+    ``fake`` as its meta implementation; returns the op. Give it a backward formula with
+    :func:`with_eager_path`."""
+    op = torch.library.custom_op(f"zsq::{name}", mutates_args=())(impl)
+    if fake is not None:
+        op.register_fake(fake)
+    _IMPL[op] = impl
+    return op
+
+
+def call(ctx, op):
+    """What a backward formula calls for ``op``: the plain implementation on the eager path (no
+    dispatcher round trip), the custom op itself while torch.compile traces the backward."""
+    return _IMPL[op] if getattr(ctx, "eager", False) else op
+
+
+def with_eager_path(op, setup: Callable, backward: Callable, impl: Optional[Callable] = None) -> Callable:
+    """Register ``backward`` (with ``setup`` as setup_context) as ``op``'s autograd and return the
+    public callable of ``op``: a :func:`define_differentiable_op` op, or a :func:`define_op`
+    primitive that is differentiable itself (then ``impl`` is its eager implementation).
+
+    Under torch.compile it is the custom op (traced without a graph break, its registered
+    autograd formula in the graph). In eager mode it is an ``autograd.Function`` running the
+    same implementation, ``setup`` and ``backward`` directly: the custom-op machinery (schema
+    parsing, dispatcher, its own autograd wrapper) costs tens of microseconds per call, more
+    than the kernel itself on small tensors (docs/architecture.md). Both paths run the same
+    primitives, so their results are identical."""
+    if impl is None:
+        impl = _IMPL[op]
+    else:
+        _IMPL[op] = impl
+
+    class EagerPath(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = impl(*inputs)
+            ctx.eager = True
+            setup(ctx, inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    EagerPath.__name__ = EagerPath.__qualname__ = impl.__name__.strip("_").replace("_impl", "_eager")
+
+    def public(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return EagerPath.apply(*args)
+
+    torch.library.register_autograd(op, backward, setup_context=setup)
+    return public

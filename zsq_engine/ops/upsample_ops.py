@@ -16,9 +16,7 @@ and the same for columns. The zero padding of the upsampled image is the zero pa
 low-resolution one (upsampled row -1 is low-res row -1). The result is exact up to float
 summation order; with autograd the weight gradient flows back through the tap sums.
 
-On the Fashion-MNIST generator (batch 64, 128 channels) forward + backward of the two upsampling
-convolutions take about half the time of the upsample-then-convolve pair on CPU (measured in
-``benchmarks/conv_forms.py``).
+How much it saves: docs/qat.md (``benchmarks/conv_forms.py``).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The variants of the BatchNorm-statistics loss, as data (what each variant compares and how).
 
-The computation they describe is in :mod:`zsq_engine.ops.reference.bn_stats` (the table of
+The computation they describe is in :mod:`zsq_engine.ops.bn_stats.reference` (the table of
 variants is in its docstring); the Triton kernels read the same specs.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops.reference import attention as attention_reference
+from ..ops.self_attention import reference as attention_reference
 
 __all__ = ["RELATION_GAMMA", "kd_kl", "spatial_relation", "channel_relation", "relation_loss",
            "channel_attention", "feature_alignment", "SPATIAL_IMPLS"]

@@ -34,7 +34,7 @@ _C = get_extension()
 
 ISA_ENV = "ZSQ_CPU_INT_ISA"
 ISA_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avx512_vnni": 3}
-# Output-kind codes of the C++ epilogue (csrc/binding.cpp); activations use ACTIVATION_CODES.
+# Output-kind codes of the C++ epilogue (csrc/bind/int_gemm.cpp); activations use ACTIVATION_CODES.
 _OUT_KIND = {torch.int32: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, torch.uint8: 5}
 
 
@@ -165,7 +165,7 @@ class BoundEpilogue:
                    ACTIVATION_CODES[ep.activation], out_scale, ep.out_zero_point, qmin, qmax)
 
     def args(self, residual: Optional[torch.Tensor] = None) -> tuple:
-        """The 14 positional epilogue arguments of the ``_C.int_*`` functions (csrc/binding.cpp)."""
+        """The 14 positional epilogue arguments of the ``_C.int_*`` functions (csrc/bind/int_gemm.cpp)."""
         return (self.out_kind, self.act_zero_point, self.weight_zero_point, self.weight_scale, self.act_scale,
                 self.bias, residual, self.residual_scale, self.residual_zero_point, self.activation,
                 self.out_scale, self.out_zero_point, self.quant_min, self.quant_max)
@@ -247,7 +247,7 @@ def _native_args(ep: BoundEpilogue, residual_dtype: Optional[torch.dtype], codes
 
 
 class PreparedIntCall:
-    """A native ``_C.IntPreparedCpu`` (csrc/cpu/int_prepared.cpp): weight and epilogue checked and
+    """A native ``_C.IntPreparedCpu`` (csrc/bind/int_prepared.cpp): weight and epilogue checked and
     bound once; each call checks only the activation, the residual and the buffers."""
 
     __slots__ = ("_native", "epilogue", "codes")

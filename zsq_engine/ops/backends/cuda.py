@@ -7,7 +7,7 @@ from ..dispatch import register
 
 _C = get_extension()
 
-if _C is not None and hasattr(_C, "pack_int4_cuda"):
+if _C is not None and _C.build_info()["with_cuda"]:
     register("pack_int4", "cuda", cuda_preference=("cuda",))(_C.pack_int4_cuda)
 
     @register("unpack_int4", "cuda", cuda_preference=("cuda",))

@@ -1,53 +1,27 @@
-"""Triton kernels (``zsq_engine.kernels``), registered under the 'triton' backend.
+"""Triton kernels (``zsq_engine.kernels``) of the ops not yet in a family folder (int_mm, qgemm /
+qconv2d_nhwc), registered under the 'triton' backend. The op families under
+``zsq_engine/ops/<family>/`` register their own in ``<family>/triton.py``.
 
 Importing this module must not fail without Triton: kernels are registered only when Triton
 and the kernel modules import. The launchers take exactly the arguments of the reference
-primitives (see :mod:`zsq_engine.ops.library`).
+primitives.
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 
 from ..dispatch import register
 
-# primitive name -> (kernel module, launcher name)
-_LAUNCHERS = {
-    "fq_forward": ("fake_quant", "fake_quant_forward"),
-    "fq_backward": ("fake_quant", "fake_quant_backward"),
-    "lsq_backward": ("fake_quant", "lsq_backward"),
-    "qdrop_fq_forward": ("fake_quant", "qdrop_fake_quant_forward"),
-    "qdrop_fq_backward": ("fake_quant", "qdrop_fake_quant_backward"),
-    "qdrop_lsq_backward": ("fake_quant", "qdrop_lsq_backward"),
-    "adaround_forward": ("adaround", "adaround_forward"),
-    "adaround_backward": ("adaround", "adaround_backward"),
-    "adaround_reg_forward": ("adaround", "adaround_reg_forward"),
-    "adaround_reg_backward": ("adaround", "adaround_reg_backward"),
-    "scale_search": ("scale_search", "scale_search"),
-    "int_mm": ("int_gemm", "int_mm"),
-    "bn_stats_forward": ("bn_stats", "bn_stats_forward"),
-    "bn_stats_backward": ("bn_stats", "bn_stats_backward"),
-    "qdrop_mix": ("qdrop_mix", "qdrop_mix"),
-}
 
-
-def _register_all() -> None:
+def _register_int_mm() -> None:
     try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the machine
+        from zsq_engine.kernels import int_gemm
+    except ImportError:  # pragma: no cover - Triton missing
         return
-    for primitive, (module_name, launcher) in _LAUNCHERS.items():
-        try:
-            module = importlib.import_module(f"zsq_engine.kernels.{module_name}")
-        except ImportError:
-            continue
-        fn = getattr(module, launcher, None)
-        if fn is not None:
-            register(primitive, "triton")(fn)
+    register("int_mm", "triton")(int_gemm.int_mm)
 
 
-_register_all()
+_register_int_mm()
 
 
 def _register_quantized() -> None:

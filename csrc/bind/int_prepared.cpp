@@ -4,7 +4,7 @@
 // the optional output buffers) and runs the same drivers as int_conv2d_nhwc_cpu /
 // int_depthwise_conv2d_nhwc_cpu / int_gemm_cpu. Optionally the fp32 output is also written as
 // codes of one activation grid in the same pass (IntEpilogue::codes).
-#include "cpu/int_prepared.h"
+#include "bind/int_prepared.h"
 
 #include <torch/extension.h>
 

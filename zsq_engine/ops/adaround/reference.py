@@ -1,4 +1,5 @@
-"""Reference AdaRound (BRECQ) and its Genie-M variant with a learned step size.
+"""Reference primitives of the AdaRound family: BRECQ AdaRound and its Genie-M variant with a
+learned step size. The oracle every kernel of the family is tested against.
 
 ``h(alpha) = clamp(sigmoid(alpha) * (zeta - gamma) + gamma, 0, 1)`` (rectified sigmoid,
 gamma=-0.1, zeta=1.1); soft weights
@@ -33,6 +34,11 @@ def adaround_fake_quant(w_floor, alpha, scale, zero_point, quant_min, quant_max,
     zp = _broadcast(zero_point.to(w_floor.dtype), w_floor.dim(), axis)
     s = _broadcast(scale.to(w_floor.dtype), w_floor.dim(), axis)
     return (torch.clamp(w_floor + h + zp, quant_min, quant_max) - zp) * s
+
+
+def adaround_forward(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis, hard):
+    """Primitive: the AdaRound weights (soft, or hard with ``h = alpha >= 0``)."""
+    return adaround_fake_quant(w_floor, alpha, scale, zero_point, quant_min, quant_max, axis, hard)
 
 
 def adaround_backward(dy, w_floor, alpha, scale, zero_point, quant_min, quant_max, axis=0,

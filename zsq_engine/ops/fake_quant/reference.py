@@ -1,4 +1,5 @@
-"""Reference fake quantization: straight-through (STE) and learnable (LSQ/LSQ+).
+"""Reference primitives of the fake-quant family: straight-through (STE), learnable (LSQ/LSQ+)
+and their QDrop-fused forms. The oracle every kernel of the family is tested against.
 
 Numerics follow PyTorch's native CPU kernels bit for bit:
 
@@ -21,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from ...opspec.checks import channel_view_shape
+from ..reference.rng import uniform
 
 
 def _broadcast(v: torch.Tensor, ndim: int, axis: Optional[int]) -> torch.Tensor:
@@ -87,3 +89,28 @@ def lsq_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, zero_po
         dzp = dzp_el.double().sum(dims) if dims else dzp_el.double()
     return (dx, dscale.to(scale.dtype).reshape(scale.shape),
             dzp.to(zero_point.dtype if zero_point.is_floating_point() else torch.float32).reshape(zero_point.shape))
+
+
+# The fused "fake-quantize, then QDrop" activation primitives: an element is quantized where
+# uniform(seed, index + offset) < p and passed through in float elsewhere.
+
+def keep_mask(x: torch.Tensor, p: float, seed: int, offset: int) -> torch.Tensor:
+    """Where QDrop keeps the quantized value: ``uniform(seed, i + offset) < p``, i row-major."""
+    return uniform(seed, x.numel(), offset, device=x.device).reshape(x.shape) < p
+
+
+def qdrop_fq_forward(x, scale, zero_point, quant_min, quant_max, axis, p, seed, offset):
+    return torch.where(keep_mask(x, p, seed, offset),
+                       fq_forward(x, scale, zero_point, quant_min, quant_max, axis), x)
+
+
+def qdrop_fq_backward(dy, x, scale, zero_point, quant_min, quant_max, axis, p, seed, offset):
+    return torch.where(keep_mask(x, p, seed, offset),
+                       fq_backward(dy, x, scale, zero_point, quant_min, quant_max, axis), dy)
+
+
+def qdrop_lsq_backward(dy, x, scale, zero_point, quant_min, quant_max, axis, grad_factor, p, seed, offset):
+    keep = keep_mask(x, p, seed, offset)
+    dx_q, dscale, dzp = lsq_backward(dy * keep.to(dy.dtype), x, scale, zero_point, quant_min, quant_max, axis,
+                                     grad_factor)
+    return torch.where(keep, dx_q, dy), dscale, dzp

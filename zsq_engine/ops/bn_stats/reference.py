@@ -1,4 +1,5 @@
-"""Reference BatchNorm-statistics loss (the objective of BN-statistics data synthesis).
+"""Reference BatchNorm-statistics loss (the objective of BN-statistics data synthesis): the oracle
+of every kernel of the bn_stats family.
 
 For each hooked BN layer, the statistics of its input activation (fp32) are compared with the
 layer's running statistics. The variants of the literature, as :class:`BNLossSpec` presets:
