@@ -72,6 +72,7 @@ class _Lowering:
         self.codes_of: Dict[Tuple[str, ActQParams], str] = {}  # the integer codes tensor of each pair
         self.input_codes: Dict[str, str] = {}  # quantized layer -> codes tensor of its input
         self.int_bias_layers: List[str] = []
+        self.weight_zero_point_layers: List[str] = []  # channels that keep a weight zero point
         self.folded_pads: Dict[str, Tuple[str, List[int]]] = {}  # pad node -> (input node, [t, l, b, r])
         self.int4_weights = 0
 
@@ -188,6 +189,8 @@ class _Lowering:
         x_scale = self.qdq_scale.get((src, q), 0.0)
         w = export_weight(m, where, bn, container, input_scale=x_scale if q is not None and int_bias else None)
         base = nd.target or nd.name
+        if bool(np.any(w.zero_point != 0)):
+            self.weight_zero_point_layers.append(nd.target)
         wq = self.weight_dq(base, w)
         bias = self.bias_input(base, w, q, x_scale, int_bias, where)
         if q is not None:
@@ -297,6 +300,7 @@ def lower_to_onnx(qmodel: nn.Module, example_input: torch.Tensor, *, opset: int,
                         doc="zsq_engine fake-quant model as a QDQ graph (zsq_engine.export.to_onnx)")
     info = {"quantize_pairs": len(set(low.qdq.values())), "int4_weights": low.int4_weights,
             "int_bias_layers": low.int_bias_layers, "input_codes": low.input_codes,
+            "weight_zero_point_layers": low.weight_zero_point_layers,
             "layers": sum(1 for n in nodes if n.kind in ("qconv", "qlinear")),
             "folded_bn": sum(1 for n in nodes if n.kind == "bn"), "folded_pads": len(low.folded_pads)}
     return model, info
