@@ -21,14 +21,14 @@ from torch import nn
 from .absorb import NUM_SIGMAS, absorb_high_bias, absorbable_shift
 from .act_ranges import bn_activation_ranges, set_bn_activation_ranges
 from .bias_correction import bias_correct, clipped_normal_moments, expected_layer_inputs, expected_layer_stats
-from .clamp import ChannelClamp
+from .clamp import ChannelClamp, restore_channel_clamps
 from .equalize import RELU6_POLICIES, cross_layer_equalize, equalization_scales
 from .graph import EqualizationPair, find_equalization_pairs
 
 __all__ = ["dfq", "relu6_replaced", "replace_relu6", "cross_layer_equalize", "absorb_high_bias", "absorbable_shift", "bias_correct",
            "clipped_normal_moments", "expected_layer_inputs", "expected_layer_stats", "bn_activation_ranges",
            "set_bn_activation_ranges", "equalization_scales", "find_equalization_pairs",
-           "EqualizationPair", "ChannelClamp", "RELU6_POLICIES", "NUM_SIGMAS"]
+           "EqualizationPair", "ChannelClamp", "restore_channel_clamps", "RELU6_POLICIES", "NUM_SIGMAS"]
 
 
 def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num_sigmas: float = NUM_SIGMAS,
