@@ -32,7 +32,7 @@ __all__ = ["dfq", "relu6_replaced", "replace_relu6", "cross_layer_equalize", "ab
 
 
 def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num_sigmas: float = NUM_SIGMAS,
-        max_sweeps: int = 50, inplace: bool = False, return_pairs: bool = False):
+        max_sweeps: int = 50, inplace: bool = False, return_pairs: bool = False, per_channel_weights: bool = False):
     """Cross-layer equalisation, then high-bias absorption: a float model ready for quantization.
 
     Args:
@@ -46,6 +46,9 @@ def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num
         max_sweeps: equalisation passes at most.
         inplace: modify ``model`` instead of a deep copy.
         return_pairs: also return the :class:`EqualizationPair` list that was equalised.
+        per_channel_weights: weights will be quantized per output channel: leave the pairs whose
+            grids equalisation cannot change (depthwise second layers; see
+            :func:`.equalize.grids_invariant`). False: every pair (the paper's per-tensor setting).
     Returns:
         The transformed model in ``model``'s train/eval mode (with ``return_pairs``: ``(model,
         pairs)``). Equalisation alone is exact up to
@@ -57,7 +60,8 @@ def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    model, pairs = cross_layer_equalize(model, relu6=relu6, max_sweeps=max_sweeps, inplace=True)
+    model, pairs = cross_layer_equalize(model, relu6=relu6, max_sweeps=max_sweeps, inplace=True,
+                                        per_channel_weights=per_channel_weights)
     if absorb_bias:
         absorb_high_bias(model, pairs, num_sigmas)
     return (model, pairs) if return_pairs else model
