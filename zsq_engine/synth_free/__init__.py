@@ -39,7 +39,7 @@ def dfq(model: nn.Module, *, relu6: str = "clamp", absorb_bias: bool = True, num
         model: float model with its BatchNorm layers (eval-mode semantics); must be traceable
             by ``torch.fx``.
         relu6: ReLU6 policy of :func:`cross_layer_equalize`: 'clamp' (exact, per-channel clamp
-            modules the integer runtime cannot lower), 'relu' (the paper), 'auto' (ReLU where BN
+            modules, lowered by the integer runtime as per-channel code clips), 'relu' (the paper), 'auto' (ReLU where BN
             says the clip is inactive, else skip: runtime-lowerable) or 'skip'.
         absorb_bias: also absorb high biases (needs BN statistics; see :mod:`.absorb`).
         num_sigmas: ``c = max(0, beta - num_sigmas |gamma|)``.
