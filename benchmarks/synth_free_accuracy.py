@@ -71,9 +71,10 @@ def main() -> None:
     p.add_argument("--sensitivity", default="kl", choices=("kl", "recon"),
                    help="weight sensitivities of --mixed: kl (ZeroQ: nearest rounding) or recon (KL after a "
                         "Genie-M reconstruction of the whole model at each candidate weight width)")
-    p.add_argument("--dfq-pairs", default="useful", choices=("useful", "all"),
-                   help="DFQ pairs: useful (skip pairs whose per-channel weight grids equalisation cannot change, "
-                        "default) or all (the paper's per-tensor setting)")
+    p.add_argument("--dfq-pairs", default="all", choices=("all", "useful"),
+                   help="DFQ pairs: all (default) or useful (skip pairs whose per-channel weight grids equalisation "
+                        "cannot change; measured worse on EfficientNet-Lite0 W8A8, docs/accuracy.md)")
+    p.add_argument("--no-absorb", action="store_true", help="DFQ without high-bias absorption")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None)
     args = p.parse_args()
@@ -85,7 +86,7 @@ def main() -> None:
     images = load_output(args.synth)["images"][: args.num].float()
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     t0 = time.perf_counter()
-    base = dfq(model, per_channel_weights=args.dfq_pairs == "useful") if args.method.startswith("dfq") else model
+    base = dfq(model, per_channel_weights=args.dfq_pairs == "useful", absorb_bias=not args.no_absorb) if args.method.startswith("dfq") else model
     plan = None
     info = {}
     if args.mixed:
@@ -131,6 +132,7 @@ def main() -> None:
             test = [b for b in test][: -(-args.eval_limit // 256)]
     acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
     row = {"model": args.model, "method": args.method, "bits": args.bits, "mixed": args.mixed,
+           "dfq_absorb": not args.no_absorb if args.method.startswith("dfq") else None,
            "sensitivity": args.sensitivity if args.mixed else None, "accuracy": round(acc, 2),
            "seconds": round(seconds, 1), **info}
     print(json.dumps(row, default=str))

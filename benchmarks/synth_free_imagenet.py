@@ -32,9 +32,10 @@ def main() -> None:
     p.add_argument("--method", required=True, help=f"one or more of {METHODS}, comma-separated")
     p.add_argument("--bits", default="W8A8", help="one or more of W8A8, W4A8, ..., comma-separated")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--dfq-pairs", default="useful", choices=("useful", "all"),
-                   help="DFQ pairs: useful (skip pairs whose per-channel weight grids equalisation cannot change, "
-                        "default) or all (the paper's per-tensor setting)")
+    p.add_argument("--dfq-pairs", default="all", choices=("all", "useful"),
+                   help="DFQ pairs: all (default) or useful (skip pairs whose per-channel weight grids equalisation "
+                        "cannot change; measured worse on EfficientNet-Lite0 W8A8, docs/accuracy.md)")
+    p.add_argument("--no-absorb", action="store_true", help="DFQ without high-bias absorption")
     p.add_argument("--num-std", type=float, default=6.0)
     args = p.parse_args()
     methods = args.method.split(",")
@@ -47,15 +48,16 @@ def main() -> None:
     test = [(x, y) for x, y in imagefolder_batches(args.val_dir, "efficientnet_lite0", 50, args.limit)]
     for method in methods:
         for wbits, abits in ([(32, 32)] if method == "fp" else bits):
-            row(model, test, method, wbits, abits, args.num_std, args.dfq_pairs == "useful")
+            row(model, test, method, wbits, abits, args.num_std, args.dfq_pairs == "useful", not args.no_absorb)
 
 
-def row(model, test, method: str, wbits: int, abits: int, num_std: float, useful_pairs: bool) -> None:
+def row(model, test, method: str, wbits: int, abits: int, num_std: float, useful_pairs: bool,
+        absorb: bool = True) -> None:
     t0 = time.perf_counter()
     if method == "fp":
         q = model
     else:
-        base = dfq(model, per_channel_weights=useful_pairs) if method.startswith("dfq") else model
+        base = dfq(model, per_channel_weights=useful_pairs, absorb_bias=absorb) if method.startswith("dfq") else model
         q = quantize_model(base, wbits, abits, weight_method="mse").eval()
         if method.endswith("squant"):
             apply_squant(q)
@@ -71,6 +73,7 @@ def row(model, test, method: str, wbits: int, abits: int, num_std: float, useful
     print(json.dumps({"model": "efficientnet_lite0", "method": method,
                       "bits": "FP32" if method == "fp" else f"W{wbits}A{abits}",
                       "dfq_pairs": ("useful" if useful_pairs else "all") if method.startswith("dfq") else None,
+                      "dfq_absorb": absorb if method.startswith("dfq") else None,
                       "accuracy": round(acc, 2), "prepare_seconds": round(seconds, 1)}), flush=True)
 
 
