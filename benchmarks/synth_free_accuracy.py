@@ -30,13 +30,30 @@ from zsq_engine.commands.eval_data import folder_dataset
 from zsq_engine.evaluation import evaluate_accuracy
 from zsq_engine.models import get_model, get_model_info
 from zsq_engine.quant import calibrate_activations, quantize_model
-from zsq_engine.quant.bit_allocation import apply_bit_plan, average_bits, layer_costs, layer_sensitivity, plan_bits
+from zsq_engine.quant.bit_allocation import (apply_bit_plan, average_bits, layer_costs, layer_sensitivity, plan_bits,
+                                              weight_kl)
 from zsq_engine.quant.squant import apply_squant
 from zsq_engine.recon import reconstruct_model
 from zsq_engine.synth.io import load_output
 from zsq_engine.synth_free import bias_correct, dfq
 
 METHODS = ("naive", "dfq", "squant", "dfq-squant", "genie", "dfq-genie")
+
+
+def recon_weight_sensitivity(base, images, sens, args):
+    """Replace the weight entries of ``sens`` by the KL of each layer's RECONSTRUCTED weights:
+    for every candidate width b, Genie-M reconstructs the whole model at Wb A8 (every layer at b,
+    first and last included) and each layer's learnt rounding is switched on alone. Ranks layers
+    by what reconstruction leaves of their error, not by what nearest rounding does."""
+    widths = sorted({b for v in sens.values() for k, b in v if k == "w"})
+    out = {n: dict(v) for n, v in sens.items()}
+    for b in widths:
+        q = reconstruct_model(base, images, b, 8, method="genie", preset="fast", iters=args.iters, seed=args.seed,
+                              show_progress=False, first_last_bits=None).model
+        for name, kl in weight_kl(q, base, images).items():
+            if name in out:
+                out[name][("w", b)] = kl
+    return out
 
 
 def main() -> None:
@@ -51,6 +68,13 @@ def main() -> None:
     p.add_argument("--num", type=int, default=256, help="synthetic images used (default 256)")
     p.add_argument("--mixed", action="store_true", help="per-layer bits at the average bits of --bits")
     p.add_argument("--budget-mode", default="size", choices=("size", "bops"))
+    p.add_argument("--sensitivity", default="kl", choices=("kl", "recon"),
+                   help="weight sensitivities of --mixed: kl (ZeroQ: nearest rounding) or recon (KL after a "
+                        "Genie-M reconstruction of the whole model at each candidate weight width)")
+    p.add_argument("--dfq-pairs", default="all", choices=("all", "useful"),
+                   help="DFQ pairs: all (default) or useful (skip pairs whose per-channel weight grids equalisation "
+                        "cannot change; measured worse on EfficientNet-Lite0 W8A8, docs/accuracy.md)")
+    p.add_argument("--no-absorb", action="store_true", help="DFQ without high-bias absorption")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None)
     args = p.parse_args()
@@ -62,7 +86,7 @@ def main() -> None:
     images = load_output(args.synth)["images"][: args.num].float()
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     t0 = time.perf_counter()
-    base = dfq(model) if args.method.startswith("dfq") else model
+    base = dfq(model, per_channel_weights=args.dfq_pairs == "useful", absorb_bias=not args.no_absorb) if args.method.startswith("dfq") else model
     plan = None
     info = {}
     if args.mixed:
@@ -71,6 +95,8 @@ def main() -> None:
         target = average_bits(ref, costs)
         budget = target["weight"] if args.budget_mode == "size" else target["bops_bits"]
         sens = layer_sensitivity(base, images, weight_method="mse", act_method="mse")
+        if args.sensitivity == "recon":
+            sens = recon_weight_sensitivity(base, images, sens, args)
         plan = plan_bits(sens, costs, budget, mode=args.budget_mode)
         # the activation budget of 'size' mode is the uniform model's activation average
         if args.budget_mode == "size":
@@ -105,7 +131,9 @@ def main() -> None:
         if args.eval_limit:
             test = [b for b in test][: -(-args.eval_limit // 256)]
     acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
-    row = {"model": args.model, "method": args.method, "bits": args.bits, "mixed": args.mixed, "accuracy": round(acc, 2),
+    row = {"model": args.model, "method": args.method, "bits": args.bits, "mixed": args.mixed,
+           "dfq_absorb": not args.no_absorb if args.method.startswith("dfq") else None,
+           "sensitivity": args.sensitivity if args.mixed else None, "accuracy": round(acc, 2),
            "seconds": round(seconds, 1), **info}
     print(json.dumps(row, default=str))
 

@@ -46,7 +46,7 @@ def maybe_equalize(args: argparse.Namespace, model: nn.Module) -> Tuple[nn.Modul
     left = len(candidates) - len(pairs)
     print(f"--equalize: {len(pairs)} of {len(candidates)} conv pairs equalised"
           + (f"; {left} through a ReLU6 whose clip the BN statistics say is active were left as they are "
-             "(equalising them exactly needs per-channel clips, which the integer runtime cannot run)"
+             "(the exact per-channel-clip policy is synth_free.dfq(relu6='clamp'), not wired to this flag)"
              if left else ""), flush=True)
     return equalized, {"equalize": "dfq", "relu6_as_relu": relu6_replaced(model, equalized),
                        "equalized_pairs": len(pairs)}

@@ -28,7 +28,7 @@ from .model import calibrate_activations, quant_layers, quantize_model, set_quan
 from .modules import QuantLayer
 from .quantizer import QuantSpec, UniformQuantizer, check_bits
 
-__all__ = ["LayerCost", "layer_costs", "layer_sensitivity", "allocate", "plan_bits", "apply_bit_plan",
+__all__ = ["LayerCost", "layer_costs", "layer_sensitivity", "weight_kl", "allocate", "plan_bits", "apply_bit_plan",
            "average_bits", "plan_for_budget", "format_plan", "BUDGET_MODES", "FLOAT_INPUT_BITS"]
 
 BUDGET_MODES = ("size", "bops")
@@ -136,6 +136,28 @@ def layer_sensitivity(model: nn.Module, images: torch.Tensor, *, weight_bits: Se
         calibrate_activations(qmodel, batches, progress=False)
         measure(qmodel, "a", b)
     return result
+
+
+@torch.no_grad()
+def weight_kl(qmodel: nn.Module, model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> Dict[str, float]:
+    """``{layer: KL}`` of ``qmodel`` with only that layer's weight quantizer on (whatever its
+    weights are: nearest rounding, SQuant or a reconstruction's learnt rounding), against the
+    float ``model`` on ``images``. ``qmodel``'s quantizer states are left all off."""
+    batches = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    was = model.training
+    model.eval()
+    ref = [model(x) for x in batches]
+    model.train(was)
+    qmodel.eval()
+    out = {}
+    for name, layer in quant_layers(qmodel):
+        if layer.weight_quantizer is None:
+            continue
+        set_quant_state(qmodel, weight=False, act=False)
+        layer.weight_quantizer.enabled = True
+        out[name] = sum(_kl(r, qmodel(x)) * x.shape[0] for r, x in zip(ref, batches)) / images.shape[0]
+    set_quant_state(qmodel, weight=False, act=False)
+    return out
 
 
 class Option(NamedTuple):

@@ -52,6 +52,9 @@ def load_quantized(path, device="cpu"):
             from ..synth_free import replace_relu6
             replace_relu6(model, meta["relu6_as_relu"])
         state = obj["state_dict"]
+        if any(k.endswith(".upper") for k in state):  # DFQ's exact ReLU6 policy: per-channel clips
+            from ..synth_free import restore_channel_clamps
+            restore_channel_clamps(model, state)
         # the first-layer policy: the first layer's input is quantized (8-bit input) exactly when
         # the file holds an input quantizer for it (meta "quantize_first_input" also says so)
         first_input = bool(meta.get("quantize_first_input")) or f"{_first_layer(model)}.act_quantizer.scale" in state

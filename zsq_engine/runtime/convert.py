@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..quant.modules import QuantLayer
+from .channel_clamp import clamp_step
 from .graph import Node, UnsupportedLayerError, trace_model
 from .model import IntModel
 from .modules import IntConv2d, IntLinear
@@ -35,7 +36,7 @@ __all__ = ["convert"]
 
 FLOAT = "F"
 Rep = Union[str, ActQParams]
-_TRANSPARENT = ("maxpool", "pad", "flatten")
+_TRANSPARENT = ("maxpool", "pad", "flatten", "chclamp")  # chclamp: runtime/channel_clamp.py
 
 
 def _groups(nodes: List[Node], by_name: Dict[str, Node]) -> Dict[str, dict]:
@@ -208,6 +209,9 @@ def _lower(nodes: List[Node]) -> IntModel:
             quantize_steps(u.name, want)
         elif u.kind in _TRANSPARENT:
             for rep in want:
+                if u.kind == "chclamp":
+                    program.append(clamp_step(slot(u.inputs[0], rep), slot(u.name, rep), u.attrs["upper"], rep))
+                    continue
                 step = {"op": u.kind, "in": slot(u.inputs[0], rep), "out": slot(u.name, rep), **u.attrs}
                 if u.kind == "pad":
                     step["value"] = 0 if rep == FLOAT else rep.zero_point  # Q(0) = zero point

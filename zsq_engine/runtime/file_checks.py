@@ -15,11 +15,14 @@ from typing import Dict
 
 import torch
 
+from .channel_clamp import check_clamp_step
+
 __all__ = ["check_payload"]
 
 LAYER_TYPES = ("IntConv2d", "IntLinear")
 ACTIVATIONS = ("none", "relu", "relu6")
-PROGRAM_OPS = ("quantize", "conv", "linear", "maxpool", "pad", "flatten", "avgpool", "add", "relu", "relu6")
+PROGRAM_OPS = ("quantize", "conv", "linear", "maxpool", "pad", "flatten", "avgpool", "add", "relu", "relu6",
+               "chclamp")
 
 
 def _int(where: str, v, minimum: int = 1, maximum: int = 2 ** 31 - 1) -> int:
@@ -145,6 +148,8 @@ def _check_program(program, layers: set, input_slot: str) -> None:
             raise ValueError(f"{where} ({s['op']}) names layer {s.get('layer')!r}, which the file does not hold")
         if s["op"] == "quantize":
             check_grid(f"{where} grid", s.get("q"))
+        if s["op"] == "chclamp":
+            check_clamp_step(where, s)
         defined.update(_slots(f"{where} out", s.get("out"), many=False))
 
 

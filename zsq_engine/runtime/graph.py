@@ -14,12 +14,13 @@ from torch import fx, nn
 
 from ..models.roles import is_same_padding
 from ..quant.modules import QuantConv2d, QuantLayer, QuantLinear
+from .channel_clamp import is_channel_clamp
 
 __all__ = ["UnsupportedLayerError", "Node", "trace_model", "SUPPORTED"]
 
 SUPPORTED = ("QuantConv2d, QuantLinear, BatchNorm2d after a quantized conv, ReLU, ReLU6, Hardtanh(0, 6), add, "
              "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ZeroPad2d / SamePad2d / F.pad(constant 0), Flatten, "
-             "Identity, Dropout")
+             "Identity, Dropout, ChannelClamp (DFQ)")
 
 
 class UnsupportedLayerError(ValueError):
@@ -98,6 +99,8 @@ def _module_node(m: nn.Module, target: str) -> tuple:
         return "pad", {"pads": list(m.padding)}
     if is_same_padding(m):
         return "pad", {"same": [int(m.kernel_size), int(m.stride)]}
+    if is_channel_clamp(m):
+        return "relu_chclamp", {"upper": m.upper.detach()}
     raise _unsupported(what)
 
 
@@ -214,6 +217,10 @@ def trace_model(model: nn.Module) -> List[Node]:
         ins = inputs_of(n, 2 if kind == "add" else 1)
         if kind == "identity":
             alias[n.name] = ins[0]
+            continue
+        if kind == "relu_chclamp":  # a ReLU (fused into the producer) + per-channel clip (channel_clamp.py)
+            nodes.append(Node(n.name + "_relu", "relu", ins))
+            nodes.append(Node(n.name, "chclamp", [n.name + "_relu"], target=str(n.target), module=m, attrs=attrs))
             continue
         if kind == "avgpool_flat":  # x.mean((2, 3)) == flatten(global average pool)
             nodes.append(Node(n.name + "_pool", "avgpool", ins, attrs={"global": True}))

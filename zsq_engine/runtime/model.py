@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .channel_clamp import compile_clamp_step
 from .plan import Plan, plan_key, plan_usable
 from .qparams import ActQParams
 from .quantize import quantize
@@ -184,6 +185,8 @@ class IntModel(nn.Module):
             return lambda env: torch.relu(env[s["in"][0]])
         if op == "relu6":
             return lambda env: env[s["in"][0]].clamp(0.0, 6.0)
+        if op == "chclamp":
+            return compile_clamp_step(s)
         raise ValueError(f"unknown program op {op!r}")
 
     def _last_uses(self) -> List[List[str]]:

@@ -8,8 +8,11 @@ ranges follow, which is what equalisation's large scales tend to spoil.
 
 The identity is exact only for values that stay above ``c`` and, for a spatial ``conv2`` with
 zero padding, only away from the border (padding inserts 0 where the shifted model would need
-``-c``); the paper accepts both, and so does this module. A :class:`ChannelClamp` keeps its
-upper bounds consistent (``upper -= c``, ``c <= upper``).
+``-c``). The paper accepts both; this module by default skips pairs whose second layer sees
+zero padding (``padded=True`` restores the paper's choice): on EfficientNet-Lite0's 7x7 and
+14x14 maps with 5x5 depthwise kernels most outputs touch the border, and absorbing there cost
+the FLOAT model 0.6 points of top-1 (measured: docs/synth_free.md). A :class:`ChannelClamp`
+keeps its upper bounds consistent (``upper -= c``, ``c <= upper``).
 """
 from __future__ import annotations
 
@@ -42,16 +45,24 @@ def weighted_channel_sum(weight: torch.Tensor, groups: int, c: torch.Tensor) -> 
     return torch.einsum("gok,gk->go", view, c.reshape(groups, cpg)).reshape(o)
 
 
+def _sees_zero_padding(model: nn.Module, pair: EqualizationPair) -> bool:
+    second = model.get_submodule(pair.second)
+    pad = getattr(second, "padding", "valid") if isinstance(second, nn.Conv2d) else "valid"
+    own = pad != "valid" and (isinstance(pad, str) or any(int(v) > 0 for v in pad))
+    return pair.zero_pad or own
+
+
 @torch.no_grad()
 def absorb_high_bias(model: nn.Module, pairs: List[EqualizationPair],
-                     num_sigmas: float = NUM_SIGMAS) -> Dict[str, torch.Tensor]:
+                     num_sigmas: float = NUM_SIGMAS, padded: bool = False) -> Dict[str, torch.Tensor]:
     """Absorb ``c`` of every pair with a BN into the next layer's bias. Returns ``{first name: c}``.
 
-    Pairs without BN (no statistics) are skipped. A second layer without bias gets one.
+    Pairs without BN (no statistics) are skipped, and unless ``padded``, pairs whose second
+    layer sees zero padding (its own or a padding module's). A second layer without bias gets one.
     """
     absorbed = {}
     for p in pairs:
-        if p.bn is None:
+        if p.bn is None or (not padded and _sees_zero_padding(model, p)):
             continue
         bn = model.get_submodule(p.bn)
         c = absorbable_shift(bn.bias.detach().double(), bn.weight.detach().double(), num_sigmas)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ChannelClamp"]
+__all__ = ["ChannelClamp", "restore_channel_clamps"]
 
 
 class ChannelClamp(nn.Module):
@@ -29,3 +29,24 @@ class ChannelClamp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.upper.numel()}"
+
+
+def restore_channel_clamps(model: nn.Module, state: dict) -> list:
+    """Turn each ``nn.ReLU6`` of ``model`` whose name has an ``upper`` buffer in ``state`` into a
+    :class:`ChannelClamp` of that size, in place, so ``model.load_state_dict(state)`` restores a
+    model saved after ``dfq(..., relu6='clamp')``. Returns the names replaced."""
+    from ..quant.graph import replace_module
+
+    names = []
+    for key, value in state.items():
+        name, _, leaf = key.rpartition(".")
+        if leaf != "upper" or not name or not isinstance(value, torch.Tensor) or value.dim() != 1:
+            continue
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if type(m) is nn.ReLU6:
+            replace_module(model, name, ChannelClamp(torch.full_like(value, 6.0, dtype=torch.float32)))
+            names.append(name)
+    return names

@@ -13,7 +13,7 @@ from ..quant.graph import replace_module
 from .clamp import ChannelClamp
 from .graph import EqualizationPair, find_equalization_pairs
 
-__all__ = ["RELU6_POLICIES", "cross_layer_equalize", "equalization_scales", "first_ranges", "second_ranges"]
+__all__ = ["RELU6_POLICIES", "cross_layer_equalize", "grids_invariant", "equalization_scales", "first_ranges", "second_ranges"]
 
 RELU6_POLICIES = ("clamp", "relu", "auto", "skip")
 
@@ -103,9 +103,19 @@ def _prepare_relu6(model: nn.Module, pairs: List[EqualizationPair], policy: str)
     return kept
 
 
+def grids_invariant(model: nn.Module, pair: EqualizationPair) -> bool:
+    """True when per-output-channel weight grids of BOTH layers are unchanged by the pair's scales:
+    the first layer's always are (each output channel is scaled as a whole), the second layer's
+    when each of its output channels reads one input channel (depthwise, ``groups == in_channels``).
+    Equalising such a pair only moves range into the per-tensor activation grid between them."""
+    second = model.get_submodule(pair.second)
+    return isinstance(second, nn.Conv2d) and second.groups == second.in_channels
+
+
 @torch.no_grad()
 def cross_layer_equalize(model: nn.Module, *, relu6: str = "clamp", max_sweeps: int = 50, tol: float = 1e-6,
-                         inplace: bool = False) -> Tuple[nn.Module, List[EqualizationPair]]:
+                         inplace: bool = False, per_channel_weights: bool = False
+                         ) -> Tuple[nn.Module, List[EqualizationPair]]:
     """Equalise every conv/depthwise/linear pair of ``model`` (see the module docstring).
 
     Args:
@@ -114,6 +124,9 @@ def cross_layer_equalize(model: nn.Module, *, relu6: str = "clamp", max_sweeps: 
         max_sweeps: at most this many passes over all pairs.
         tol: stop when every scale of a pass is within ``tol`` of 1.
         inplace: modify ``model`` instead of a deep copy.
+        per_channel_weights: the weights will be quantized per output channel (the engine's
+            default): skip the pairs where that makes equalisation useless (:func:`grids_invariant`,
+            e.g. expand conv -> depthwise). False: the paper's per-tensor setting, every pair.
     Returns:
         ``(model, pairs)``: the equalised model and the pairs that were equalised.
     Raises:
@@ -128,6 +141,8 @@ def cross_layer_equalize(model: nn.Module, *, relu6: str = "clamp", max_sweeps: 
     pairs = find_equalization_pairs(model)
     if pairs is None:
         raise ValueError("cross-layer equalisation needs a model torch.fx can trace (its pairs are read from the graph)")
+    if per_channel_weights:
+        pairs = [p for p in pairs if not grids_invariant(model, p)]
     pairs = _prepare_relu6(model, pairs, relu6)
     for _ in range(max_sweeps):
         worst = 0.0

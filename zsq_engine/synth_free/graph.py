@@ -97,7 +97,8 @@ class EqualizationPair:
 
     Names are qualified module names; ``act`` is a module name or None for a functional
     activation; ``act_kind`` is 'relu', 'relu6' or 'clamp'; ``through_pool`` is True when a
-    global average pool (and flatten) sits between the two layers.
+    global average pool (and flatten) sits between the two layers; ``zero_pad`` is True when a
+    zero-padding module sits between them (the second layer then sees inserted zeros).
     """
 
     first: str
@@ -106,6 +107,7 @@ class EqualizationPair:
     act_kind: str
     second: str
     through_pool: bool = False
+    zero_pad: bool = False
 
 
 def _skip_pass(node: fx.Node, modules) -> Optional[fx.Node]:
@@ -149,7 +151,7 @@ def find_equalization_pairs(model: nn.Module) -> Optional[List[EqualizationPair]
         if kind == "relu6" and act is None:
             continue  # a functional relu6 cannot be swapped for a per-channel clamp
         cur = next(iter(cur.users))
-        pooled = False
+        pooled = padded = False
         ok = True
         while True:
             k = node_kind(cur, modules)
@@ -157,6 +159,8 @@ def find_equalization_pairs(model: nn.Module) -> Optional[List[EqualizationPair]
                 break
             if k == "pass" or (k == "avgpool" and not pooled) or (k == "flatten" and pooled):
                 pooled = pooled or k == "avgpool"
+                m = modules.get(cur.target) if cur.op == "call_module" else None
+                padded = padded or (m is not None and (isinstance(m, nn.ZeroPad2d) or _is_zero_pad(m)))
                 if len(cur.users) != 1:
                     ok = False
                     break
@@ -173,5 +177,5 @@ def find_equalization_pairs(model: nn.Module) -> Optional[List[EqualizationPair]
             continue
         if k == "linear" and (not pooled or second.in_features != first.out_channels):
             continue
-        pairs.append(EqualizationPair(node.target, bn, act, kind, cur.target, pooled))
+        pairs.append(EqualizationPair(node.target, bn, act, kind, cur.target, pooled, padded))
     return pairs
