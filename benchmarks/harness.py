@@ -115,7 +115,24 @@ def environment(device: torch.device) -> Dict[str, object]:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
+    if device.type == "cpu":
+        env["cpu_simd"] = cpu_simd_flags()
     return env
+
+
+def cpu_simd_flags() -> List[str]:
+    """The SIMD extensions the CPU exposes that int8 kernels use (the same model name can be an
+    AVX-512 VNNI host one day and an AVX2-only virtual machine the next)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
 
 
 def write_rows(name: str, rows: List[Dict[str, object]], out_dir: Optional[Path] = None) -> Path:
