@@ -86,8 +86,8 @@ def _extension_modules() -> tuple[list, dict]:
         )
         return [], {}
 
-    cpu_sources = (["csrc/binding.cpp"] + _relative_sources("csrc/bind/*.cpp")
-                   + _relative_sources("csrc/cpu/*.cpp"))
+    # csrc/bind/*.cpp are #included by binding.cpp (one translation unit: torch's headers parsed once)
+    cpu_sources = ["csrc/binding.cpp"] + _relative_sources("csrc/cpu/*.cpp")
     cuda_sources = _relative_sources("csrc/cuda/*.cu")
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)
     if torch.version.cuda and cpp_extension.CUDA_HOME is None:
@@ -104,6 +104,8 @@ def _extension_modules() -> tuple[list, dict]:
             name=EXT_NAME,
             include_dirs=include_dirs,
             extra_link_args=["-fopenmp"],
+            # binding.cpp #includes these: a changed binding source rebuilds it
+            depends=_relative_sources("csrc/bind/*"),
         )
         if cuda:
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
