@@ -86,9 +86,9 @@ def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, int4_weight
         warnings.warn(
             f"{len(names)} layer(s) keep per-channel weight zero points (8-bit asymmetric codes that span "
             f"more than int8 after folding; first: {names[0]!r}). The graph is exact, but ONNX Runtime's "
-            "fused QLinearConv (graph optimisation level 'extended' and above) does not compute such "
-            "layers as the graph says (docs/export.md); quantize with symmetric_weights=True for a "
-            "model that engines fuse correctly.", stacklevel=2)
+            "fused QLinearConv (graph optimisation level 'extended' and above) can compute such layers "
+            "differently (measured on EfficientNet-Lite0: docs/export.md); quantize with "
+            "symmetric_weights=True for a model that engines fuse correctly.", stacklevel=2)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
