@@ -128,11 +128,22 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const int64_t items = base_items * n_split;
   const int nt = static_cast<int>(std::min<int64_t>(threads, items));
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const bool wide = isa == IntIsa::kAvx2 && !avx2_kernel_v1();
+#else
+  const bool wide = false;
+#endif
+
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     std::vector<uint8_t> tile(static_cast<size_t>(mb * ldt));  // zeroed: the K padding stays 0
     std::vector<int32_t> rowsum(static_cast<size_t>(mb));
     alignas(64) int32_t acc[kMaxRows * kTileLd];
+    // the AVX2 path: the widened tile, one widened panel, and the accumulators of all rows x
+    // one chunk (it walks panel by panel so that each widened panel serves every row block)
+    std::vector<uint16_t> tile16(wide ? static_cast<size_t>(mb * ldt) : 0);
+    std::vector<int16_t> panel16(wide ? static_cast<size_t>(2 * panel_stride) : 0);
+    std::vector<int32_t> acc_rows(wide ? static_cast<size_t>(mb * kTileLd) : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t ns = item % n_split;
@@ -143,6 +154,24 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
       rows.gather(g, m0, nrows, tile.data(), ldt, need_rowsum ? rowsum.data() : nullptr);
       const int64_t c_begin = ns * chunks / n_split, c_end = (ns + 1) * chunks / n_split;
       const int8_t* wg = panels + g * group_stride;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+      if (wide) {
+        widen_tile_u16(tile.data(), nrows * ldt, tile16.data());
+        for (int64_t ch = c_begin; ch < c_end; ++ch) {
+          const int64_t p0 = ch * kMaxPanels;
+          const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));
+          const int64_t col0 = p0 * kPanelCols;
+          const int64_t cols = std::min<int64_t>(np * kPanelCols, n_g - col0);
+          for (int p = 0; p < np; ++p) {
+            widen_panel_i16(wg + (p0 + p) * panel_stride, kg, panel16.data());
+            madd_rows_avx2(tile16.data(), ldt, nrows, panel16.data(), 2 * kg,
+                           acc_rows.data() + p * kPanelCols, kTileLd);
+          }
+          epilogue_tile(acc_rows.data(), kTileLd, nrows, cols, m0, g * n_g + col0, rowsum.data(), te);
+        }
+        continue;
+      }
+#endif
       for (int64_t ch = c_begin; ch < c_end; ++ch) {
         const int64_t p0 = ch * kMaxPanels;
         const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));
