@@ -115,8 +115,17 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const bool need_rowsum = te.ep->weight_zero_point != nullptr;
   const int threads = resolve_threads(num_threads);
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const bool wide = isa == IntIsa::kAvx2 && !avx2_kernel_v1();
+#else
+  const bool wide = false;
+#endif
   // Row tiles: at most ~128 KB of gathered activations, balanced, a multiple of kMaxRows.
-  constexpr int64_t kTileBytes = 128 * 1024, kMaxTileRows = 96;
+  // The AVX2 path takes twice the bytes: with few rows (the 7x7 maps of late layers) the widened
+  // panels then serve more row blocks and the weights are read fewer times (measured in
+  // docs/kernels_int.md).
+  const int64_t kTileBytes = wide ? 256 * 1024 : 128 * 1024;
+  constexpr int64_t kMaxTileRows = 96;
   int64_t mb = std::max<int64_t>(kMaxRows, std::min(kMaxTileRows, kTileBytes / ldt) / kMaxRows * kMaxRows);
   const int64_t m_tiles = (m + mb - 1) / mb;
   mb = std::min(mb, ((m + m_tiles - 1) / m_tiles + kMaxRows - 1) / kMaxRows * kMaxRows);
@@ -127,12 +136,6 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const int64_t n_split = base_items >= want ? 1 : std::min(chunks, (want + base_items - 1) / base_items);
   const int64_t items = base_items * n_split;
   const int nt = static_cast<int>(std::min<int64_t>(threads, items));
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  const bool wide = isa == IntIsa::kAvx2 && !avx2_kernel_v1();
-#else
-  const bool wide = false;
-#endif
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -155,7 +158,9 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
       const int64_t c_begin = ns * chunks / n_split, c_end = (ns + 1) * chunks / n_split;
       const int8_t* wg = panels + g * group_stride;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-      if (wide) {
+      // under one register block of rows (batch-1 GEMMs) the in-loop widening of
+      // tile_kernel_avx2 costs less than widening each panel into a buffer first (measured)
+      if (wide && nrows >= kAvx2Rows) {
         widen_tile_u16(tile.data(), nrows * ldt, tile16.data());
         for (int64_t ch = c_begin; ch < c_end; ++ch) {
           const int64_t p0 = ch * kMaxPanels;
