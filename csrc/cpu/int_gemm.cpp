@@ -9,7 +9,10 @@
 // finishes the 6 x 64 tile at once. K is not blocked: no partial sums ever leave registers,
 // and the slabs of the layers this serves (K <= 4608 for ResNet convs, 4096 for the GEMMs)
 // fit L2. Few rows (batch-1 GEMMs, the 7x7 maps of late conv layers) split N instead, so both
-// cores stream different weight slabs.
+// cores stream different weight slabs. The AVX2 path (no VNNI) walks a chunk panel by panel
+// instead: it widens the tile to u16 once per item and each 16-channel panel to int16 once,
+// runs every 6-row block against it, and applies the epilogue to all rows of the chunk at the
+// end (int_gemm_avx2.cpp says why).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -115,11 +118,7 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const bool need_rowsum = te.ep->weight_zero_point != nullptr;
   const int threads = resolve_threads(num_threads);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  const bool wide = isa == IntIsa::kAvx2 && !avx2_kernel_v1();
-#else
-  const bool wide = false;
-#endif
+  const bool wide = isa == IntIsa::kAvx2;  // the widened-operand AVX2 path (int_gemm_kernels.h)
   // Row tiles: at most ~128 KB of gathered activations, balanced, a multiple of kMaxRows.
   // The AVX2 path takes twice the bytes: with few rows (the 7x7 maps of late layers) the widened
   // panels then serve more row blocks and the weights are read fewer times (measured in

@@ -5,45 +5,28 @@
 // into int16) would do twice the products per instruction, but its pair sum saturates
 // (2 * 255 * 127 > 32767), so it is not used.
 //
-// v2 (the default; see docs/kernels_int.md for the measured reasons):
-// * both operands are widened once, outside the hot loop: the driver widens the gathered u8
-//   activation tile to u16 (widen_tile_u16) and each 16-channel weight panel to int16 in
-//   k-pair order (widen_panel_i16: [K/2][16 channels][2 k]); a widened panel is reused by
-//   every row block of the work item;
-// * a call keeps up to 6 rows x 16 channels in 12 ymm accumulators (each int32 lane one full
-//   channel sum, nothing left to fold at the end), plus the 2 weight registers of the k-pair
-//   and one broadcast: 15 of the 16 ymm registers, no spills;
-// * each (row, k-pair) operand is one 32-bit broadcast load from the u16 tile (a load, not a
-//   shuffle), so the loop body is 2 weight loads, 6 broadcasts, 12 vpmaddwd, 12 vpaddd.
-//
-// v1 (ZSQ_AVX2_KERNEL=v1, kept for the interleaved comparison): the int8 panels and
-// u8 tile as the VNNI kernel uses them, 3 rows x 16 channels, each weight slice sign-extended
-// and each row's 4 activation bytes zero-extended and broadcast inside the k loop.
+// The driver runs it in two ways (measured in docs/kernels_int.md):
+// * 6 rows or more: both operands are widened once, outside the hot loop. The driver widens the
+//   gathered u8 activation tile to u16 (widen_tile_u16) and each 16-channel weight panel to
+//   int16 in k-pair order (widen_panel_i16: [K/2][16 channels][2 k]); a widened panel is reused
+//   by every row block of the work item. A call (madd_rows_avx2) keeps up to 6 rows x 16
+//   channels in 12 ymm accumulators (each int32 lane one full channel sum), plus the 2 weight
+//   registers of the k-pair and one broadcast: 15 of the 16 ymm registers, no spills. Each
+//   (row, k-pair) operand is one 32-bit broadcast load from the u16 tile (a load, not a
+//   shuffle), so the loop body is 2 weight loads, 6 broadcasts, 12 vpmaddwd and 12 vpaddd.
+// * fewer rows (batch-1 GEMMs): tile_kernel_avx2 reads the int8 panels and u8 tile as the VNNI
+//   kernel does, 3 rows x 16 channels per call, sign-extending each weight slice and
+//   broadcasting each row's 4 zero-extended activation bytes inside the k loop; with so few
+//   rows that costs less than widening every panel into a buffer first.
 //
 // Compiled for AVX2 through the pragma below, after every system header (see
 // int_gemm_avx512.cpp for why); the driver calls it only on CPUs with AVX2.
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "cpu/int_gemm_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-
-namespace zsq {
-namespace cpu {
-namespace intk {
-
-// Read at every driver call (not once) so that a benchmark can alternate v1 and v2 in one
-// process; a getenv is nothing next to a GEMM call.
-bool avx2_kernel_v1() {
-  const char* s = std::getenv("ZSQ_AVX2_KERNEL");
-  return s != nullptr && std::strcmp(s, "v1") == 0;
-}
-
-}  // namespace intk
-}  // namespace cpu
-}  // namespace zsq
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
@@ -58,7 +41,7 @@ namespace cpu {
 namespace intk {
 namespace {
 
-// ---------------------------------------------------------------------------------- v1
+// ------------------------------------------------------------- few rows: int8 panels
 
 // ROWS rows x one panel (16 channels): 4 * ROWS accumulators + 4 widened weight registers.
 template <int ROWS>
@@ -104,7 +87,7 @@ void avx2_rows(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t
   }
 }
 
-// ---------------------------------------------------------------------------------- v2
+// ---------------------------------------------------------- widened operands (6+ rows)
 
 // ROWS rows (lda u16 apart) x 16 channels of one widened panel, over kpairs k-pairs.
 template <int ROWS>
