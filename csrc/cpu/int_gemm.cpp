@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -143,9 +144,11 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
     alignas(64) int32_t acc[kMaxRows * kTileLd];
     // the AVX2 path: the widened tile, one widened panel, and the accumulators of all rows x
     // one chunk (it walks panel by panel so that each widened panel serves every row block)
-    std::vector<uint16_t> tile16(wide ? static_cast<size_t>(mb * ldt) : 0);
-    std::vector<int16_t> panel16(wide ? static_cast<size_t>(2 * panel_stride) : 0);
-    std::vector<int32_t> acc_rows(wide ? static_cast<size_t>(mb * kTileLd) : 0);
+    // (not zeroed: each is written before it is read, and zeroing up to ~0.7 MB per call costs
+    // as much as a small layer's whole GEMM)
+    const auto tile16 = std::make_unique_for_overwrite<uint16_t[]>(wide ? static_cast<size_t>(mb * ldt) : 0);
+    const auto panel16 = std::make_unique_for_overwrite<int16_t[]>(wide ? static_cast<size_t>(2 * panel_stride) : 0);
+    const auto acc_rows = std::make_unique_for_overwrite<int32_t[]>(wide ? static_cast<size_t>(mb * kTileLd) : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t ns = item % n_split;
@@ -160,18 +163,18 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
       // under one register block of rows (batch-1 GEMMs) the in-loop widening of
       // tile_kernel_avx2 costs less than widening each panel into a buffer first (measured)
       if (wide && nrows >= kAvx2Rows) {
-        widen_tile_u16(tile.data(), nrows * ldt, tile16.data());
+        widen_tile_u16(tile.data(), nrows * ldt, tile16.get());
         for (int64_t ch = c_begin; ch < c_end; ++ch) {
           const int64_t p0 = ch * kMaxPanels;
           const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));
           const int64_t col0 = p0 * kPanelCols;
           const int64_t cols = std::min<int64_t>(np * kPanelCols, n_g - col0);
           for (int p = 0; p < np; ++p) {
-            widen_panel_i16(wg + (p0 + p) * panel_stride, kg, panel16.data());
-            madd_rows_avx2(tile16.data(), ldt, nrows, panel16.data(), 2 * kg,
-                           acc_rows.data() + p * kPanelCols, kTileLd);
+            widen_panel_i16(wg + (p0 + p) * panel_stride, kg, panel16.get());
+            madd_rows_avx2(tile16.get(), ldt, nrows, panel16.get(), 2 * kg,
+                           acc_rows.get() + p * kPanelCols, kTileLd);
           }
-          epilogue_tile(acc_rows.data(), kTileLd, nrows, cols, m0, g * n_g + col0, rowsum.data(), te);
+          epilogue_tile(acc_rows.get(), kTileLd, nrows, cols, m0, g * n_g + col0, rowsum.data(), te);
         }
         continue;
       }
