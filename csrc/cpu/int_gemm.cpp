@@ -143,9 +143,8 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
     std::vector<int32_t> rowsum(static_cast<size_t>(mb));
     alignas(64) int32_t acc[kMaxRows * kTileLd];
     // the AVX2 path: the widened tile, one widened panel, and the accumulators of all rows x
-    // one chunk (it walks panel by panel so that each widened panel serves every row block)
-    // (not zeroed: each is written before it is read, and zeroing up to ~0.7 MB per call costs
-    // as much as a small layer's whole GEMM)
+    // one chunk (it walks panel by panel so that each widened panel serves every row block);
+    // not zeroed: each is written before it is read
     const auto tile16 = std::make_unique_for_overwrite<uint16_t[]>(wide ? static_cast<size_t>(mb * ldt) : 0);
     const auto panel16 = std::make_unique_for_overwrite<int16_t[]>(wide ? static_cast<size_t>(2 * panel_stride) : 0);
     const auto acc_rows = std::make_unique_for_overwrite<int32_t[]>(wide ? static_cast<size_t>(mb * kTileLd) : 0);
