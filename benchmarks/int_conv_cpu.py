@@ -19,7 +19,8 @@ Per layer, what an integer runtime runs:
 All three compute the same integer problem (same int8 weights and inputs, scales chosen so the
 outputs are not saturated); before timing, zsq's output is checked against the float64
 reference op (equal up to a requantisation tie) and torch.ao's and FP32's against zsq's (within
-one output step). Reported per layer and for the layer set (each distinct layer once) and the
+one output step; on a CPU without VNNI torch.ao's largest deviation is recorded as ``ao_max_diff``
+instead, see ``Problem.verify``). Reported per layer and for the layer set (each distinct layer once) and the
 whole network (each layer times its count in ResNet-18): median times, int8 TOPS
 (2 * MACs / time) and its fraction of the CPU's int8 limit (one core's measured AVX-512 VNNI
 rate, ``_C.int8_peak_gmacs_cpu``, times the threads), and the speed-ups ``zsq`` over ``fp32``
@@ -78,6 +79,8 @@ class Problem:
 
     def __init__(self, layer: Layer, batch: int, scale_hw: float):
         self.layer, self.batch = layer, batch
+        self.exact_ao = "avx512_vnni" in require_extension().int_isas_cpu()
+        self.ao_max_diff = 0
         g = torch.Generator().manual_seed(0)
         l = layer
         hw = max(l.k, round(l.hw * scale_hw)) if l.k else 1
@@ -177,8 +180,12 @@ class Problem:
         inside = ours_i.abs() < 127  # saturated outputs may differ in the float baselines
         ao_diff = (ao - ours_i).abs()[inside]
         fp_diff = (fp - ours_i.float()).abs()[inside]
-        if ao_diff.numel() and ao_diff.max() > 1:
-            raise AssertionError(f"{l.name}: torch.ao output differs from zsq by {ao_diff.max().item()} steps")
+        self.ao_max_diff = int(ao_diff.max()) if ao_diff.numel() else 0
+        # Without VNNI, torch.ao's x86 engine multiplies with vpmaddubsw, whose int16 pair sums
+        # saturate for full-range 8-bit operands (its qconfigs reduce the activation range for
+        # that reason): there its output is recorded (ao_max_diff), not required to match.
+        if self.ao_max_diff > 1 and self.exact_ao:
+            raise AssertionError(f"{l.name}: torch.ao output differs from zsq by {self.ao_max_diff} steps")
         if fp_diff.numel() and fp_diff.max() > 0.51 + 1e-3:
             raise AssertionError(f"{l.name}: FP32 output differs from zsq by {fp_diff.max().item():.3f} steps")
 
@@ -206,7 +213,8 @@ def bench(layers: List[Layer], batches: List[int], scale_hw: float, warmup: int,
                          zsq_tops=2 * p.macs / times["zsq"] / 1e12, peak_tops=peak_tops,
                          frac_peak=(2 * p.macs / times["zsq"] / 1e12 / peak_tops) if peak_tops else None,
                          vs_fp32=times["fp32"] / times["zsq"], vs_ao=times["ao"] / times["zsq"],
-                         isa=isa_used, threads=torch.get_num_threads(), repeats=repeats))
+                         ao_max_diff=p.ao_max_diff, isa=isa_used, threads=torch.get_num_threads(),
+                         repeats=repeats))
     for batch in batches:
         per = [r for r in rows if r["batch"] == batch]
         for total, weight in (("total_set", lambda r: 1), ("total_resnet18", lambda r: r["count"])):
@@ -246,7 +254,7 @@ def main(argv=None) -> None:
         rows = bench(layers, [1], 64 / 224, warmup=1, repeats=1)
     else:
         rows = bench(layers, batches, 1.0, warmup=2, repeats=args.repeats)
-    cols = ["layer", "batch", "m", "zsq_ms", "fp32_ms", "ao_ms", "zsq_tops", "frac_peak", "vs_fp32", "vs_ao"]
+    cols = ["layer", "batch", "m", "zsq_ms", "fp32_ms", "ao_ms", "zsq_tops", "frac_peak", "vs_fp32", "vs_ao", "ao_max_diff"]
     print(harness.markdown_table(rows, cols))
     if not (args.quick or args.no_write):
         print("rows appended to", harness.write_rows("int_conv_cpu", rows))

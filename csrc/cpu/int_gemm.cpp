@@ -9,10 +9,14 @@
 // finishes the 6 x 64 tile at once. K is not blocked: no partial sums ever leave registers,
 // and the slabs of the layers this serves (K <= 4608 for ResNet convs, 4096 for the GEMMs)
 // fit L2. Few rows (batch-1 GEMMs, the 7x7 maps of late conv layers) split N instead, so both
-// cores stream different weight slabs.
+// cores stream different weight slabs. The AVX2 path (no VNNI) walks a chunk panel by panel
+// instead: it widens the tile to u16 once per item and each 16-channel panel to int16 once,
+// runs every 6-row block against it, and applies the epilogue to all rows of the chunk at the
+// end (int_gemm_avx2.cpp says why).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -115,8 +119,13 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const bool need_rowsum = te.ep->weight_zero_point != nullptr;
   const int threads = resolve_threads(num_threads);
 
+  const bool wide = isa == IntIsa::kAvx2;  // the widened-operand AVX2 path (int_gemm_kernels.h)
   // Row tiles: at most ~128 KB of gathered activations, balanced, a multiple of kMaxRows.
-  constexpr int64_t kTileBytes = 128 * 1024, kMaxTileRows = 96;
+  // The AVX2 path takes twice the bytes: with few rows (the 7x7 maps of late layers) the widened
+  // panels then serve more row blocks and the weights are read fewer times (measured in
+  // docs/kernels_int.md).
+  const int64_t kTileBytes = wide ? 256 * 1024 : 128 * 1024;
+  constexpr int64_t kMaxTileRows = 96;
   int64_t mb = std::max<int64_t>(kMaxRows, std::min(kMaxTileRows, kTileBytes / ldt) / kMaxRows * kMaxRows);
   const int64_t m_tiles = (m + mb - 1) / mb;
   mb = std::min(mb, ((m + m_tiles - 1) / m_tiles + kMaxRows - 1) / kMaxRows * kMaxRows);
@@ -133,6 +142,12 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
     std::vector<uint8_t> tile(static_cast<size_t>(mb * ldt));  // zeroed: the K padding stays 0
     std::vector<int32_t> rowsum(static_cast<size_t>(mb));
     alignas(64) int32_t acc[kMaxRows * kTileLd];
+    // the AVX2 path: the widened tile, one widened panel, and the accumulators of all rows x
+    // one chunk (it walks panel by panel so that each widened panel serves every row block);
+    // not zeroed: each is written before it is read
+    const auto tile16 = std::make_unique_for_overwrite<uint16_t[]>(wide ? static_cast<size_t>(mb * ldt) : 0);
+    const auto panel16 = std::make_unique_for_overwrite<int16_t[]>(wide ? static_cast<size_t>(2 * panel_stride) : 0);
+    const auto acc_rows = std::make_unique_for_overwrite<int32_t[]>(wide ? static_cast<size_t>(mb * kTileLd) : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t ns = item % n_split;
@@ -143,6 +158,26 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
       rows.gather(g, m0, nrows, tile.data(), ldt, need_rowsum ? rowsum.data() : nullptr);
       const int64_t c_begin = ns * chunks / n_split, c_end = (ns + 1) * chunks / n_split;
       const int8_t* wg = panels + g * group_stride;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+      // under one register block of rows (batch-1 GEMMs) the in-loop widening of
+      // tile_kernel_avx2 costs less than widening each panel into a buffer first (measured)
+      if (wide && nrows >= kAvx2Rows) {
+        widen_tile_u16(tile.data(), nrows * ldt, tile16.get());
+        for (int64_t ch = c_begin; ch < c_end; ++ch) {
+          const int64_t p0 = ch * kMaxPanels;
+          const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));
+          const int64_t col0 = p0 * kPanelCols;
+          const int64_t cols = std::min<int64_t>(np * kPanelCols, n_g - col0);
+          for (int p = 0; p < np; ++p) {
+            widen_panel_i16(wg + (p0 + p) * panel_stride, kg, panel16.get());
+            madd_rows_avx2(tile16.get(), ldt, nrows, panel16.get(), 2 * kg,
+                           acc_rows.get() + p * kPanelCols, kTileLd);
+          }
+          epilogue_tile(acc_rows.get(), kTileLd, nrows, cols, m0, g * n_g + col0, rowsum.data(), te);
+        }
+        continue;
+      }
+#endif
       for (int64_t ch = c_begin; ch < c_end; ++ch) {
         const int64_t p0 = ch * kMaxPanels;
         const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));

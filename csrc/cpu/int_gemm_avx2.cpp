@@ -1,12 +1,23 @@
-// AVX2 micro-kernel of the CPU integer GEMM (see int_gemm.h for the layouts), for CPUs without
-// VNNI.
+// AVX2 micro-kernels of the CPU integer GEMM (see int_gemm.h for the layouts), for CPUs without
+// VNNI. Every product goes through vpmaddwd (int16 x int16, adjacent pairs summed into int32):
+// a pair sum of u8 x s8 values is at most 2 * 255 * 128 = 65280, so it is exact, and the int32
+// accumulation wraps modulo 2^32 like the scalar reference. vpmaddubsw (u8 x s8 pairs summed
+// into int16) would do twice the products per instruction, but its pair sum saturates
+// (2 * 255 * 127 > 32767), so it is not used.
 //
-// vpmaddubsw (u8 x s8 -> pairs summed into int16) would be the direct analogue of vpdpbusd,
-// but its int16 pair sum saturates (255 * 127 * 2 > 32767), so it is not exact. Instead both
-// operands are widened to int16 and multiplied with vpmaddwd, whose pair sums are int32 and
-// exact: a 16-byte slice of the panel (4 channels x 4 k) becomes 16 int16, the row's 4
-// activation bytes are zero-extended and broadcast to every 4-lane group, and each vpmaddwd
-// yields two partial sums per channel, added together when the tile is stored.
+// The driver runs it in two ways (measured in docs/kernels_int.md):
+// * 6 rows or more: both operands are widened once, outside the hot loop. The driver widens the
+//   gathered u8 activation tile to u16 (widen_tile_u16) and each 16-channel weight panel to
+//   int16 in k-pair order (widen_panel_i16: [K/2][16 channels][2 k]); a widened panel is reused
+//   by every row block of the work item. A call (madd_rows_avx2) keeps up to 6 rows x 16
+//   channels in 12 ymm accumulators (each int32 lane one full channel sum), plus the 2 weight
+//   registers of the k-pair and one broadcast: 15 of the 16 ymm registers, no spills. Each
+//   (row, k-pair) operand is one 32-bit broadcast load from the u16 tile (a load, not a
+//   shuffle), so the loop body is 2 weight loads, 6 broadcasts, 12 vpmaddwd and 12 vpaddd.
+// * fewer rows (batch-1 GEMMs): tile_kernel_avx2 reads the int8 panels and u8 tile as the VNNI
+//   kernel does, 3 rows x 16 channels per call, sign-extending each weight slice and
+//   broadcasting each row's 4 zero-extended activation bytes inside the k loop; with so few
+//   rows that costs less than widening every panel into a buffer first.
 //
 // Compiled for AVX2 through the pragma below, after every system header (see
 // int_gemm_avx512.cpp for why); the driver calls it only on CPUs with AVX2.
@@ -16,6 +27,7 @@
 #include "cpu/int_gemm_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
 #else
@@ -28,6 +40,8 @@ namespace zsq {
 namespace cpu {
 namespace intk {
 namespace {
+
+// ------------------------------------------------------------- few rows: int8 panels
 
 // ROWS rows x one panel (16 channels): 4 * ROWS accumulators + 4 widened weight registers.
 template <int ROWS>
@@ -73,6 +87,37 @@ void avx2_rows(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t
   }
 }
 
+// ---------------------------------------------------------- widened operands (6+ rows)
+
+// ROWS rows (lda u16 apart) x 16 channels of one widened panel, over kpairs k-pairs.
+template <int ROWS>
+void madd_block(const uint16_t* a, int64_t lda, const int16_t* w, int64_t kpairs, int32_t* c,
+                int64_t ldc) {
+  __m256i acc[ROWS][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    acc[r][0] = _mm256_setzero_si256();
+    acc[r][1] = _mm256_setzero_si256();
+  }
+  for (int64_t kp = 0; kp < kpairs; ++kp) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kp * 32));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kp * 32 + 16));
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; ++r) {
+      // vbroadcastss from memory: the row's (u[2kp], u[2kp+1]) in every lane, on a load port
+      const __m256i av = _mm256_castps_si256(
+          _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 2 * kp)));
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, w0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, w1));
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8), acc[r][1]);
+  }
+}
+
 }  // namespace
 
 void tile_kernel_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
@@ -81,6 +126,50 @@ void tile_kernel_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
     for (int r = 0; r < rows; r += 3) {
       const int n = rows - r < 3 ? rows - r : 3;
       avx2_rows(a + r * lda, lda, n, w + p * panel_stride, kgroups, c + r * kTileLd + p * 16);
+    }
+  }
+}
+
+void widen_tile_u16(const uint8_t* src, int64_t n, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_cvtepu8_epi16(b));
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+void widen_panel_i16(const int8_t* panel, int64_t kgroups, int16_t* dst) {
+  // A 16-byte slice of a k-group is 4 channels x 4 k; this byte order puts their (k0, k1)
+  // pairs in the low 8 bytes and their (k2, k3) pairs in the high 8 bytes.
+  const __m128i split = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  for (int64_t g = 0; g < kgroups; ++g) {
+    const int8_t* src = panel + g * kPanelCols * kPanelK;
+    __m128i s[4];
+    for (int q = 0; q < 4; ++q) {
+      s[q] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + q * 16)), split);
+    }
+    int16_t* d = dst + g * 64;  // k-pair 2g: channels 0-7, 8-15; k-pair 2g + 1: same
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_cvtepi8_epi16(_mm_unpacklo_epi64(s[0], s[1])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_cvtepi8_epi16(_mm_unpacklo_epi64(s[2], s[3])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32), _mm256_cvtepi8_epi16(_mm_unpackhi_epi64(s[0], s[1])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 48), _mm256_cvtepi8_epi16(_mm_unpackhi_epi64(s[2], s[3])));
+  }
+}
+
+void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, int64_t kpairs,
+                    int32_t* c, int64_t ldc) {
+  for (int r = 0; r < rows; r += kAvx2Rows) {
+    const int n = rows - r < kAvx2Rows ? rows - r : kAvx2Rows;
+    const uint16_t* ar = a + r * lda;
+    int32_t* cr = c + r * ldc;
+    switch (n) {
+      case 1: madd_block<1>(ar, lda, w, kpairs, cr, ldc); break;
+      case 2: madd_block<2>(ar, lda, w, kpairs, cr, ldc); break;
+      case 3: madd_block<3>(ar, lda, w, kpairs, cr, ldc); break;
+      case 4: madd_block<4>(ar, lda, w, kpairs, cr, ldc); break;
+      case 5: madd_block<5>(ar, lda, w, kpairs, cr, ldc); break;
+      default: madd_block<6>(ar, lda, w, kpairs, cr, ldc); break;
     }
   }
 }

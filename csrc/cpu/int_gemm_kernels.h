@@ -33,6 +33,20 @@ void tile_kernel_avx512_vnni(const uint8_t* a, int64_t lda, int rows, const int8
 
 TileKernel select_tile_kernel(IntIsa isa);  // isa already resolved and supported
 
+// The AVX2 path for 6 rows or more (int_gemm_avx2.cpp; x86-64 builds only, the caller checks
+// the CPU; fewer rows use tile_kernel_avx2). The driver widens both operands once and the
+// micro-kernel reads them with loads only:
+// * widen_tile_u16: dst[i] = src[i] for i < n (the gathered u8 tile as u16, same row layout);
+// * widen_panel_i16: one 16-channel panel [kgroups][16][4] int8 -> [2 * kgroups][16][2] int16
+//   (k-pair major: the 16 channels' (k, k + 1) values of one k-pair are 32 contiguous int16);
+// * madd_rows_avx2: c[r * ldc + j] = sum_k a[r * lda + k] * w_j[k], r < rows, j < 16, over
+//   2 * kpairs k, kAvx2Rows rows per register block.
+constexpr int kAvx2Rows = 6;
+void widen_tile_u16(const uint8_t* src, int64_t n, uint16_t* dst);
+void widen_panel_i16(const int8_t* panel, int64_t kgroups, int16_t* dst);
+void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, int64_t kpairs,
+                    int32_t* c, int64_t ldc);
+
 // The requantising epilogue of a whole tile (int8 / uint8 out, no weight zero point, no
 // residual) with AVX-512: same steps and roundings as the scalar path of epilogue_tile. Pointers
 // are already offset to the tile's first row / column; act_scale to its first row when
