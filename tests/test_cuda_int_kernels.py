@@ -24,7 +24,7 @@ import torch
 from _support.integer import check_float_out, check_requant, conv_ref, epilogue_expected, rand_int
 from zsq_engine import ops
 from zsq_engine.ops.dispatch import backend_status
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.opspec.epilogue import Epilogue
 
 CUDA_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -277,7 +277,7 @@ def test_gpu_depthwise_epilogue(out_dtype):
 
 @needs_cuda_kernels
 def test_gpu_relayout_int4_and_fallback():
-    from zsq_engine.ops.backends import cuda_int
+    from zsq_engine.ops.int_conv import cuda as cuda_int
 
     w = rand_int((21, 3, 3, 1), -8, 7, torch.int8).cuda()
     words8, sum8 = cuda_int.relayout_depthwise(w)
