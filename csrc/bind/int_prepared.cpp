@@ -1,9 +1,3 @@
-// Prepared CPU integer conv / GEMM (the runtime's per-layer call; zsq_engine/ops/backends/cpu_int.py
-// PreparedIntConv / PreparedIntLinear). The constructor takes the packed weight and the epilogue
-// once and checks them; a call checks only what changes per call (the activation, the residual,
-// the optional output buffers) and runs the same drivers as int_conv2d_nhwc_cpu /
-// int_depthwise_conv2d_nhwc_cpu / int_gemm_cpu. Optionally the fp32 output is also written as
-// codes of one activation grid in the same pass (IntEpilogue::codes).
 // Prepared CPU integer conv / GEMM (the runtime's per-layer call; zsq_engine/ops/int_conv/cpu.py
 // PreparedIntConv, zsq_engine/ops/int_gemm/cpu.py PreparedIntLinear). The constructor takes the
 // packed weight and the bound epilogue (_C.IntEpilogue) once and checks them; a call checks only
