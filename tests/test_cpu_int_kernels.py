@@ -419,6 +419,12 @@ def test_binding_errors_name_the_argument():
         _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8,
                         _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(8), act_scale=torch.ones(1)),
                         torch.zeros(4, 8))
+    with pytest.raises(RuntimeError, match="kind must be 'conv', 'depthwise' or 'gemm'"):
+        _C.IntPreparedCpu("dense", panels, colsum, 8, 10, 1, 1, [1, 1, 0, 0, 1, 1], 1, 0, _ep0())
+    with pytest.raises(RuntimeError, match="a codes output runs only in a prepared call"):
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8,
+                        _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(8), act_scale=torch.ones(1),
+                                       codes_dtype=torch.uint8, codes_inv_scale=2.0, codes_max=255))
     bound = _C.IntEpilogue(out_dtype=torch.float16, weight_scale=torch.ones(8), act_scale=torch.ones(1),
                            activation="relu6", residual_dtype=torch.int8)
     assert (bound.out_dtype, bound.activation, bound.residual_dtype, bound.codes_dtype) == (
