@@ -327,12 +327,12 @@ def test_depthwise_epilogues(out_dtype, residual):
 # ------------------------------------------------------------------------- weight-pack cache
 
 def test_pack_cache_sees_in_place_writes():
-    from zsq_engine.ops.int_gemm import cpu as cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     x = rand_int((1, 6, 6, 8), -128, 127, torch.int8)
     w = rand_int((5, 3, 3, 8), -128, 127, torch.int8)
     first = run_cpu(ops.qconv2d_nhwc, x, w, 1, 1)
-    assert cpu_int.cached_pack(w) is cpu_int.cached_pack(w)  # reused while unchanged
+    assert int_gemm_cpu.cached_pack(w) is int_gemm_cpu.cached_pack(w)  # reused while unchanged
     w[2, 1, 1, 3] = -w[2, 1, 1, 3] - 1  # in-place write: bumps the version counter
     second = run_cpu(ops.qconv2d_nhwc, x, w, 1, 1)
     assert not torch.equal(first, second)
@@ -351,21 +351,21 @@ def test_pack_cache_sees_in_place_writes():
 
 def test_pack_cache_distinguishes_tensors_sharing_storage():
     """Two views of one buffer with different shapes must not share packed panels."""
-    from zsq_engine.ops.int_gemm import cpu as cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     buf = rand_int((12, 8), -128, 127, torch.int8)
-    p1 = cpu_int.cached_pack(buf)
-    p2 = cpu_int.cached_pack(buf.view(24, 4))
+    p1 = int_gemm_cpu.cached_pack(buf)
+    p2 = int_gemm_cpu.cached_pack(buf.view(24, 4))
     assert (p1.n, p1.k) == (12, 8) and (p2.n, p2.k) == (24, 4)
 
 
 def test_packed_weight_matches_layout():
     """The panels are the documented re-layout [groups][N_g/16][K/4][16][4] with zero padding."""
-    from zsq_engine.ops.int_gemm import cpu as cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     n, k = 18, 6
     w = rand_int((n, k), -128, 127, torch.int8)
-    p = cpu_int.pack_weight(w)
+    p = int_gemm_cpu.pack_weight(w)
     assert p.panels.shape == (1, 2, 2, 16, 4)
     padded = torch.zeros(32, 8, dtype=torch.int8)
     padded[:n, :k] = w
