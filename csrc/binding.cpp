@@ -12,6 +12,7 @@
 #include "bind/common.cpp"
 #include "bind/fake_quant.cpp"
 #include "bind/info.cpp"
+#include "bind/int_conv.cpp"
 #include "bind/int4_pack.cpp"
 #include "bind/int_epilogue.cpp"
 #include "bind/int_gemm.cpp"
@@ -35,5 +36,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   zsq::bind::bind_self_attention(m);
   zsq::bind::bind_int_epilogue(m);
   zsq::bind::bind_int_gemm(m);
+  zsq::bind::bind_int_conv(m);
   zsq::bind::bind_int_prepared(m);
 }

@@ -64,6 +64,7 @@ void bind_bn_stats(pybind11::module_& m);
 void bind_self_attention(pybind11::module_& m);
 void bind_int_epilogue(pybind11::module_& m);
 void bind_int_gemm(pybind11::module_& m);
+void bind_int_conv(pybind11::module_& m);
 void bind_int_prepared(pybind11::module_& m);
 
 }  // namespace zsq::bind

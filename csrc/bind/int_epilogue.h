@@ -3,6 +3,7 @@
 // bind_epilogue) with named fields, dtypes and an activation name. It checks everything that does
 // not depend on a call's shape when it is built; a call (`resolve`) checks only the sizes against
 // [m, n], the device and the residual, and fills the kernels' torch-free zsq::cpu::IntEpilogue.
+// Below it, the other checks every integer call shares (ISA by name, packed panels).
 #pragma once
 
 #include "bind/common.h"
@@ -191,5 +192,43 @@ class BoundIntEpilogue {
   std::optional<at::ScalarType> residual_dtype_;
   bool codes_ = false;
 };
+
+// ---- checks every integer call shares (int_gemm.cpp, int_conv.cpp, int_prepared.cpp)
+
+inline zsq::cpu::IntIsa check_int_isa(const char* fn, const std::string& isa) {
+  using zsq::cpu::IntIsa;
+  const IntIsa v = isa == "auto" ? IntIsa::kAuto : isa == "scalar" ? IntIsa::kScalar
+                   : isa == "avx2" ? IntIsa::kAvx2 : isa == "avx512_vnni" ? IntIsa::kAvx512Vnni : IntIsa::kAuto;
+  TORCH_CHECK(isa == "auto" || v != IntIsa::kAuto, fn,
+              ": isa must be 'auto', 'scalar', 'avx2' or 'avx512_vnni', got '", isa, "'");
+  TORCH_CHECK(zsq::cpu::int_isa_supported(v), fn, ": isa='", isa,
+              "' is not supported by this CPU; see int_isas_cpu()");
+  return v;
+}
+
+// panels as returned by int_pack_weight_cpu for `groups` groups of n_g channels and length k
+inline void check_panels(const char* fn, const at::Tensor& panels, const at::Tensor& colsum, int64_t groups,
+                         int64_t n_g, int64_t k) {
+  TORCH_CHECK(panels.device().is_cpu() && panels.scalar_type() == at::kChar && panels.is_contiguous(),
+              fn, ": panels must be the contiguous int8 CPU tensor returned by int_pack_weight_cpu");
+  const std::vector<int64_t> want = {groups, zsq::cpu::panel_blocks(n_g), zsq::cpu::k_groups(k),
+                                     zsq::cpu::kPanelCols, zsq::cpu::kPanelK};
+  TORCH_CHECK(panels.sizes() == at::IntArrayRef(want), fn, ": panels has shape ", panels.sizes(),
+              " but ", groups, " group(s) of ", n_g, " channels with k=", k, " need ",
+              at::IntArrayRef(want), " (pack the weight with int_pack_weight_cpu)");
+  TORCH_CHECK(colsum.device().is_cpu() && colsum.scalar_type() == at::kInt && colsum.is_contiguous() &&
+                  colsum.numel() == groups * n_g,
+              fn, ": colsum must be the contiguous int32 CPU tensor [", groups * n_g,
+              "] returned by int_pack_weight_cpu");
+}
+
+// The kernels' epilogue of a one-shot (not prepared) call; a codes output needs a prepared call.
+inline zsq::cpu::IntEpilogue raw_epilogue(const char* fn, const BoundIntEpilogue& epilogue,
+                                          const at::Device& device, int64_t m, int64_t n,
+                                          const std::optional<at::Tensor>& residual, at::Tensor& keep) {
+  TORCH_CHECK(!epilogue.codes_dtype().has_value(), fn,
+              ": an epilogue with a codes output runs only in a prepared call (IntPreparedCpu)");
+  return epilogue.resolve(fn, device, m, n, residual, keep);
+}
 
 }  // namespace zsq::bind

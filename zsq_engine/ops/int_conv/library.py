@@ -1,8 +1,8 @@
 """The torch.library ops of the integer conv family: ``zsq::qconv2d_nhwc`` and ``zsq::conv2d_int``
 (:func:`..schema.define_op`). The epilogue crosses the schema as ``EPILOGUE_SCHEMA``'s typed
 arguments (:mod:`zsq_engine.opspec.epilogue`). The same names in ``reference.py`` and
-``kernels/int_conv.py``; the C++ conv (``_C.int_conv2d_nhwc_cpu``) is an implicit GEMM bound in
-``csrc/bind/int_gemm.cpp``."""
+``kernels/int_conv.py``; the C++ conv (``_C.int_conv2d_nhwc_cpu``, an implicit GEMM) is bound in
+``csrc/bind/int_conv.cpp``."""
 from __future__ import annotations
 
 import torch
