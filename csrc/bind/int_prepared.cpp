@@ -152,7 +152,8 @@ void bind_int_prepared(pybind11::module_& m) {
   namespace py = pybind11;
   py::class_<IntPreparedCpu>(m, "IntPreparedCpu",
                              "A CPU integer conv / depthwise conv / GEMM with its weight and epilogue bound "
-                             "(zsq_engine.ops.int_conv.cpu.PreparedIntConv, zsq_engine.ops.int_gemm.cpu.PreparedIntLinear).")
+                             "(zsq_engine.ops.int_conv.cpu.PreparedIntConv, "
+                             "zsq_engine.ops.int_gemm.cpu.PreparedIntLinear).")
       .def(py::init<const std::string&, at::Tensor, std::optional<at::Tensor>, int64_t, int64_t, int64_t, int64_t,
                     std::vector<int64_t>, int64_t, int64_t, const BoundIntEpilogue&, const std::string&>(),
            py::arg("kind"), py::arg("weight"), py::arg("colsum"), py::arg("n"), py::arg("k"), py::arg("kh"),
