@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from benchmarks import harness
 from zsq_engine import ops
 from zsq_engine._ext import require_extension
-from zsq_engine.ops.backends import cpu_int
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
+from zsq_engine.opspec.epilogue import Epilogue
 from zsq_engine.evaluation import progress
 
 
@@ -111,15 +111,17 @@ class Problem:
     def _build_zsq(self):
         _C = require_extension()
         l = self.layer
-        packed = cpu_int.pack_weight(self.w)  # once, as the runtime does at load time
-        ep_args = cpu_int.epilogue_args(self.ep)
-        isa = cpu_int.isa_code()
+        packed = int_gemm_cpu.pack_weight(self.w)  # once, as the runtime does at load time
+        bound = int_gemm_cpu.bind_epilogue(self.ep)  # once, as the runtime does
+        isa = int_gemm_cpu.isa_name()
         if l.k:
             geo = (l.stride, l.stride, self.pad, self.pad, 1, 1, 1, 0)
             self.zsq = lambda: _C.int_conv2d_nhwc_cpu(self.x, packed.panels, packed.colsum, l.o, l.k, l.k, *geo,
-                                                      *ep_args, isa=isa)
+                                                      bound, isa=isa)
         else:
-            self.zsq = lambda: _C.int_gemm_cpu(self.x, 0, l.c, packed.panels, packed.colsum, l.o, *ep_args, isa=isa)
+            a_format = "int8" if self.x.dtype == torch.int8 else "uint8"
+            self.zsq = lambda: _C.int_gemm_cpu(self.x, a_format, l.c, packed.panels, packed.colsum, l.o, bound,
+                                               isa=isa)
 
     def _build_fp32(self):
         l = self.layer
@@ -195,7 +197,7 @@ def bench(layers: List[Layer], batches: List[int], scale_hw: float, warmup: int,
     env = harness.environment(device)
     torch.backends.quantized.engine = "x86"
     _C = require_extension()
-    isa = os.environ.get(cpu_int.ISA_ENV, "auto") or "auto"
+    isa = os.environ.get(int_gemm_cpu.ISA_ENV, "auto") or "auto"
     isa_used = _C.int_isas_cpu()[-1] if isa == "auto" else isa
     # hardware limit: one core's measured VNNI rate times the threads (None without VNNI)
     peak_gmacs = _C.int8_peak_gmacs_cpu(0.3) * torch.get_num_threads()

@@ -50,7 +50,7 @@ def cases(quick: bool) -> List[Tuple[str, Tuple[int, int, int]]]:
 
 def _bench_shape(kind: str, shape, device, peak_int8, peak_bf16, env) -> List[Dict[str, object]]:
     from zsq_engine.kernels import int_gemm
-    from zsq_engine.ops.reference.integer import pack_int4
+    from zsq_engine.ops.int4_pack.reference import pack_int4
 
     m, n, k = shape
     ops = 2.0 * m * n * k

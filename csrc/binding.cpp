@@ -6,14 +6,15 @@
 // them on their own): torch's headers are most of each file's compile time, so one unit parses
 // them once instead of once per family.
 #include "bind/common.h"
-#include "bind/int_prepared.h"
 
 #include "bind/adaround.cpp"
 #include "bind/bn_stats.cpp"
 #include "bind/common.cpp"
 #include "bind/fake_quant.cpp"
 #include "bind/info.cpp"
+#include "bind/int_conv.cpp"
 #include "bind/int4_pack.cpp"
+#include "bind/int_epilogue.cpp"
 #include "bind/int_gemm.cpp"
 #include "bind/int_prepared.cpp"
 #include "bind/qdrop_mix.cpp"
@@ -33,6 +34,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   zsq::bind::bind_scale_search(m);
   zsq::bind::bind_bn_stats(m);
   zsq::bind::bind_self_attention(m);
+  zsq::bind::bind_int_epilogue(m);
   zsq::bind::bind_int_gemm(m);
-  bind_int_prepared(m);
+  zsq::bind::bind_int_conv(m);
+  zsq::bind::bind_int_prepared(m);
 }

@@ -17,7 +17,7 @@ import torch
 from _support.integer import check_float_out, check_requant, conv_ref, epilogue_expected, gemm_ref, rand_int
 from zsq_engine import ops
 from zsq_engine._ext import get_extension
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.opspec.epilogue import Epilogue
 
 _C = get_extension()
 pytestmark = pytest.mark.skipif(_C is None or not hasattr(_C, "int_gemm_cpu"),
@@ -327,12 +327,12 @@ def test_depthwise_epilogues(out_dtype, residual):
 # ------------------------------------------------------------------------- weight-pack cache
 
 def test_pack_cache_sees_in_place_writes():
-    from zsq_engine.ops.backends import cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     x = rand_int((1, 6, 6, 8), -128, 127, torch.int8)
     w = rand_int((5, 3, 3, 8), -128, 127, torch.int8)
     first = run_cpu(ops.qconv2d_nhwc, x, w, 1, 1)
-    assert cpu_int.cached_pack(w) is cpu_int.cached_pack(w)  # reused while unchanged
+    assert int_gemm_cpu.cached_pack(w) is int_gemm_cpu.cached_pack(w)  # reused while unchanged
     w[2, 1, 1, 3] = -w[2, 1, 1, 3] - 1  # in-place write: bumps the version counter
     second = run_cpu(ops.qconv2d_nhwc, x, w, 1, 1)
     assert not torch.equal(first, second)
@@ -351,21 +351,21 @@ def test_pack_cache_sees_in_place_writes():
 
 def test_pack_cache_distinguishes_tensors_sharing_storage():
     """Two views of one buffer with different shapes must not share packed panels."""
-    from zsq_engine.ops.backends import cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     buf = rand_int((12, 8), -128, 127, torch.int8)
-    p1 = cpu_int.cached_pack(buf)
-    p2 = cpu_int.cached_pack(buf.view(24, 4))
+    p1 = int_gemm_cpu.cached_pack(buf)
+    p2 = int_gemm_cpu.cached_pack(buf.view(24, 4))
     assert (p1.n, p1.k) == (12, 8) and (p2.n, p2.k) == (24, 4)
 
 
 def test_packed_weight_matches_layout():
     """The panels are the documented re-layout [groups][N_g/16][K/4][16][4] with zero padding."""
-    from zsq_engine.ops.backends import cpu_int
+    from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
 
     n, k = 18, 6
     w = rand_int((n, k), -128, 127, torch.int8)
-    p = cpu_int.pack_weight(w)
+    p = int_gemm_cpu.pack_weight(w)
     assert p.panels.shape == (1, 2, 2, 16, 4)
     padded = torch.zeros(32, 8, dtype=torch.int8)
     padded[:n, :k] = w
@@ -377,7 +377,7 @@ def test_packed_weight_matches_layout():
 # ------------------------------------------------------------------------------- bad input
 
 def _ep0():
-    return (0, 0, None, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
+    return _C.IntEpilogue()  # the plain int32 accumulator
 
 
 def test_binding_errors_name_the_argument():
@@ -395,28 +395,49 @@ def test_binding_errors_name_the_argument():
     panels, colsum = _C.int_pack_weight_cpu(w, 1, False, 10)
     a = rand_int((4, 10), -128, 127, torch.int8)
     with pytest.raises(RuntimeError, match="a must be"):
-        _C.int_gemm_cpu(a.to(torch.uint8), 0, 10, panels, colsum, 8, *_ep0())
+        _C.int_gemm_cpu(a.to(torch.uint8), "int8", 10, panels, colsum, 8, _ep0())
     with pytest.raises(RuntimeError, match="a has 9 columns"):
-        _C.int_gemm_cpu(a[:, :9].contiguous(), 0, 10, panels, colsum, 8, *_ep0())
+        _C.int_gemm_cpu(a[:, :9].contiguous(), "int8", 10, panels, colsum, 8, _ep0())
     with pytest.raises(RuntimeError, match="panels has shape"):
-        _C.int_gemm_cpu(a, 0, 10, panels, colsum, 20, *_ep0())
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 20, _ep0())
     with pytest.raises(RuntimeError, match="isa"):
-        _C.int_gemm_cpu(a, 0, 10, panels, colsum, 8, *_ep0(), isa=7)
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8, _ep0(), isa="sse9")
     with pytest.raises(RuntimeError, match="only zero points"):
-        _C.int_gemm_cpu(a, 0, 10, panels, colsum, 8, 0, 0, None, torch.ones(8), torch.ones(1), None, None,
-                        1.0, 0, 0, 1.0, 0, 0, 0)
+        _C.IntEpilogue(out_dtype=torch.int32, weight_scale=torch.ones(8), act_scale=torch.ones(1))
     with pytest.raises(RuntimeError, match="quant range"):
-        _C.int_gemm_cpu(a, 0, 10, panels, colsum, 8, 4, 0, None, torch.ones(8), torch.ones(1), None, None,
-                        1.0, 0, 0, 1.0, 0, -200, 127)
+        _C.IntEpilogue(out_dtype=torch.int8, weight_scale=torch.ones(8), act_scale=torch.ones(1), quant_min=-200,
+                       quant_max=127)
+    # the typed epilogue: names, not codes, and its sizes checked against the call
+    with pytest.raises(RuntimeError, match="activation must be 'none', 'relu' or 'relu6'"):
+        _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(8), act_scale=torch.ones(1), activation="gelu")
+    with pytest.raises(RuntimeError, match="a_format must be"):
+        _C.int_gemm_cpu(a, "int7", 10, panels, colsum, 8, _ep0())
+    with pytest.raises(RuntimeError, match="weight_scale must have 8 elements or 1"):
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8,
+                        _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(5), act_scale=torch.ones(1)))
+    with pytest.raises(RuntimeError, match="without a residual"):
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8,
+                        _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(8), act_scale=torch.ones(1)),
+                        torch.zeros(4, 8))
+    with pytest.raises(RuntimeError, match="kind must be 'conv', 'depthwise' or 'gemm'"):
+        _C.IntPreparedCpu("dense", panels, colsum, 8, 10, 1, 1, [1, 1, 0, 0, 1, 1], 1, 0, _ep0())
+    with pytest.raises(RuntimeError, match="a codes output runs only in a prepared call"):
+        _C.int_gemm_cpu(a, "int8", 10, panels, colsum, 8,
+                        _C.IntEpilogue(out_dtype=torch.float32, weight_scale=torch.ones(8), act_scale=torch.ones(1),
+                                       codes_dtype=torch.uint8, codes_inv_scale=2.0, codes_max=255))
+    bound = _C.IntEpilogue(out_dtype=torch.float16, weight_scale=torch.ones(8), act_scale=torch.ones(1),
+                           activation="relu6", residual_dtype=torch.int8)
+    assert (bound.out_dtype, bound.activation, bound.residual_dtype, bound.codes_dtype) == (
+        torch.float16, "relu6", torch.int8, None)
     x = rand_int((1, 5, 5, 4), -128, 127, torch.int8)
     with pytest.raises(RuntimeError, match="x must be a 4-D NHWC"):
-        _C.int_conv2d_nhwc_cpu(x[0], panels, colsum, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, *_ep0())
+        _C.int_conv2d_nhwc_cpu(x[0], panels, colsum, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, _ep0())
     with pytest.raises(RuntimeError, match="pad_value=200"):
         _C.int_depthwise_conv2d_nhwc_cpu(x, rand_int((4, 3, 3, 1), -1, 1, torch.int8), 1, 1, 1, 1, 1, 1, 200,
-                                         *_ep0())
+                                         _ep0())
     with pytest.raises(RuntimeError, match="channels"):
         _C.int_depthwise_conv2d_nhwc_cpu(x, rand_int((5, 3, 3, 1), -1, 1, torch.int8), 1, 1, 1, 1, 1, 1, 0,
-                                         *_ep0())
+                                         _ep0())
 
 
 def test_isa_env_errors(monkeypatch):

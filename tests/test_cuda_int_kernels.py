@@ -24,7 +24,7 @@ import torch
 from _support.integer import check_float_out, check_requant, conv_ref, epilogue_expected, rand_int
 from zsq_engine import ops
 from zsq_engine.ops.dispatch import backend_status
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.opspec.epilogue import Epilogue
 
 CUDA_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -277,11 +277,11 @@ def test_gpu_depthwise_epilogue(out_dtype):
 
 @needs_cuda_kernels
 def test_gpu_relayout_int4_and_fallback():
-    from zsq_engine.ops.backends import cuda_int
+    from zsq_engine.ops.int_conv import cuda as int_conv_cuda
 
     w = rand_int((21, 3, 3, 1), -8, 7, torch.int8).cuda()
-    words8, sum8 = cuda_int.relayout_depthwise(w)
-    words4, sum4 = cuda_int.relayout_depthwise(ops.pack_int4(w.reshape(21, 9)), w_int4=True, taps=9)
+    words8, sum8 = int_conv_cuda.relayout_depthwise(w)
+    words4, sum4 = int_conv_cuda.relayout_depthwise(ops.pack_int4(w.reshape(21, 9)), w_int4=True, taps=9)
     assert torch.equal(words8, words4) and torch.equal(sum8, sum4)
     # a conv that is not depthwise is passed on (Triton or reference), still exact
     x = rand_int((1, 8, 8, 6), -128, 127, torch.int8)
@@ -290,4 +290,4 @@ def test_gpu_relayout_int4_and_fallback():
         out = ops.qconv2d_nhwc(x.cuda(), wg.cuda(), 1, 1)
     assert torch.equal(out.cpu(), conv_ref(x, wg, (1, 1), (1, 1), (1, 1), 1, 0).int())
     with pytest.raises(RuntimeError, match="must be int8"):
-        cuda_int.relayout_depthwise(w.to(torch.int16))
+        int_conv_cuda.relayout_depthwise(w.to(torch.int16))

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.opspec.epilogue import Epilogue
 
-FP32_BUDGET = 8 * 2.0 ** -24  # relative, see zsq_engine.ops.epilogue
+FP32_BUDGET = 8 * 2.0 ** -24  # relative, see zsq_engine.opspec.epilogue
 
 
 def backends_for(op):

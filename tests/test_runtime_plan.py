@@ -1,4 +1,4 @@
-"""The prepared integer CPU calls (ops.backends.cpu_int.prepare_conv / prepare_linear) and the
+"""The prepared integer CPU calls (ops.int_conv.cpu.prepare_conv / ops.int_gemm.cpu.prepare_linear) and the
 static execution plan of IntModel: same numbers as the public ops / the step-by-step program."""
 import pytest
 import torch
@@ -24,7 +24,7 @@ def _epilogue(n, out_dtype, act_zp=3, relu=True, residual_q=None):
 @pytest.mark.parametrize("groups,out_dtype,residual", [(1, torch.uint8, None), (1, torch.float32, "float"),
                                                        (2, torch.uint8, "int8"), (8, torch.float32, None)])
 def test_prepared_conv_equals_public_op(groups, out_dtype, residual):
-    from zsq_engine.ops.backends.cpu_int import prepare_conv
+    from zsq_engine.ops.int_conv.cpu import prepare_conv
 
     g = torch.Generator().manual_seed(0)
     c, o = 8, 8 if groups == 8 else 24
@@ -51,7 +51,7 @@ def test_prepared_conv_equals_public_op(groups, out_dtype, residual):
 @pytest.mark.parametrize("w_packed", [False, True])
 def test_prepared_linear_equals_public_op(w_packed):
     from zsq_engine.ops import pack_int4
-    from zsq_engine.ops.backends.cpu_int import prepare_linear
+    from zsq_engine.ops.int_gemm.cpu import prepare_linear
 
     g = torch.Generator().manual_seed(1)
     a = torch.randint(-128, 128, (5, 37), generator=g, dtype=torch.int32).to(torch.int8)
@@ -71,7 +71,8 @@ def test_prepared_linear_equals_public_op(w_packed):
 def test_prepared_call_writes_buffers_and_codes():
     """out= buffers are written in place; a codes grid gives the fp32 output's codes with the
     fake-quant op's arithmetic (runtime.quantize.quantize), bit for bit."""
-    from zsq_engine.ops.backends.cpu_int import CodesGrid, prepare_conv, prepare_linear
+    from zsq_engine.ops.int_conv.cpu import prepare_conv
+    from zsq_engine.ops.int_gemm.cpu import prepare_linear
     from zsq_engine.runtime.qparams import ActQParams
     from zsq_engine.runtime.quantize import quantize
 
@@ -86,7 +87,7 @@ def test_prepared_call_writes_buffers_and_codes():
     assert plain(x, res, out=buf).data_ptr() == buf.data_ptr() and torch.equal(buf, want)
     for grid in (ActQParams(0.037, 0, 0, 255), ActQParams(0.05, -3, -8, 7)):  # uint8 / signed 4-bit grids
         both = prepare_conv(w, ep, padding=(1, 1), pad_value=3, residual_dtype=torch.float32,
-                            codes=CodesGrid(grid.scale, grid.zero_point, grid.qmin, grid.qmax))
+                            codes=grid)
         y, q = both(x, res)
         assert torch.equal(y, want)
         assert q.dtype == grid.dtype and torch.equal(q, quantize(want, grid))
@@ -94,10 +95,10 @@ def test_prepared_call_writes_buffers_and_codes():
     a = torch.randint(-128, 128, (3, 20), generator=g, dtype=torch.int32).to(torch.int8)
     wl = torch.randint(-127, 128, (8, 20), generator=g, dtype=torch.int32).to(torch.int8)
     grid = ActQParams(0.2, 128, 0, 255)
-    y, q = prepare_linear(wl, lin_ep, codes=CodesGrid(0.2, 128, 0, 255))(a)
+    y, q = prepare_linear(wl, lin_ep, codes=ActQParams(0.2, 128, 0, 255))(a)
     assert torch.equal(q, quantize(y, grid)) and torch.equal(y, qgemm(a, wl, lin_ep))
     with pytest.raises(ValueError, match="needs an fp32-output epilogue"):
-        prepare_conv(w, _epilogue(32, torch.uint8), codes=CodesGrid(0.1, 0, 0, 255))
+        prepare_conv(w, _epilogue(32, torch.uint8), codes=ActQParams(0.1, 0, 0, 255))
     with pytest.raises(RuntimeError, match="prepared without a residual"):
         prepare_conv(w, ep, padding=(1, 1))(x, res)
     with pytest.raises(RuntimeError, match="out must be a contiguous"):
@@ -105,7 +106,8 @@ def test_prepared_call_writes_buffers_and_codes():
 
 
 def test_prepare_rejects_bad_arguments():
-    from zsq_engine.ops.backends.cpu_int import prepare_conv, prepare_linear
+    from zsq_engine.ops.int_conv.cpu import prepare_conv
+    from zsq_engine.ops.int_gemm.cpu import prepare_linear
 
     w = torch.zeros(4, 3, 3, 2, dtype=torch.int8)
     with pytest.raises(ValueError, match="w must be an int8 CPU tensor"):

@@ -5,8 +5,10 @@ import torch
 
 from _support.devices import DEVICES
 from zsq_engine.ops import dispatch
-from zsq_engine.ops.epilogue import Epilogue, conv_product_reference, dequant_reference, finish_reference
-from zsq_engine.ops.reference.integer import conv2d_int
+from zsq_engine.ops.int_conv.reference import conv_product_reference
+from zsq_engine.ops.int_gemm.reference import dequant_reference, finish_reference
+from zsq_engine.opspec.epilogue import Epilogue
+from zsq_engine.ops.int_conv.reference import conv2d_int
 
 pytest.importorskip("triton")
 ok, why = dispatch.backend_status("triton")

@@ -1,14 +1,15 @@
 """Triton integer GEMM (W8A8 / W4A8 / W4A4) vs the exact reference, and its fused epilogue vs
-the float64 reference in zsq_engine.ops.epilogue. On CPU these run through the interpreter."""
+the float64 reference in zsq_engine.ops.int_gemm.reference. On CPU these run through the interpreter."""
 import pytest
 import torch
 
 from _support.devices import DEVICES
 from zsq_engine import ops
 from zsq_engine.ops import dispatch
-from zsq_engine.ops.epilogue import Epilogue, apply_reference, dequant_reference, zero_point_product_reference
-from zsq_engine.ops.reference.integer import int_mm as ref_int_mm
-from zsq_engine.ops.reference.integer import pack_int4
+from zsq_engine.ops.int_gemm.reference import apply_reference, dequant_reference, zero_point_product_reference
+from zsq_engine.opspec.epilogue import Epilogue
+from zsq_engine.ops.int_gemm.reference import int_mm as ref_int_mm
+from zsq_engine.ops.int4_pack.reference import pack_int4
 
 triton = pytest.importorskip("triton")
 ok, why = dispatch.backend_status("triton")
@@ -132,7 +133,7 @@ def _check_requant(out, v_ref, magnitude, ep):
 
 
 def apply_reference_from_v(v, ep):
-    from zsq_engine.ops.epilogue import finish_reference
+    from zsq_engine.ops.int_gemm.reference import finish_reference
     return finish_reference(v, ep)
 
 

@@ -62,6 +62,9 @@ void bind_adaround(pybind11::module_& m);
 void bind_scale_search(pybind11::module_& m);
 void bind_bn_stats(pybind11::module_& m);
 void bind_self_attention(pybind11::module_& m);
+void bind_int_epilogue(pybind11::module_& m);
 void bind_int_gemm(pybind11::module_& m);
+void bind_int_conv(pybind11::module_& m);
+void bind_int_prepared(pybind11::module_& m);
 
 }  // namespace zsq::bind

@@ -7,7 +7,7 @@ fp32 epilogue's error budget.
 import torch
 import torch.nn.functional as F
 
-FP32_BUDGET = 8 * 2.0 ** -24  # relative error budget of the fp32 epilogue (zsq_engine.ops.epilogue)
+FP32_BUDGET = 8 * 2.0 ** -24  # relative error budget of the fp32 epilogue (zsq_engine.opspec.epilogue)
 
 
 def rand_int(shape, lo, hi, dtype):

@@ -7,16 +7,16 @@ Force one with ``ZSQ_BACKEND=reference|triton|cuda|cpu`` or ``with use_backend(n
 """
 from .bn_stats import BNLossSpec, bn_stat_loss
 from .dispatch import BACKENDS, BackendUnavailableError, available_backends, backend_status, use_backend
-from .epilogue import Epilogue
-from .integer_ops import conv2d_int, int_mm, pack_int4, unpack_int4
-from .narrow_conv_ops import conv3x3_narrow, narrow_conv_pays
-from .quantized_ops import qconv2d_nhwc, qgemm
+from ..opspec.epilogue import Epilogue
+from .int4_pack import pack_int4, unpack_int4
+from .int_conv import conv2d_int, qconv2d_nhwc
+from .int_gemm import int_mm, qgemm
+from .conv_forms import conv3x3_narrow, narrow_conv_pays, upsample2x_conv3x3
 from .adaround import adaround_fake_quant, adaround_h, adaround_init, adaround_regularizer
 from .fake_quant import fake_quant, lsq_fake_quant, qdrop_fake_quant
 from .qdrop_mix import qdrop_mix
 from .scale_search import minmax_qparams, scale_search
 from .self_attention import self_attention
-from .upsample_ops import upsample2x_conv3x3
 
 __all__ = [
     "adaround_fake_quant", "adaround_h", "adaround_init", "adaround_regularizer", "available_backends",

@@ -2,9 +2,9 @@
 
 Every public op (``zsq_engine.ops.fake_quant`` ...) is a name with one implementation per
 backend. The pure-PyTorch ``reference`` implementation always exists and is the oracle; the
-others are registered by the backend modules (``zsq_engine/ops/<family>/{cpu,triton,cuda}.py``,
-and ``zsq_engine.ops.backends`` for the ops without a family folder), imported the first time
-an op is dispatched (so ``import zsq_engine`` never touches Triton, the C++ extension or a GPU).
+others are registered by the backend modules of each op family
+(``zsq_engine/ops/<family>/{cpu,triton,cuda}.py``), imported the first time an op is
+dispatched (so ``import zsq_engine`` never touches Triton, the C++ extension or a GPU).
 
 Which implementation runs:
 
@@ -38,9 +38,9 @@ _REGISTRY: Dict[str, Dict[str, Callable]] = {}
 _CUDA_PREFERENCE: Dict[str, Tuple[str, ...]] = {}
 _DEFAULT_CUDA_PREFERENCE = ("triton", "cuda")
 
-# Modules whose import registers backend kernels: the shared backend modules (integer ops) and
-# each op family's cpu / cuda / triton module (added by the family, :func:`add_backend_modules`).
-_BACKEND_MODULES: List[str] = [f"zsq_engine.ops.backends.{name}" for name in ("cpu", "cuda", "triton")]
+# Modules whose import registers backend kernels: each op family's cpu / cuda / triton module
+# (named by the family, :func:`add_backend_modules`).
+_BACKEND_MODULES: List[str] = []
 _backend_modules_loaded = False
 _load_lock = threading.RLock()  # re-entered when a backend module imports a family
 _warned: set = set()

@@ -13,7 +13,7 @@ FLOAT_OUT_DTYPES = FLOAT_DTYPES
 QUANT_OUT_DTYPES = (torch.int8, torch.uint8)
 OUT_DTYPES = (torch.int32,) + FLOAT_OUT_DTYPES + QUANT_OUT_DTYPES
 
-# Activations of the epilogue, with the integer code every kernel (Triton constexpr, C++
-# argument) uses for them.
+# Activations of the epilogue, with the integer code the Triton kernels take as a constexpr (the
+# C++ calls take the name: csrc/bind/int_epilogue.h).
 ACTIVATIONS = ("none", "relu", "relu6")
 ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}

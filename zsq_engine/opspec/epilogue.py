@@ -1,5 +1,5 @@
 """The fused epilogue of the integer GEMM / conv kernels: what it computes (its float64 reference is
-:mod:`zsq_engine.ops.reference.epilogue`).
+:mod:`zsq_engine.ops.int_gemm.reference`).
 
 An integer GEMM ``a [M, K] x w [N, K]^T`` (or an implicit-GEMM conv, ``M`` = output pixels,
 ``N`` = output channels, ``K`` = kh * kw * C) accumulates int32. :class:`Epilogue` says what

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.narrow_conv_ops import conv2d_narrow_aware
+from ..ops.conv_forms import conv2d_narrow_aware
 from ..quant.bn_fold import fold_model_bn
 
 __all__ = ["NarrowAwareConv2d", "fast_frozen_copy"]

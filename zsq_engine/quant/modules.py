@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.narrow_conv_ops import conv2d_narrow_aware
+from ..ops.conv_forms import conv2d_narrow_aware
 from .calibration import calibrate_weight
 from .quantizer import QuantSpec, UniformQuantizer
 

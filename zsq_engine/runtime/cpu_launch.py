@@ -2,7 +2,7 @@
 "Integer layers and execution").
 
 A layer's weight and epilogue never change between calls, so it prepares the call once
-(:func:`zsq_engine.ops.backends.cpu_int.prepare_conv` / ``prepare_linear``: weight packed,
+(:func:`zsq_engine.ops.int_conv.cpu.prepare_conv` / :func:`zsq_engine.ops.int_gemm.cpu.prepare_linear`: weight packed,
 epilogue bound) and then passes only the activation and the residual. Used only when dispatch
 would pick the ``cpu`` backend for the op anyway (nothing forced, or ``cpu`` forced); a forced
 ``reference`` / ``triton`` backend, or a model without the built extension, goes through the
@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..ops import dispatch as _dispatch
-from ..ops.epilogue import Epilogue
+from ..opspec.epilogue import Epilogue
 
 __all__ = ["cpu_kernels_selected", "make_launch"]
 
@@ -42,17 +42,18 @@ def make_launch(kind: str, w: torch.Tensor, epilogue: Optional[Epilogue], *, str
     """The prepared call ``launch(x, residual=None) -> out`` of one conv (``kind='conv'``: ``x``
     NHWC codes, ``w`` int8 OHWI) or linear (``kind='linear'``: ``x`` [M, K] codes, ``w`` int8
     [N, K] or packed int4 with ``w_packed``); None when the C++ kernels are not built. Callers
-    check :func:`cpu_kernels_selected` before each call. ``codes``: a ``cpu_int.CodesGrid`` for a
+    check :func:`cpu_kernels_selected` before each call. ``codes``: an :class:`ActQParams` for a
     second output (the fp32 output's codes)."""
     op = "qconv2d_nhwc" if kind == "conv" else "qgemm"
     # built whenever the C++ kernels exist (whether they are used is decided per call, so a model
     # converted inside use_backend("reference") still gets them afterwards)
     if w.device.type != "cpu" or "cpu" not in _dispatch.implementations(op) or not _dispatch.backend_status("cpu")[0]:
         return None
-    from ..ops.backends import cpu_int
-
     if kind == "linear":
-        return cpu_int.prepare_linear(w, epilogue, w_packed=w_packed, k=k, residual_dtype=residual_dtype,
-                                      codes=codes)
-    return cpu_int.prepare_conv(w, epilogue, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                pad_value=pad_value, residual_dtype=residual_dtype, codes=codes)
+        from ..ops.int_gemm.cpu import prepare_linear
+
+        return prepare_linear(w, epilogue, w_packed=w_packed, k=k, residual_dtype=residual_dtype, codes=codes)
+    from ..ops.int_conv.cpu import prepare_conv
+
+    return prepare_conv(w, epilogue, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        pad_value=pad_value, residual_dtype=residual_dtype, codes=codes)

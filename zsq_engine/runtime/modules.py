@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops.epilogue import Epilogue
+from ..opspec.epilogue import Epilogue
 from .cpu_launch import cpu_kernels_selected, make_launch
 from .qparams import ActQParams, integer_weight
 from .quantize import nhwc_to_nchw, quantize
@@ -155,9 +155,7 @@ class _IntLayer(nn.Module):
         key = (q.scale, q.zero_point, q.qmin, q.qmax)
         hit = self._codes_launches.get(key)
         if hit is None:
-            from ..ops.backends.cpu_int import CodesGrid
-
-            hit = self._make_launch(codes=CodesGrid(*key))
+            hit = self._make_launch(codes=ActQParams(*key))
             self._codes_launches[key] = hit
         return hit
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..ops.backends.cpu_int import PreparedIntCall
+from ..ops.int_gemm.cpu import PreparedIntCall
 from .cpu_launch import cpu_kernels_selected
 from .qparams import ActQParams
 from .quantize import _fp32_reciprocal

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops.narrow_conv_ops import conv2d_narrow_aware
+from ..ops.conv_forms import conv2d_narrow_aware
 from ..utils import BNInputRecorder, frozen_teacher
 from .loop import BatchResult, IterationBar, measure_bn_loss
 

@@ -1,4 +1,5 @@
-"""CUDA kernels of the C++ extension, registered under the 'cuda' backend."""
+"""int4 packing on the CUDA kernels of the extension (``_C.pack_int4_cuda`` /
+``_C.unpack_int4_cuda``, csrc/cuda/int4_pack.cu); nothing without a CUDA build."""
 from __future__ import annotations
 
 from zsq_engine._ext import get_extension
@@ -13,7 +14,3 @@ if _C is not None and _C.build_info()["with_cuda"]:
     @register("unpack_int4", "cuda", cuda_preference=("cuda",))
     def _unpack_int4(packed, k, signed):
         return _C.unpack_int4_cuda(packed, k, signed)
-
-
-# Integer conv kernels (depthwise dp4a): registered by their own module.
-from . import cuda_int  # noqa: E402,F401

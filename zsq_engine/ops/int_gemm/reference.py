@@ -1,15 +1,33 @@
-"""Float64 reference of the integer GEMM / conv epilogue (semantics and error budget in
+"""Reference integer GEMM (the oracle of ``qgemm`` / ``int_mm``'s kernels) and the float64
+reference of the integer epilogue (semantics and error budget in
 :mod:`zsq_engine.opspec.epilogue`): the exact zero-point-corrected product, then dequantisation,
-bias, residual, activation and the output cast or requantisation, all in fp64."""
+bias, residual, activation and the output cast or requantisation, all in fp64. Products of 8-bit
+integers summed in fp64 are exact (every partial sum stays far below 2^53), so computing in fp64
+and casting to int32 is an exact oracle on any device."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ...opspec.dtypes import FLOAT_OUT_DTYPES, QUANT_OUT_DTYPES
 from ...opspec.epilogue import Epilogue, ScalarOrTensor
+from ...opspec.int4 import unpack_int4
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a.double(), b.double()).to(torch.int32)
+
+
+def qgemm(a, w, epilogue, w_packed, a_packed, a_signed, k):
+    if a_packed:
+        a = unpack_int4(a, k, a_signed)
+    if w_packed:
+        w = unpack_int4(w, k, True)
+    ep = epilogue
+    product = zero_point_product_reference(a, w, 0 if ep is None else ep.act_zero_point,
+                                           None if ep is None else ep.weight_zero_point)
+    return apply_reference(product, ep)
 
 
 def _as_f64(v: ScalarOrTensor, device) -> torch.Tensor:
@@ -26,22 +44,6 @@ def zero_point_product_reference(a: torch.Tensor, w: torch.Tensor, act_zero_poin
         zw = weight_zero_point if isinstance(weight_zero_point, torch.Tensor) else torch.tensor(weight_zero_point)
         wd = wd - zw.to(device=w.device, dtype=torch.float64).reshape(-1, 1)
     return (a.double() - act_zero_point) @ wd.t()
-
-
-def conv_product_reference(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups=1,
-                           pad_value: int = 0, act_zero_point: int = 0, weight_zero_point=None) -> torch.Tensor:
-    """Exact fp64 ``sum (x - za)(w - zw)`` of an NHWC conv whose padding holds ``pad_value``.
-
-    ``x`` [B, H, W, C]; ``w`` [O, kh, kw, C / groups]; returns fp64 [B, OH, OW, O]."""
-    pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    xd = x.double().permute(0, 3, 1, 2)
-    xd = F.pad(xd, (pad[1], pad[1], pad[0], pad[0]), value=float(pad_value)) - act_zero_point
-    wd = w.double().permute(0, 3, 1, 2)
-    if weight_zero_point is not None:
-        zw = weight_zero_point if isinstance(weight_zero_point, torch.Tensor) else torch.tensor(weight_zero_point)
-        wd = wd - zw.to(device=w.device, dtype=torch.float64).reshape(-1, 1, 1, 1)
-    out = F.conv2d(xd, wd, None, stride, 0, dilation, groups)
-    return out.permute(0, 2, 3, 1)
 
 
 def dequant_reference(product: torch.Tensor, epilogue: Epilogue) -> torch.Tensor:
