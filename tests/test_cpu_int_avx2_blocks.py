@@ -1,5 +1,5 @@
 """The AVX2 path of the C++ CPU integer GEMM / conv (csrc/cpu/int_gemm_avx2.cpp), called with
-isa=2 explicitly so it runs on an AVX-512 host too, against int64 arithmetic written out here.
+isa="avx2" explicitly so it runs on an AVX-512 host too, against int64 arithmetic written out here.
 
 The AVX2 driver widens the gathered u8 tile to u16 and each 16-channel weight panel to int16
 k-pairs, then runs 6-row x 16-channel register blocks over the work item's rows; the cases
@@ -23,7 +23,7 @@ _C = get_extension()
 HAS_AVX2 = _C is not None and hasattr(_C, "int_isas_cpu") and "avx2" in _C.int_isas_cpu()
 pytestmark = pytest.mark.skipif(not HAS_AVX2, reason="no C++ extension or no AVX2 on this CPU")
 
-AVX2, SCALAR = 2, 1
+AVX2, SCALAR = "avx2", "scalar"
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -34,9 +34,9 @@ def threads(request):
     torch.set_num_threads(old)
 
 
-def _int32_args(za=0, zw=None):
-    """The 14 epilogue arguments for an int32 output with zero points only."""
-    return (0, za, zw, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
+def _int32_ep(za=0, zw=None):
+    """The bound epilogue of an int32 output with zero points only."""
+    return _C.IntEpilogue(out_dtype=torch.int32, act_zero_point=za, weight_zero_point=zw)
 
 
 def _wrap32(v):
@@ -61,7 +61,7 @@ def test_gemm_int8_blocks_exact(threads, m, n, k):
     a = rand_int((m, k), -128, 127, torch.int8)
     w = rand_int((n, k), -128, 127, torch.int8)
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 0, k, panels, colsum, n, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "int8", k, panels, colsum, n, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -76,8 +76,7 @@ def test_gemm_zero_points_exact(threads, a_kind, m, n, k):
     za = -7 if a_kind == "int8" else 131
     zw = torch.randint(-5, 6, (n,), dtype=torch.int32)
     panels, colsum = _pack(w)
-    act = 0 if a_kind == "int8" else 1
-    out = _C.int_gemm_cpu(a, act, k, panels, colsum, n, *_int32_args(za, zw), isa=AVX2)
+    out = _C.int_gemm_cpu(a, a_kind, k, panels, colsum, n, _int32_ep(za, zw), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w, za, zw).to(torch.int32))
 
 
@@ -91,13 +90,13 @@ def test_gemm_int4_weights_every_activation(act, k):
     if act in ("int8", "uint8"):
         lo, hi = (-128, 127) if act == "int8" else (0, 255)
         a = rand_int((m, k), lo, hi, getattr(torch, act))
-        a_arg, kind = a, 0 if act == "int8" else 1
+        a_arg, kind = a, act
     else:
         lo, hi = (-8, 7) if act == "int4" else (0, 15)
         a = rand_int((m, k), lo, hi, torch.int8 if act == "int4" else torch.uint8)
-        a_arg, kind = ops.pack_int4(a), 2 if act == "int4" else 3
+        a_arg, kind = ops.pack_int4(a), act
     panels, colsum = _pack(w, w_int4=True)
-    out = _C.int_gemm_cpu(a_arg, kind, k, panels, colsum, n, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a_arg, kind, k, panels, colsum, n, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -111,7 +110,7 @@ def test_gemm_extremes_and_int32_wraparound():
     w[3] = 127
     w[5, ::2] = 127
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 1, k, panels, colsum, 18, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "uint8", k, panels, colsum, 18, _int32_ep(), isa=AVX2)
     ref = gemm_ref(a, w)
     assert ref.abs().max() >= 2 ** 31  # the case does wrap
     assert torch.equal(out, _wrap32(ref))
@@ -127,9 +126,10 @@ def test_gemm_requant_matches_scalar_and_reference(threads, m, n, k):
     sw = torch.rand(n) * 1e-3 + 1e-4
     sa = torch.rand(m) * 0.05 + 0.01
     bias = torch.randn(n)
-    args = (4, 3, None, sw, sa, bias, None, 1.0, 0, 1, 0.25, -5, -128, 127)
-    out = _C.int_gemm_cpu(a, 0, k, panels, colsum, n, *args, isa=AVX2)
-    assert torch.equal(out, _C.int_gemm_cpu(a, 0, k, panels, colsum, n, *args, isa=SCALAR))
+    ep = _C.IntEpilogue(out_dtype=torch.int8, act_zero_point=3, weight_scale=sw, act_scale=sa, bias=bias,
+                        activation="relu", out_scale=0.25, out_zero_point=-5, quant_min=-128, quant_max=127)
+    out = _C.int_gemm_cpu(a, "int8", k, panels, colsum, n, ep, isa=AVX2)
+    assert torch.equal(out, _C.int_gemm_cpu(a, "int8", k, panels, colsum, n, ep, isa=SCALAR))
     v, mag = epilogue_expected(gemm_ref(a, w, 3), m, n, sa=sa.reshape(-1, 1), sw=sw, bias=bias, act="relu")
     check_requant(out, v, 0.25, -5, -128, 127, mag)
 
@@ -156,7 +156,7 @@ def test_conv_blocks_exact_with_pad_value(threads, kh, kw, stride, pad, dil, gro
     zw = torch.randint(-3, 4, (o,), dtype=torch.int32)
     panels, colsum = _pack(w.reshape(o, -1), groups)
     out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, o, kh, kw, stride, stride, ph, pw, dil, dil, groups,
-                                 pad_value, *_int32_args(za, zw), isa=AVX2)
+                                 pad_value, _int32_ep(za, zw), isa=AVX2)
     ref = conv_ref(x, w, (stride, stride), (ph, pw), (dil, dil), groups, pad_value, za, zw)
     assert torch.equal(out, ref.to(torch.int32))
 
@@ -166,9 +166,10 @@ def test_conv_int4_weights_and_requant_match_scalar(threads):
     w = rand_int((36, 3, 3, 10), -8, 7, torch.int8)
     panels, colsum = _pack(w.reshape(36, -1), w_int4=True)
     geo = (36, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0)
-    out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, *_int32_args(), isa=AVX2)
+    out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, _int32_ep(), isa=AVX2)
     assert torch.equal(out, conv_ref(x, w, (1, 1), (1, 1), (1, 1), 1, 0).to(torch.int32))
     sw = torch.rand(36) * 1e-2 + 1e-3
-    args = (5, 0, None, sw, torch.tensor([0.02]), torch.randn(36), None, 1.0, 0, 2, 0.05, 10, 0, 255)
-    q = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, *args, isa=AVX2)
-    assert torch.equal(q, _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, *args, isa=SCALAR))
+    ep = _C.IntEpilogue(out_dtype=torch.uint8, weight_scale=sw, act_scale=torch.tensor([0.02]), bias=torch.randn(36),
+                        activation="relu6", out_scale=0.05, out_zero_point=10, quant_min=0, quant_max=255)
+    q = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, ep, isa=AVX2)
+    assert torch.equal(q, _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, ep, isa=SCALAR))
