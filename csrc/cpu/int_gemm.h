@@ -1,6 +1,6 @@
 // Integer GEMM and NHWC conv on the CPU (torch-free: raw pointers and sizes; csrc/bind/int_gemm.cpp
 // wraps them). These implement the `qgemm` / `qconv2d_nhwc` primitives of
-// zsq_engine/ops/quantized_ops.py with the fused epilogue of zsq_engine/ops/epilogue.py.
+// zsq_engine/ops/int_gemm and ops/int_conv with the fused epilogue of zsq_engine/opspec/epilogue.py.
 //
 // Packed weight ("panels"). The weight [N, K] of each group is re-laid once for the VNNI dot
 // product (4 consecutive k of one output channel in one int32 lane): int8

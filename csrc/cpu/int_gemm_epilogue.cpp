@@ -1,4 +1,4 @@
-// The fused epilogue of one int32 accumulator tile (zsq_engine/ops/epilogue.py, steps 1-5).
+// The fused epilogue of one int32 accumulator tile (zsq_engine/opspec/epilogue.py, steps 1-5).
 //
 // Each step is its own short loop over a row of at most kChunk columns held in a float buffer
 // in L1, so every loop is a plain unit-stride loop that GCC vectorises for each target clone,

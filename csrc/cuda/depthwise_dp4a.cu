@@ -15,7 +15,7 @@
 //   sum_t (x - za)(w - zw) = S_uw - za' * S_w - zw * S_u + T * za' * zw
 // where S_uw = sum u w and S_u = sum u come from dp4a and S_w = sum w from the re-layout. All of
 // this is uint32 arithmetic (wraps like the CPU kernels), exact whenever the true result fits
-// int32. The float epilogue follows zsq_engine/ops/epilogue.py step by step with explicitly
+// int32. The float epilogue follows zsq_engine/opspec/epilogue.py step by step with explicitly
 // rounded intrinsics (__fmul_rn, __fadd_rn, __fdiv_rn), so nvcc cannot contract anything into
 // an FMA and every step rounds as the CPU kernel and the error budget assume.
 //
@@ -109,7 +109,7 @@ __device__ __forceinline__ float load_residual(const ZsqIntEpilogueCuda& ep, int
   }
 }
 
-// Steps 2-5 of zsq_engine/ops/epilogue.py for output element (m, c); acc is already
+// Steps 2-5 of zsq_engine/opspec/epilogue.py for output element (m, c); acc is already
 // zero-point corrected (step 1). Not inlined: inlined, its option branches get unswitched out
 // of the pixel loop into dozens of copies of the whole kernel (60k PTX lines, minutes of ptxas)
 // while the call costs little next to the kh * kw taps of loads before it.

@@ -46,7 +46,7 @@ enum {
 };
 enum { ZSQ_INT_ACT_NONE = 0, ZSQ_INT_ACT_RELU = 1, ZSQ_INT_ACT_RELU6 = 2 };
 
-/* The fused epilogue of zsq_engine/ops/epilogue.py for an [M, N] output (M rows = output
+/* The fused epilogue of zsq_engine/opspec/epilogue.py for an [M, N] output (M rows = output
  * pixels, N = channels); device pointers, null when the option is off. out_kind INT32 keeps the
  * zero-point-corrected accumulator and ignores everything after weight_zero_point. */
 typedef struct ZsqIntEpilogueCuda {
