@@ -118,6 +118,50 @@ void madd_block(const uint16_t* a, int64_t lda, const int16_t* w, int64_t kpairs
   }
 }
 
+// ------------------------------------------------------ narrow weights: vpmaddubsw
+
+// ROWS rows x one int8 panel (16 channels, VNNI layout [kgroups][16][4]) with vpmaddubsw, exact
+// only under the bound narrow_panel_steps checked (see there): per k-group and row, the 4
+// bytes u[4g..4g+3] are broadcast and multiplied with the 2 weight registers (channels 0-7 and
+// 8-15, 4 k each); int16 lane 2j then holds channel j's (k0, k1) pair sum and lane 2j + 1 its
+// (k2, k3) pair sum. `steps` k-groups are summed in int16 (vpaddw), then vpmaddwd with ones
+// adds each channel's two lanes into int32.
+template <int ROWS>
+void narrow_panel(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroups, int steps,
+                  int32_t* c, int64_t ldc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[ROWS][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t g0 = 0; g0 < kgroups; g0 += steps) {
+    const int64_t g1 = g0 + steps < kgroups ? g0 + steps : kgroups;
+    __m256i s16[ROWS][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r) s16[r][0] = s16[r][1] = _mm256_setzero_si256();
+    for (int64_t g = g0; g < g1; ++g) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64 + 32));
+#pragma GCC unroll 4
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i av = _mm256_castps_si256(
+            _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 4 * g)));
+        s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(av, w0));
+        s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(av, w1));
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r) {
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(s16[r][0], ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(s16[r][1], ones));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8), acc[r][1]);
+  }
+}
+
 }  // namespace
 
 void tile_kernel_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
@@ -170,6 +214,40 @@ void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, 
       case 4: madd_block<4>(ar, lda, w, kpairs, cr, ldc); break;
       case 5: madd_block<5>(ar, lda, w, kpairs, cr, ldc); break;
       default: madd_block<6>(ar, lda, w, kpairs, cr, ldc); break;
+    }
+  }
+}
+
+int narrow_panel_steps(const int8_t* panel, int64_t kgroups) {
+  // Largest |w_a| + |w_b| over the pairs vpmaddubsw sums: |w| as u8 (vpabsb maps -128 to 0x80,
+  // i.e. 128), each adjacent byte pair added into int16 by vpmaddubsw with ones (at most 256,
+  // no saturation), then the int16 maximum.
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  __m256i mx = _mm256_setzero_si256();
+  const int64_t n = kgroups * kPanelCols * kPanelK;  // a multiple of 64
+  for (int64_t i = 0; i < n; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + i));
+    mx = _mm256_max_epi16(mx, _mm256_maddubs_epi16(_mm256_abs_epi8(v), ones8));
+  }
+  __m128i m = _mm_max_epi16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 8));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 4));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 2));
+  const int pair = _mm_extract_epi16(m, 0);
+  if (pair == 0) return static_cast<int>(kgroups < kNarrowMaxSteps ? kgroups : kNarrowMaxSteps);
+  if (pair > kNarrowMaxPair) return 0;
+  const int steps = kNarrowInt16Max / (kNarrowMaxAct * pair);
+  return steps < kNarrowMaxSteps ? steps : kNarrowMaxSteps;
+}
+
+void narrow_rows_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t kgroups,
+                      int steps, int32_t* c, int64_t ldc) {
+  for (int r = 0; r < rows; r += 3) {
+    const int n = rows - r < 3 ? rows - r : 3;
+    switch (n) {
+      case 1: narrow_panel<1>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
+      case 2: narrow_panel<2>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
+      default: narrow_panel<3>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
     }
   }
 }
