@@ -179,7 +179,7 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
           for (int p = 0; p < np; ++p) {
             const int8_t* pw = wg + (p0 + p) * panel_stride;
             int32_t* cp = acc_rows.get() + p * kPanelCols;
-            const int steps = narrow ? narrow_panel_steps(pw, kg) : 0;
+            const int steps = narrow && nrows >= kNarrowMinRows ? narrow_panel_steps(pw, kg) : 0;
             if (steps > 0) {
               narrow_rows_avx2(tile.data(), ldt, nrows, pw, kg, steps, cp, kTileLd);
             } else if (nrows >= kAvx2Rows) {

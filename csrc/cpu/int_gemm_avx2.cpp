@@ -147,6 +147,7 @@ void narrow_panel(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroup
             _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 4 * g)));
         s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(av, w0));
         s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(av, w1));
+        __asm__("" : "+x"(s16[r][0]), "+x"(s16[r][1]));  // as in narrow_run_mem
       }
     }
 #pragma GCC unroll 4
@@ -159,6 +160,59 @@ void narrow_panel(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroup
   for (int r = 0; r < ROWS; ++r) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc), acc[r][0]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8), acc[r][1]);
+  }
+}
+
+// The same arithmetic for longer int16 runs (steps >= kNarrowMemSteps): the int32 sums live in
+// c (written at the first widening, then added to), so the registers hold only the int16 sums of
+// ROWS rows (2 * ROWS), the 2 weight registers and the broadcast: 6 rows fit the 16 ymm without
+// spills, and the weight loads are shared by twice the rows of narrow_panel.
+template <int ROWS>
+__attribute__((noinline)) void narrow_run_mem(const uint8_t* a, int64_t lda, const int8_t* w,
+                                              int64_t groups, bool first, int32_t* c, int64_t ldc) {
+  // one int16 run of `groups` k-groups (a separate function: inlined into the loop over runs,
+  // GCC kept the int16 sums on the stack)
+  __m256i s16[ROWS][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) s16[r][0] = s16[r][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64 + 32));
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256i av = _mm256_castps_si256(
+          _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 4 * g)));
+      s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(av, w0));
+      s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(av, w1));
+      // ties each sum to one register: without it GCC issued all products first and copied
+      // every sum back with a vmovdqa (6 rows: onto the stack)
+      __asm__("" : "+x"(s16[r][0]), "+x"(s16[r][1]));
+    }
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    __m256i* cr = reinterpret_cast<__m256i*>(c + r * ldc);
+    __m256i v0 = _mm256_madd_epi16(s16[r][0], ones), v1 = _mm256_madd_epi16(s16[r][1], ones);
+    if (!first) {
+      v0 = _mm256_add_epi32(v0, _mm256_loadu_si256(cr));
+      v1 = _mm256_add_epi32(v1, _mm256_loadu_si256(cr + 1));
+    }
+    _mm256_storeu_si256(cr, v0);
+    _mm256_storeu_si256(cr + 1, v1);
+  }
+}
+
+// The same arithmetic for longer int16 runs (steps >= kNarrowMemSteps): the int32 sums live in
+// c (written by the first run, then added to), so the registers hold only the int16 sums of
+// ROWS rows (2 * ROWS), the 2 weight registers and the broadcast: 6 rows fit the 16 ymm, and
+// the weight loads are shared by twice the rows of narrow_panel.
+template <int ROWS>
+void narrow_panel_mem(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroups, int steps,
+                      int32_t* c, int64_t ldc) {
+  for (int64_t g0 = 0; g0 < kgroups; g0 += steps) {
+    const int64_t n = kgroups - g0 < steps ? kgroups - g0 : steps;
+    narrow_run_mem<ROWS>(a + 4 * g0, lda, w + g0 * 64, n, g0 == 0, c, ldc);
   }
 }
 
@@ -242,6 +296,22 @@ int narrow_panel_steps(const int8_t* panel, int64_t kgroups) {
 
 void narrow_rows_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t kgroups,
                       int steps, int32_t* c, int64_t ldc) {
+  if (steps >= kNarrowMemSteps) {
+    for (int r = 0; r < rows; r += kNarrowMemRows) {
+      const int n = rows - r < kNarrowMemRows ? rows - r : kNarrowMemRows;
+      const uint8_t* ar = a + r * lda;
+      int32_t* cr = c + r * ldc;
+      switch (n) {
+        case 1: narrow_panel_mem<1>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 2: narrow_panel_mem<2>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 3: narrow_panel_mem<3>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 4: narrow_panel_mem<4>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 5: narrow_panel_mem<5>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        default: narrow_panel_mem<kNarrowMemRows>(ar, lda, w, kgroups, steps, cr, ldc); break;
+      }
+    }
+    return;
+  }
   for (int r = 0; r < rows; r += 3) {
     const int n = rows - r < 3 ? rows - r : 3;
     switch (n) {

@@ -63,6 +63,13 @@ constexpr int kNarrowMaxAct = 255;      // largest u8 activation code
 constexpr int kNarrowInt16Max = 32767;
 constexpr int kNarrowMaxPair = kNarrowInt16Max / kNarrowMaxAct;  // 128
 constexpr int kNarrowMaxSteps = 64;     // int16 sums of a zero panel: any count would do
+// from this many k-groups per int16 run on, the int32 sums are kept in memory (6-row blocks)
+constexpr int kNarrowMemSteps = 4;
+constexpr int kNarrowMemRows = 6;
+// Under this many rows in a work item (batch-1 GEMMs) the vpmaddwd path stays: the bound scan
+// reads each panel once more, which costs as much as the product of 1-3 rows (measured in
+// docs/kernels_int.md).
+constexpr int kNarrowMinRows = 4;
 int narrow_panel_steps(const int8_t* panel, int64_t kgroups);
 void narrow_rows_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t kgroups,
                       int steps, int32_t* c, int64_t ldc);
