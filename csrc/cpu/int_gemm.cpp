@@ -12,7 +12,8 @@
 // cores stream different weight slabs. The AVX2 path (no VNNI) walks a chunk panel by panel
 // instead: it widens the tile to u16 once per item and each 16-channel panel to int16 once,
 // runs every 6-row block against it, and applies the epilogue to all rows of the chunk at the
-// end (int_gemm_avx2.cpp says why).
+// end (int_gemm_avx2.cpp says why); a panel whose weights are narrow enough (int4) skips the
+// widening and runs the vpmaddubsw kernel on the int8 panel and u8 tile in place.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>

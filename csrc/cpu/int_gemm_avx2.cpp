@@ -1,9 +1,11 @@
 // AVX2 micro-kernels of the CPU integer GEMM (see int_gemm.h for the layouts), for CPUs without
-// VNNI. Every product goes through vpmaddwd (int16 x int16, adjacent pairs summed into int32):
-// a pair sum of u8 x s8 values is at most 2 * 255 * 128 = 65280, so it is exact, and the int32
-// accumulation wraps modulo 2^32 like the scalar reference. vpmaddubsw (u8 x s8 pairs summed
-// into int16) would do twice the products per instruction, but its pair sum saturates
-// (2 * 255 * 127 > 32767), so it is not used.
+// VNNI. Full-range weights go through vpmaddwd (int16 x int16, adjacent pairs summed into
+// int32): a pair sum of u8 x s8 values is at most 2 * 255 * 128 = 65280, so it is exact, and the
+// int32 accumulation wraps modulo 2^32 like the scalar reference. vpmaddubsw (u8 x s8 pairs
+// summed into int16) does twice the products per instruction but saturates for full-range
+// weights (2 * 255 * 127 > 32767); it is used only for panels whose weight pairs are narrow
+// enough for it to be exact (int4 weights always; the bound and its proof are in
+// int_gemm_kernels.h and docs/kernels_int.md, "AVX2: narrow weights").
 //
 // The driver runs it in two ways (measured in docs/kernels_int.md):
 // * 6 rows or more: both operands are widened once, outside the hot loop. The driver widens the
