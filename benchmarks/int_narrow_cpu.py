@@ -8,6 +8,8 @@ Per layer the same shape runs with four operand sets through the packed-weight l
 runtime calls (requantised int8 output, as benchmarks/int_conv_cpu.py):
 
 * ``w8a8``: full-range int8 weights (every panel takes the vpmaddwd kernels on AVX2);
+* ``w7a8`` / ``w6a8``: int8 weights in [-64, 63] / [-32, 31] (the narrow path with int16 runs
+  of 1 / 2 k-groups);
 * ``w4a8_wide``: int4 weights with ``ZSQ_AVX2_NARROW=0`` (the vpmaddwd kernels: what W4A8 cost
   before the narrow path);
 * ``w4a8``: int4 weights, int8 activations (the vpmaddubsw kernel);
@@ -33,12 +35,12 @@ from zsq_engine._ext import require_extension
 from zsq_engine.ops.backends import cpu_int
 from zsq_engine.ops.epilogue import Epilogue
 
-VARIANTS = ("w8a8", "w4a8_wide", "w4a8", "w4a4")
+VARIANTS = ("w8a8", "w7a8", "w6a8", "w4a8_wide", "w4a8", "w4a4")
 
 
 def _operands(layer, variant, g):
     l = layer
-    wlo, whi = (-127, 127) if variant == "w8a8" else (-8, 7)
+    wlo, whi = {"w8a8": (-127, 127), "w7a8": (-64, 63), "w6a8": (-32, 31)}.get(variant, (-8, 7))
     alo, ahi = (-8, 7) if variant == "w4a4" else (-128, 127)
     if l.k:
         x = torch.randint(alo, ahi + 1, (1, l.hw, l.hw, l.c), generator=g).to(torch.int8)

@@ -1,10 +1,11 @@
 """The narrow-weight AVX2 path of the C++ CPU integer GEMM / conv (vpmaddubsw, csrc/cpu/
 int_gemm_avx2.cpp), forced with isa=2 as in test_cpu_int_avx2_blocks.py, against int64 arithmetic.
 
-The driver checks each packed 16-channel panel: when every weight pair that vpmaddubsw sums has
-|w_a| + |w_b| <= 128 it multiplies the u8 tile by the int8 panel in place and sums
-floor(32767 / (255 * max pair)) k-groups in int16 before widening; otherwise the panel takes the
-vpmaddwd kernels (so do work items of fewer than 4 rows, where the bound scan costs more than
+The driver checks each packed 16-channel panel: with P the largest |w_a| + |w_b| over the weight
+pairs vpmaddubsw sums, S = floor(32767 / (255 P)) k-groups can be summed exactly in int16 (P <=
+128 is exact at all); when S >= 2 (P <= 64; S = 1 is exact but slower) it multiplies the u8 tile
+by the int8 panel in place, S k-groups per int16 run; otherwise the panel takes the vpmaddwd
+kernels (so do work items of fewer than 4 rows, where the bound scan costs more than
 it saves; the cases with 1-3 rows check that those stay exact). The cases go after the bound from both sides with the operands that reach it
 (all-255 activations, weights of one sign), int4 weights (W4A8 / W4A4), K tails, partial row
 blocks and panels, panels of one layer on different sides of the bound, 1 / 2 threads, conv and
@@ -131,12 +132,12 @@ def test_gemm_w4a4_exact(threads, act, m, n, k):
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
-@pytest.mark.parametrize("max_pair", [16, 42, 43, 64, 127, 128])
+@pytest.mark.parametrize("max_pair", [16, 42, 43, 64, 65, 127, 128])
 @pytest.mark.parametrize("m", [4, 7, 8])
 def test_gemm_worst_case_at_bound_exact(threads, max_pair, m):
     """All-255 activations and one-sign weights whose pairs sum to the largest value of their
-    panel: every int16 sum of the narrow kernel is at its bound. Includes |w| = 64 pairs (128,
-    one step)."""
+    panel: every int16 sum of the narrow kernel is at its bound (P <= 64: S >= 2). P = 65 (S = 1)
+    and the exactness bound itself, |w| = 64 pairs (P = 128), take the vpmaddwd kernel."""
     k = 4 * 3 * max(_steps(max_pair), 1) + 5
     a = torch.full((m, k), 255, dtype=torch.uint8)
     w = torch.cat([_one_sign_weights(16, k, max_pair, 1), _one_sign_weights(16, k, max_pair, -1)])
@@ -148,7 +149,8 @@ def test_gemm_worst_case_at_bound_exact(threads, max_pair, m):
 
 @pytest.mark.parametrize("pair", [(127, 1), (-128, 0), (1, 127), (-64, -64)])
 def test_gemm_lopsided_pairs_at_bound_exact(threads, pair):
-    """Pairs of 128 made of one large weight and a small one, next to |w| = 64 pairs."""
+    """Pairs of 128 made of one large weight and a small one, next to |w| = 64 pairs (exact on
+    vpmaddubsw with one k-group per run; the driver takes vpmaddwd there, see the module doc)."""
     k = 24
     a = torch.full((8, k), 255, dtype=torch.uint8)
     w = torch.full((17, k), 64, dtype=torch.int8)
@@ -159,17 +161,19 @@ def test_gemm_lopsided_pairs_at_bound_exact(threads, pair):
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
-@pytest.mark.parametrize("pair", [(65, 64), (-65, -64), (-128, -1), (127, 2)])
+@pytest.mark.parametrize("pair", [(65, 64), (-65, -64), (-128, -1), (127, 2), (33, 32)])
 @pytest.mark.parametrize("m", [5, 9])
 def test_gemm_just_above_bound_falls_back_exact(threads, pair, m):
-    """One pair of |w_a| + |w_b| = 129 in a panel of narrow weights: the narrow kernel would
-    saturate on it (checked on the model), so the panel must take vpmaddwd and stay exact."""
+    """One pair of |w_a| + |w_b| = 129 (or 65) in a panel of narrow weights: the narrow kernel with
+    the step count of the other pairs (2 k-groups) would go wrong on it (checked on the model),
+    so the panel must take vpmaddwd and stay exact."""
     k = 40
     a = torch.full((m, k), 255, dtype=torch.uint8)
     w = rand_int((20, k), -30, 30, torch.int8)
     w[3, 8], w[3, 9] = pair
     w[3, 10], w[3, 11] = pair
-    assert not np.array_equal(_narrow_model(a[0].numpy(), w[3:4].numpy(), 1),
+    w[3, 12], w[3, 13] = pair
+    assert not np.array_equal(_narrow_model(a[0].numpy(), w[3:4].numpy(), 2),
                               gemm_ref(a[:1], w[3:4]).numpy()[0])
     panels, colsum = _pack(w)
     out = _C.int_gemm_cpu(a, 1, k, panels, colsum, 20, *_int32_args(), isa=AVX2)
@@ -184,9 +188,9 @@ def test_gemm_panels_on_both_sides_of_bound(threads, m):
     a = rand_int((m, k), -128, 127, torch.int8)
     a[0] = -128  # u = 0 and u = 255 rows
     a[1] = 127
-    w = torch.cat([rand_int((16, k), -64, 64, torch.int8), rand_int((16, k), -128, 127, torch.int8),
+    w = torch.cat([rand_int((16, k), -32, 32, torch.int8), rand_int((16, k), -128, 127, torch.int8),
                    rand_int((16, k), -8, 7, torch.int8), rand_int((9, k), -128, 127, torch.int8)])
-    w[:16, 0::2] = 64
+    w[:16, 0::2] = 32  # P = 64: 2 k-groups per int16 run
     za = 5
     zw = torch.randint(-3, 4, (w.shape[0],), dtype=torch.int32)
     panels, colsum = _pack(w)
@@ -232,15 +236,18 @@ def test_conv_w4_exact(threads, kh, kw, stride, pad, c, o, hw, x_kind):
 
 
 @pytest.mark.parametrize("above", [False, True])
-def test_conv_int8_weights_at_and_above_bound(threads, above):
-    """A grouped 3x3 conv whose weights are all +-64 (|w| = 64 pairs, the bound) on all-255
-    input, or with one pair of 129 in one group (that group's panel falls back)."""
+@pytest.mark.parametrize("v", [32, 64])
+def test_conv_int8_weights_at_and_above_bound(threads, v, above):
+    """A grouped 3x3 conv whose weights are all +-v on all-255 input: v = 32 puts every int16 run
+    of the narrow kernel (2 k-groups) at its bound, v = 64 is the exactness bound of one
+    vpmaddubsw (vpmaddwd runs it); with one pair of -(v + 1), -v in one group, that group's
+    panel falls back."""
     c, o, groups = 16, 32, 2
     x = torch.full((1, 6, 7, c), 255, dtype=torch.uint8)
-    w = torch.full((o, 3, 3, c // groups), 64, dtype=torch.int8)
-    w[o // 2:] = -64
+    w = torch.full((o, 3, 3, c // groups), v, dtype=torch.int8)
+    w[o // 2:] = -v
     if above:
-        w[20, 1, 1, 2], w[20, 1, 1, 3] = -65, -64
+        w[20, 1, 1, 2], w[20, 1, 1, 3] = -(v + 1), -v
     panels, colsum = _pack(w.reshape(o, -1), groups)
     out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, o, 3, 3, 1, 1, 1, 1, 1, 1, groups, 0,
                                  *_int32_args(), isa=AVX2)

@@ -291,8 +291,9 @@ int narrow_panel_steps(const int8_t* panel, int64_t kgroups) {
   m = _mm_max_epi16(m, _mm_srli_si128(m, 2));
   const int pair = _mm_extract_epi16(m, 0);
   if (pair == 0) return static_cast<int>(kgroups < kNarrowMaxSteps ? kgroups : kNarrowMaxSteps);
-  if (pair > kNarrowMaxPair) return 0;
+  if (pair > kNarrowMaxPair) return 0;  // not exact
   const int steps = kNarrowInt16Max / (kNarrowMaxAct * pair);
+  if (steps < kNarrowMinSteps) return 0;  // exact, but not faster
   return steps < kNarrowMaxSteps ? steps : kNarrowMaxSteps;
 }
 

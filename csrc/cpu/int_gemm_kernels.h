@@ -55,14 +55,17 @@ void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, 
 // bounded by the sum of the absolute terms), then vpmaddwd with ones widens to int32.
 // * narrow_panel_steps: the largest |w_a| + |w_b| over the pairs of one packed panel (the
 //   pairs vpmaddubsw forms: bytes 4g + 0/1 and 4g + 2/3 of each channel) and from it the
-//   number of k-groups the int16 sums may take (at most kNarrowMaxSteps); 0 when a pair
-//   exceeds 128, i.e. the panel must take the vpmaddwd kernels.
+//   number of k-groups the int16 sums may take (at most kNarrowMaxSteps); 0 when the panel
+//   must take the vpmaddwd kernels: a pair exceeds 128 (inexact), or the count is under
+//   kNarrowMinSteps (P in 65..128: exact, but one k-group per int16 run measured 0.75x the
+//   vpmaddwd kernel on the ResNet-18 3x3 convs; two runs 1.1x).
 // * narrow_rows_avx2: c[r * ldc + j] = sum_k a[r * lda + k] * w_j[k], r < rows, j < 16, for one
 //   int8 panel read in place (no widening), 3 rows per register block.
 constexpr int kNarrowMaxAct = 255;      // largest u8 activation code
 constexpr int kNarrowInt16Max = 32767;
 constexpr int kNarrowMaxPair = kNarrowInt16Max / kNarrowMaxAct;  // 128
 constexpr int kNarrowMaxSteps = 64;     // int16 sums of a zero panel: any count would do
+constexpr int kNarrowMinSteps = 2;      // fewer: the vpmaddwd kernel is faster (measured)
 // from this many k-groups per int16 run on, the int32 sums are kept in memory (6-row blocks)
 constexpr int kNarrowMemSteps = 4;
 constexpr int kNarrowMemRows = 6;
