@@ -58,9 +58,10 @@ void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, 
 //   number of k-groups the int16 sums may take (at most kNarrowMaxSteps); 0 when the panel
 //   must take the vpmaddwd kernels: a pair exceeds 128 (inexact), or the count is under
 //   kNarrowMinSteps (P in 65..128: exact, but one k-group per int16 run measured 0.75x the
-//   vpmaddwd kernel on the ResNet-18 3x3 convs; two runs 1.1x).
+//   vpmaddwd kernel on the ResNet-18 3x3 convs; two k-groups per run 1.1x).
 // * narrow_rows_avx2: c[r * ldc + j] = sum_k a[r * lda + k] * w_j[k], r < rows, j < 16, for one
-//   int8 panel read in place (no widening), 3 rows per register block.
+//   int8 panel read in place (no widening): 6-row register blocks with the int32 sums in c when
+//   steps >= kNarrowMemSteps, else 3-row blocks with the int32 sums in registers.
 constexpr int kNarrowMaxAct = 255;      // largest u8 activation code
 constexpr int kNarrowInt16Max = 32767;
 constexpr int kNarrowMaxPair = kNarrowInt16Max / kNarrowMaxAct;  // 128
