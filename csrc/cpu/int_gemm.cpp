@@ -12,9 +12,11 @@
 // cores stream different weight slabs. The AVX2 path (no VNNI) walks a chunk panel by panel
 // instead: it widens the tile to u16 once per item and each 16-channel panel to int16 once,
 // runs every 6-row block against it, and applies the epilogue to all rows of the chunk at the
-// end (int_gemm_avx2.cpp says why).
+// end (int_gemm_avx2.cpp says why); a panel whose weights are narrow enough (int4) skips the
+// widening and runs the vpmaddubsw kernel on the int8 panel and u8 tile in place.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -120,6 +122,10 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
   const int threads = resolve_threads(num_threads);
 
   const bool wide = isa == IntIsa::kAvx2;  // the widened-operand AVX2 path (int_gemm_kernels.h)
+  // ZSQ_AVX2_NARROW=0 turns the vpmaddubsw path off (read per call, so that a benchmark can
+  // time both kernels on the same weights in one process)
+  const char* narrow_env = wide ? std::getenv("ZSQ_AVX2_NARROW") : nullptr;
+  const bool narrow = wide && !(narrow_env != nullptr && std::strcmp(narrow_env, "0") == 0);
   // Row tiles: at most ~128 KB of gathered activations, balanced, a multiple of kMaxRows.
   // The AVX2 path takes twice the bytes: with few rows (the 7x7 maps of late layers) the widened
   // panels then serve more row blocks and the weights are read fewer times (measured in
@@ -159,19 +165,34 @@ void blocked_gemm(const RowGather& rows, int64_t m, int64_t n_g, int64_t k, int6
       const int64_t c_begin = ns * chunks / n_split, c_end = (ns + 1) * chunks / n_split;
       const int8_t* wg = panels + g * group_stride;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-      // under one register block of rows (batch-1 GEMMs) the in-loop widening of
-      // tile_kernel_avx2 costs less than widening each panel into a buffer first (measured)
-      if (wide && nrows >= kAvx2Rows) {
-        widen_tile_u16(tile.data(), nrows * ldt, tile16.get());
+      if (wide) {
+        // Per panel: the vpmaddubsw kernel on the int8 panel in place when its weights are
+        // narrow enough to be exact (narrow_panel_steps; int4 weights always are), else
+        // vpmaddwd - on the operands widened once per item for 6 rows or more, and with the
+        // in-loop widening of tile_kernel_avx2 under one register block of rows (batch-1
+        // GEMMs), where widening each panel into a buffer first costs more (measured).
+        bool tile_widened = false;
         for (int64_t ch = c_begin; ch < c_end; ++ch) {
           const int64_t p0 = ch * kMaxPanels;
           const int np = static_cast<int>(std::min<int64_t>(kMaxPanels, nb - p0));
           const int64_t col0 = p0 * kPanelCols;
           const int64_t cols = std::min<int64_t>(np * kPanelCols, n_g - col0);
           for (int p = 0; p < np; ++p) {
-            widen_panel_i16(wg + (p0 + p) * panel_stride, kg, panel16.get());
-            madd_rows_avx2(tile16.get(), ldt, nrows, panel16.get(), 2 * kg,
-                           acc_rows.get() + p * kPanelCols, kTileLd);
+            const int8_t* pw = wg + (p0 + p) * panel_stride;
+            int32_t* cp = acc_rows.get() + p * kPanelCols;
+            const int steps = narrow && nrows >= kNarrowMinRows ? narrow_panel_steps(pw, kg) : 0;
+            if (steps > 0) {
+              narrow_rows_avx2(tile.data(), ldt, nrows, pw, kg, steps, cp, kTileLd);
+            } else if (nrows >= kAvx2Rows) {
+              if (!tile_widened) {
+                widen_tile_u16(tile.data(), nrows * ldt, tile16.get());
+                tile_widened = true;
+              }
+              widen_panel_i16(pw, kg, panel16.get());
+              madd_rows_avx2(tile16.get(), ldt, nrows, panel16.get(), 2 * kg, cp, kTileLd);
+            } else {
+              tile_kernel_avx2(tile.data(), ldt, nrows, pw, panel_stride, 1, kg, cp);
+            }
           }
           epilogue_tile(acc_rows.get(), kTileLd, nrows, cols, m0, g * n_g + col0, rowsum.data(), te);
         }

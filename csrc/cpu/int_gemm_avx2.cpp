@@ -1,9 +1,11 @@
 // AVX2 micro-kernels of the CPU integer GEMM (see int_gemm.h for the layouts), for CPUs without
-// VNNI. Every product goes through vpmaddwd (int16 x int16, adjacent pairs summed into int32):
-// a pair sum of u8 x s8 values is at most 2 * 255 * 128 = 65280, so it is exact, and the int32
-// accumulation wraps modulo 2^32 like the scalar reference. vpmaddubsw (u8 x s8 pairs summed
-// into int16) would do twice the products per instruction, but its pair sum saturates
-// (2 * 255 * 127 > 32767), so it is not used.
+// VNNI. Full-range weights go through vpmaddwd (int16 x int16, adjacent pairs summed into
+// int32): a pair sum of u8 x s8 values is at most 2 * 255 * 128 = 65280, so it is exact, and the
+// int32 accumulation wraps modulo 2^32 like the scalar reference. vpmaddubsw (u8 x s8 pairs
+// summed into int16) does twice the products per instruction but saturates for full-range
+// weights (2 * 255 * 127 > 32767); it is used only for panels whose weight pairs are narrow
+// enough for it to be exact (int4 weights always; the bound and its proof are in
+// int_gemm_kernels.h and docs/kernels_int.md, "AVX2: narrow weights").
 //
 // The driver runs it in two ways (measured in docs/kernels_int.md):
 // * 6 rows or more: both operands are widened once, outside the hot loop. The driver widens the
@@ -118,6 +120,104 @@ void madd_block(const uint16_t* a, int64_t lda, const int16_t* w, int64_t kpairs
   }
 }
 
+// ------------------------------------------------------ narrow weights: vpmaddubsw
+
+// ROWS rows x one int8 panel (16 channels, VNNI layout [kgroups][16][4]) with vpmaddubsw, exact
+// only under the bound narrow_panel_steps checked (see there): per k-group and row, the 4
+// bytes u[4g..4g+3] are broadcast and multiplied with the 2 weight registers (channels 0-7 and
+// 8-15, 4 k each); int16 lane 2j then holds channel j's (k0, k1) pair sum and lane 2j + 1 its
+// (k2, k3) pair sum. `steps` k-groups are summed in int16 (vpaddw), then vpmaddwd with ones
+// adds each channel's two lanes into int32.
+template <int ROWS>
+void narrow_panel(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroups, int steps,
+                  int32_t* c, int64_t ldc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[ROWS][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t g0 = 0; g0 < kgroups; g0 += steps) {
+    const int64_t g1 = g0 + steps < kgroups ? g0 + steps : kgroups;
+    __m256i s16[ROWS][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r) s16[r][0] = s16[r][1] = _mm256_setzero_si256();
+    for (int64_t g = g0; g < g1; ++g) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64 + 32));
+#pragma GCC unroll 4
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i av = _mm256_castps_si256(
+            _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 4 * g)));
+        s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(av, w0));
+        s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(av, w1));
+        __asm__("" : "+x"(s16[r][0]), "+x"(s16[r][1]));  // as in narrow_run_mem
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r) {
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(s16[r][0], ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(s16[r][1], ones));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8), acc[r][1]);
+  }
+}
+
+// The same arithmetic for longer int16 runs (steps >= kNarrowMemSteps): the int32 sums live in
+// c (written at the first widening, then added to), so the registers hold only the int16 sums of
+// ROWS rows (2 * ROWS), the 2 weight registers and the broadcast: 6 rows fit the 16 ymm without
+// spills, and the weight loads are shared by twice the rows of narrow_panel.
+template <int ROWS>
+__attribute__((noinline)) void narrow_run_mem(const uint8_t* a, int64_t lda, const int8_t* w,
+                                              int64_t groups, bool first, int32_t* c, int64_t ldc) {
+  // one int16 run of `groups` k-groups (a separate function: inlined into the loop over runs,
+  // GCC kept the int16 sums on the stack)
+  __m256i s16[ROWS][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) s16[r][0] = s16[r][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64 + 32));
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256i av = _mm256_castps_si256(
+          _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + 4 * g)));
+      s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(av, w0));
+      s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(av, w1));
+      // ties each sum to one register: without it GCC issued all products first and copied
+      // every sum back with a vmovdqa (6 rows: onto the stack)
+      __asm__("" : "+x"(s16[r][0]), "+x"(s16[r][1]));
+    }
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    __m256i* cr = reinterpret_cast<__m256i*>(c + r * ldc);
+    __m256i v0 = _mm256_madd_epi16(s16[r][0], ones), v1 = _mm256_madd_epi16(s16[r][1], ones);
+    if (!first) {
+      v0 = _mm256_add_epi32(v0, _mm256_loadu_si256(cr));
+      v1 = _mm256_add_epi32(v1, _mm256_loadu_si256(cr + 1));
+    }
+    _mm256_storeu_si256(cr, v0);
+    _mm256_storeu_si256(cr + 1, v1);
+  }
+}
+
+// The same arithmetic for longer int16 runs (steps >= kNarrowMemSteps): the int32 sums live in
+// c (written by the first run, then added to), so the registers hold only the int16 sums of
+// ROWS rows (2 * ROWS), the 2 weight registers and the broadcast: 6 rows fit the 16 ymm, and
+// the weight loads are shared by twice the rows of narrow_panel.
+template <int ROWS>
+void narrow_panel_mem(const uint8_t* a, int64_t lda, const int8_t* w, int64_t kgroups, int steps,
+                      int32_t* c, int64_t ldc) {
+  for (int64_t g0 = 0; g0 < kgroups; g0 += steps) {
+    const int64_t n = kgroups - g0 < steps ? kgroups - g0 : steps;
+    narrow_run_mem<ROWS>(a + 4 * g0, lda, w + g0 * 64, n, g0 == 0, c, ldc);
+  }
+}
+
 }  // namespace
 
 void tile_kernel_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w,
@@ -170,6 +270,57 @@ void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, 
       case 4: madd_block<4>(ar, lda, w, kpairs, cr, ldc); break;
       case 5: madd_block<5>(ar, lda, w, kpairs, cr, ldc); break;
       default: madd_block<6>(ar, lda, w, kpairs, cr, ldc); break;
+    }
+  }
+}
+
+int narrow_panel_steps(const int8_t* panel, int64_t kgroups) {
+  // Largest |w_a| + |w_b| over the pairs vpmaddubsw sums: |w| as u8 (vpabsb maps -128 to 0x80,
+  // i.e. 128), each adjacent byte pair added into int16 by vpmaddubsw with ones (at most 256,
+  // no saturation), then the int16 maximum.
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  __m256i mx = _mm256_setzero_si256();
+  const int64_t n = kgroups * kPanelCols * kPanelK;  // a multiple of 64
+  for (int64_t i = 0; i < n; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + i));
+    mx = _mm256_max_epi16(mx, _mm256_maddubs_epi16(_mm256_abs_epi8(v), ones8));
+  }
+  __m128i m = _mm_max_epi16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 8));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 4));
+  m = _mm_max_epi16(m, _mm_srli_si128(m, 2));
+  const int pair = _mm_extract_epi16(m, 0);
+  if (pair == 0) return static_cast<int>(kgroups < kNarrowMaxSteps ? kgroups : kNarrowMaxSteps);
+  if (pair > kNarrowMaxPair) return 0;  // not exact
+  const int steps = kNarrowInt16Max / (kNarrowMaxAct * pair);
+  if (steps < kNarrowMinSteps) return 0;  // exact, but not faster
+  return steps < kNarrowMaxSteps ? steps : kNarrowMaxSteps;
+}
+
+void narrow_rows_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t kgroups,
+                      int steps, int32_t* c, int64_t ldc) {
+  if (steps >= kNarrowMemSteps) {
+    for (int r = 0; r < rows; r += kNarrowMemRows) {
+      const int n = rows - r < kNarrowMemRows ? rows - r : kNarrowMemRows;
+      const uint8_t* ar = a + r * lda;
+      int32_t* cr = c + r * ldc;
+      switch (n) {
+        case 1: narrow_panel_mem<1>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 2: narrow_panel_mem<2>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 3: narrow_panel_mem<3>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 4: narrow_panel_mem<4>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        case 5: narrow_panel_mem<5>(ar, lda, w, kgroups, steps, cr, ldc); break;
+        default: narrow_panel_mem<kNarrowMemRows>(ar, lda, w, kgroups, steps, cr, ldc); break;
+      }
+    }
+    return;
+  }
+  for (int r = 0; r < rows; r += 3) {
+    const int n = rows - r < 3 ? rows - r : 3;
+    switch (n) {
+      case 1: narrow_panel<1>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
+      case 2: narrow_panel<2>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
+      default: narrow_panel<3>(a + r * lda, lda, w, kgroups, steps, c + r * ldc, ldc); break;
     }
   }
 }

@@ -47,6 +47,37 @@ void widen_panel_i16(const int8_t* panel, int64_t kgroups, int16_t* dst);
 void madd_rows_avx2(const uint16_t* a, int64_t lda, int rows, const int16_t* w, int64_t kpairs,
                     int32_t* c, int64_t ldc);
 
+// The AVX2 path for narrow weights (int_gemm_avx2.cpp; docs/kernels_int.md has the proof).
+// vpmaddubsw multiplies u8 activations by s8 weights and adds adjacent products into int16
+// with saturation; with u <= 255 a pair sum is exact when 255 * (|w_a| + |w_b|) <= 32767, i.e.
+// |w_a| + |w_b| <= 128 (int4 weights always; int8 weights in [-64, 64]). `steps` k-groups
+// summed in int16 stay exact while steps * 255 * max_pair <= 32767 (every partial sum is
+// bounded by the sum of the absolute terms), then vpmaddwd with ones widens to int32.
+// * narrow_panel_steps: the largest |w_a| + |w_b| over the pairs of one packed panel (the
+//   pairs vpmaddubsw forms: bytes 4g + 0/1 and 4g + 2/3 of each channel) and from it the
+//   number of k-groups the int16 sums may take (at most kNarrowMaxSteps); 0 when the panel
+//   must take the vpmaddwd kernels: a pair exceeds 128 (inexact), or the count is under
+//   kNarrowMinSteps (P in 65..128: exact, but one k-group per int16 run measured 0.75x the
+//   vpmaddwd kernel on the ResNet-18 3x3 convs; two k-groups per run 1.1x).
+// * narrow_rows_avx2: c[r * ldc + j] = sum_k a[r * lda + k] * w_j[k], r < rows, j < 16, for one
+//   int8 panel read in place (no widening): 6-row register blocks with the int32 sums in c when
+//   steps >= kNarrowMemSteps, else 3-row blocks with the int32 sums in registers.
+constexpr int kNarrowMaxAct = 255;      // largest u8 activation code
+constexpr int kNarrowInt16Max = 32767;
+constexpr int kNarrowMaxPair = kNarrowInt16Max / kNarrowMaxAct;  // 128
+constexpr int kNarrowMaxSteps = 64;     // int16 sums of a zero panel: any count would do
+constexpr int kNarrowMinSteps = 2;      // fewer: the vpmaddwd kernel is faster (measured)
+// from this many k-groups per int16 run on, the int32 sums are kept in memory (6-row blocks)
+constexpr int kNarrowMemSteps = 4;
+constexpr int kNarrowMemRows = 6;
+// Under this many rows in a work item (batch-1 GEMMs) the vpmaddwd path stays: the bound scan
+// reads each panel once more, which costs as much as the product of 1-3 rows (measured in
+// docs/kernels_int.md).
+constexpr int kNarrowMinRows = 4;
+int narrow_panel_steps(const int8_t* panel, int64_t kgroups);
+void narrow_rows_avx2(const uint8_t* a, int64_t lda, int rows, const int8_t* w, int64_t kgroups,
+                      int steps, int32_t* c, int64_t ldc);
+
 // The requantising epilogue of a whole tile (int8 / uint8 out, no weight zero point, no
 // residual) with AVX-512: same steps and roundings as the scalar path of epilogue_tile. Pointers
 // are already offset to the tile's first row / column; act_scale to its first row when
