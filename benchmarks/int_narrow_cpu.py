@@ -32,8 +32,8 @@ import torch
 from benchmarks.int_conv_cpu import ACT_SCALE, OUT_SCALE, RESNET18
 from zsq_engine import ops
 from zsq_engine._ext import require_extension
-from zsq_engine.ops.backends import cpu_int
-from zsq_engine.ops.epilogue import Epilogue
+from zsq_engine.ops.int_gemm import cpu as int_gemm_cpu
+from zsq_engine.opspec.epilogue import Epilogue
 
 VARIANTS = ("w8a8", "w7a8", "w6a8", "w4a8_wide", "w4a8", "w4a4")
 
@@ -61,18 +61,18 @@ def _runner(layer, variant, g):
     _C = require_extension()
     l = layer
     x, w, ep = _operands(layer, variant, g)
-    packed = cpu_int.pack_weight(w)
-    args = cpu_int.epilogue_args(ep)
-    isa = cpu_int.isa_code()
+    packed = int_gemm_cpu.pack_weight(w)
+    bound = int_gemm_cpu.bind_epilogue(ep)
+    isa = int_gemm_cpu.isa_name()
     pad = l.k // 2
     if l.k:
         call = lambda: _C.int_conv2d_nhwc_cpu(x, packed.panels, packed.colsum, l.o, l.k, l.k, l.stride, l.stride,
-                                              pad, pad, 1, 1, 1, 0, *args, isa=isa)
+                                              pad, pad, 1, 1, 1, 0, bound, isa=isa)
         with ops.use_backend("reference"):
             ref = ops.qconv2d_nhwc(x, w, l.stride, pad, epilogue=ep)
         macs = ref.shape[1] * ref.shape[2] * l.o * l.k * l.k * l.c
     else:
-        call = lambda: _C.int_gemm_cpu(x, 0, l.c, packed.panels, packed.colsum, l.o, *args, isa=isa)
+        call = lambda: _C.int_gemm_cpu(x, "int8", l.c, packed.panels, packed.colsum, l.o, bound, isa=isa)
         with ops.use_backend("reference"):
             ref = ops.qgemm(x, w, ep)
         macs = l.o * l.c
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     os.environ.pop("ZSQ_AVX2_NARROW", None)
     layers = [l for l in RESNET18 if not args.layers or l.name in args.layers.split(",")]
     g = torch.Generator().manual_seed(0)
-    print(f"threads {torch.get_num_threads()}, isa {os.environ.get(cpu_int.ISA_ENV, 'auto')}, "
+    print(f"threads {torch.get_num_threads()}, isa {os.environ.get(int_gemm_cpu.ISA_ENV, 'auto')}, "
           f"best (median) G MAC/s of {args.rounds} x {args.calls} calls")
     print("| layer | " + " | ".join(VARIANTS) + " | w4a8 / w8a8 | w4a8 / w4a8_wide |")
     total = {v: [0.0, 0.0] for v in VARIANTS}

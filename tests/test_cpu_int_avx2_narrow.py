@@ -1,5 +1,5 @@
 """The narrow-weight AVX2 path of the C++ CPU integer GEMM / conv (vpmaddubsw, csrc/cpu/
-int_gemm_avx2.cpp), forced with isa=2 as in test_cpu_int_avx2_blocks.py, against int64 arithmetic.
+int_gemm_avx2.cpp), forced with isa="avx2" as in test_cpu_int_avx2_blocks.py, against int64 arithmetic.
 
 The driver checks each packed 16-channel panel: with P the largest |w_a| + |w_b| over the weight
 pairs vpmaddubsw sums, S = floor(32767 / (255 P)) k-groups can be summed exactly in int16 (P <=
@@ -25,7 +25,7 @@ _C = get_extension()
 HAS_AVX2 = _C is not None and hasattr(_C, "int_isas_cpu") and "avx2" in _C.int_isas_cpu()
 pytestmark = pytest.mark.skipif(not HAS_AVX2, reason="no C++ extension or no AVX2 on this CPU")
 
-AVX2, SCALAR = 2, 1
+AVX2, SCALAR = "avx2", "scalar"
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -36,8 +36,8 @@ def threads(request):
     torch.set_num_threads(old)
 
 
-def _int32_args(za=0, zw=None):
-    return (0, za, zw, None, None, None, None, 1.0, 0, 0, 1.0, 0, 0, 0)
+def _int32_ep(za=0, zw=None):
+    return _C.IntEpilogue(out_dtype=torch.int32, act_zero_point=za, weight_zero_point=zw)
 
 
 def _pack(w2d, groups=1, w_int4=False):
@@ -115,7 +115,7 @@ def test_gemm_w4a8_exact(threads, m, n, k, act):
     w[0] = -8  # full rows of the extreme code: the largest int4 pair (16), 8 k-groups in int16
     a[0] = hi
     panels, colsum = _pack(w, w_int4=True)
-    out = _C.int_gemm_cpu(a, 0 if act == "int8" else 1, k, panels, colsum, n, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, act, k, panels, colsum, n, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -127,8 +127,7 @@ def test_gemm_w4a4_exact(threads, act, m, n, k):
     w = rand_int((n, k), -8, 7, torch.int8)
     w[1] = -8
     panels, colsum = _pack(w, w_int4=True)
-    kind = 2 if act == "int4" else 3
-    out = _C.int_gemm_cpu(ops.pack_int4(a), kind, k, panels, colsum, n, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(ops.pack_int4(a), act, k, panels, colsum, n, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -143,7 +142,7 @@ def test_gemm_worst_case_at_bound_exact(threads, max_pair, m):
     w = torch.cat([_one_sign_weights(16, k, max_pair, 1), _one_sign_weights(16, k, max_pair, -1)])
     w[5, 1] = 0  # a pair below the max does not change the step count
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 1, k, panels, colsum, 32, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "uint8", k, panels, colsum, 32, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -157,7 +156,7 @@ def test_gemm_lopsided_pairs_at_bound_exact(threads, pair):
     w[2, 0::2], w[2, 1::2] = pair
     w[9, 4], w[9, 5] = pair
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 1, k, panels, colsum, 17, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "uint8", k, panels, colsum, 17, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -176,7 +175,7 @@ def test_gemm_just_above_bound_falls_back_exact(threads, pair, m):
     assert not np.array_equal(_narrow_model(a[0].numpy(), w[3:4].numpy(), 2),
                               gemm_ref(a[:1], w[3:4]).numpy()[0])
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 1, k, panels, colsum, 20, *_int32_args(), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "uint8", k, panels, colsum, 20, _int32_ep(), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w).to(torch.int32))
 
 
@@ -194,7 +193,7 @@ def test_gemm_panels_on_both_sides_of_bound(threads, m):
     za = 5
     zw = torch.randint(-3, 4, (w.shape[0],), dtype=torch.int32)
     panels, colsum = _pack(w)
-    out = _C.int_gemm_cpu(a, 0, k, panels, colsum, w.shape[0], *_int32_args(za, zw), isa=AVX2)
+    out = _C.int_gemm_cpu(a, "int8", k, panels, colsum, w.shape[0], _int32_ep(za, zw), isa=AVX2)
     assert torch.equal(out, gemm_ref(a, w, za, zw).to(torch.int32))
 
 
@@ -206,9 +205,10 @@ def test_gemm_w4a8_requant_matches_scalar_and_reference(threads, m, n, k):
     sw = torch.rand(n) * 1e-2 + 1e-3
     sa = torch.rand(m) * 0.05 + 0.01
     bias = torch.randn(n)
-    args = (5, 100, None, sw, sa, bias, None, 1.0, 0, 1, 0.5, 3, 0, 255)
-    out = _C.int_gemm_cpu(a, 1, k, panels, colsum, n, *args, isa=AVX2)
-    assert torch.equal(out, _C.int_gemm_cpu(a, 1, k, panels, colsum, n, *args, isa=SCALAR))
+    ep = _C.IntEpilogue(out_dtype=torch.uint8, act_zero_point=100, weight_scale=sw, act_scale=sa, bias=bias,
+                        activation="relu", out_scale=0.5, out_zero_point=3, quant_min=0, quant_max=255)
+    out = _C.int_gemm_cpu(a, "uint8", k, panels, colsum, n, ep, isa=AVX2)
+    assert torch.equal(out, _C.int_gemm_cpu(a, "uint8", k, panels, colsum, n, ep, isa=SCALAR))
     v, mag = epilogue_expected(gemm_ref(a, w, 100), m, n, sa=sa.reshape(-1, 1), sw=sw, bias=bias, act="relu")
     check_requant(out, v, 0.5, 3, 0, 255, mag)
 
@@ -230,7 +230,7 @@ def test_conv_w4_exact(threads, kh, kw, stride, pad, c, o, hw, x_kind):
     zw = torch.randint(-2, 3, (o,), dtype=torch.int32)
     panels, colsum = _pack(w.reshape(o, -1), w_int4=True)
     out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, o, kh, kw, stride, stride, pad, pad, 1, 1, 1,
-                                 pad_value, *_int32_args(pad_value, zw), isa=AVX2)
+                                 pad_value, _int32_ep(pad_value, zw), isa=AVX2)
     ref = conv_ref(x, w, (stride, stride), (pad, pad), (1, 1), 1, pad_value, pad_value, zw)
     assert torch.equal(out, ref.to(torch.int32))
 
@@ -250,7 +250,7 @@ def test_conv_int8_weights_at_and_above_bound(threads, v, above):
         w[20, 1, 1, 2], w[20, 1, 1, 3] = -(v + 1), -v
     panels, colsum = _pack(w.reshape(o, -1), groups)
     out = _C.int_conv2d_nhwc_cpu(x, panels, colsum, o, 3, 3, 1, 1, 1, 1, 1, 1, groups, 0,
-                                 *_int32_args(), isa=AVX2)
+                                 _int32_ep(), isa=AVX2)
     assert torch.equal(out, conv_ref(x, w, (1, 1), (1, 1), (1, 1), groups, 0).to(torch.int32))
 
 
@@ -260,6 +260,8 @@ def test_conv_w4_requant_matches_scalar(threads):
     panels, colsum = _pack(w.reshape(48, -1), w_int4=True)
     geo = (48, 3, 3, 2, 2, 1, 1, 1, 1, 1, -4)
     sw = torch.rand(48) * 1e-2 + 1e-3
-    args = (4, -4, None, sw, torch.tensor([0.02]), torch.randn(48), None, 1.0, 0, 1, 0.05, -10, -128, 127)
-    q = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, *args, isa=AVX2)
-    assert torch.equal(q, _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, *args, isa=SCALAR))
+    ep = _C.IntEpilogue(out_dtype=torch.int8, act_zero_point=-4, weight_scale=sw, act_scale=torch.tensor([0.02]),
+                        bias=torch.randn(48), activation="relu", out_scale=0.05, out_zero_point=-10, quant_min=-128,
+                        quant_max=127)
+    q = _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, ep, isa=AVX2)
+    assert torch.equal(q, _C.int_conv2d_nhwc_cpu(x, panels, colsum, *geo, ep, isa=SCALAR))
