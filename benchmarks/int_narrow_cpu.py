@@ -98,7 +98,11 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=5)
     args = parser.parse_args(argv)
     os.environ.pop("ZSQ_AVX2_NARROW", None)
-    layers = [l for l in RESNET18 if not args.layers or l.name in args.layers.split(",")]
+    wanted = [name for name in args.layers.split(",") if name]
+    unknown = sorted(set(wanted) - {l.name for l in RESNET18})
+    if unknown:
+        parser.error(f"--layers: unknown layer(s) {unknown}; expected names from {[l.name for l in RESNET18]}")
+    layers = [l for l in RESNET18 if not wanted or l.name in wanted]
     g = torch.Generator().manual_seed(0)
     print(f"threads {torch.get_num_threads()}, isa {os.environ.get(int_gemm_cpu.ISA_ENV, 'auto')}, "
           f"best (median) G MAC/s of {args.rounds} x {args.calls} calls")
