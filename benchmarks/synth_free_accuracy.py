@@ -15,6 +15,8 @@ One row per call::
 * --act-init bn: activation ranges from the BN statistics (synth_free.set_bn_activation_ranges,
   DFQ's data-free ranges) instead of the 'mse' observer on the synthetic images, wherever the BN
   statistics determine them; for genie rows that is where reconstruction starts (act_init='bn').
+* --bias-correct: genie rows start from bias-corrected weights (synth_free.bias_correct, as
+  the dfq rows do); reconstruction keeps those biases.
 * --mixed: per-layer bits from bit_allocation (KL sensitivities on the synthetic images, exact
   solver) at the average bits ('size' budget) of the uniform configuration given by --bits,
   first/last layer included in that average.
@@ -98,6 +100,8 @@ def main() -> None:
     p.add_argument("--act-init", default="data", choices=("data", "bn"),
                    help="activation ranges: data ('mse' observer on the synthetic images, default) or bn (from the "
                         "BN statistics where they determine them, the rest from the images)")
+    p.add_argument("--bias-correct", action="store_true",
+                   help="genie rows: DFQ's analytic bias correction before reconstruction (dfq rows always have it)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None)
@@ -142,7 +146,8 @@ def main() -> None:
         info["plan"] = plan
     if args.method.endswith("genie"):
         q = reconstruct_model(base, images, wbits, abits, method="genie", preset="fast", iters=args.iters, seed=args.seed,
-                              show_progress=False, layer_bits=plan, act_init=args.act_init).model
+                              show_progress=False, layer_bits=plan, act_init=args.act_init,
+                              bias_correction=args.bias_correct).model
     else:
         q = quantize_model(base, wbits, abits, weight_method="mse", act_method="mse").eval()
         if plan:
@@ -171,7 +176,9 @@ def main() -> None:
     acc = evaluate_accuracy(q, test, desc="test", show_progress=False)
     row = {"model": args.model, "method": args.method, "bits": args.bits, "mixed": args.mixed,
            "dfq_absorb": not args.no_absorb if args.method.startswith("dfq") else None,
-           "sensitivity": args.sensitivity if args.mixed else None, "act_init": args.act_init, "accuracy": round(acc, 2),
+           "sensitivity": args.sensitivity if args.mixed else None, "act_init": args.act_init,
+           "bias_correct": args.bias_correct or (args.method.startswith("dfq") and not args.method.endswith("genie")),
+           "accuracy": round(acc, 2),
            "seconds": round(seconds, 1), **info}
     print(json.dumps(row, default=str))
 
