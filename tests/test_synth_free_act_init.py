@@ -46,3 +46,34 @@ def test_act_init_sets_the_start_of_the_activation_ranges(act_init, expect):
 def test_act_init_rejects_unknown_values():
     with pytest.raises(ValueError, match="act_init"):
         reconstruct_model(chain(), torch.randn(4, 1, 4, 4), 4, 4, iters=1, act_init="minmax", show_progress=False)
+
+
+def test_bias_correction_before_reconstruction_by_hand():
+    # conv2's input is BN -> ReLU with (beta, gamma) = (10, 1) and (20, 2): the ReLU never clips
+    # (10 sigma), so E[x] = (10, 20) exactly enough, and the corrected bias is
+    # b - (W_q - W) (10, 20) with W_q the nearest rounding on the initial grid
+    from zsq_engine.quant import quantize_model
+    from zsq_engine.quant.bias_grid import accumulator_scale
+
+    m = chain()
+    with torch.no_grad():
+        m[3].weight.copy_(torch.tensor([[0.33, 0.71], [0.52, -0.27]]).reshape(2, 2, 1, 1))
+        m[3].bias.copy_(torch.tensor([0.5, -0.25]))
+    start = quantize_model(m, 4, 4, first_last_bits=None, weight_method="mse").eval().get_submodule("3")
+    err = (start.quantized_weight() - start.weight).detach().double().flatten(1)
+    expect = torch.tensor([0.5, -0.25], dtype=torch.float64) - err @ torch.tensor([10.0, 20.0], dtype=torch.float64)
+    images = torch.randn(16, 1, 4, 4)
+    out = {}
+    for bc in (True, False):
+        res = reconstruct_model(m, images, 4, 4, iters=1, batch_size=8, first_last_bits=None, show_progress=False,
+                                bias_correction=bc, units=["3"])
+        layer = res.model.get_submodule("3")
+        # the end of the run snaps biases onto the accumulator grid s_x s_w[o]: half a step of slack
+        tol = 0.5 * accumulator_scale(layer, "3").double() + 1e-6
+        out[bc] = (layer.bias.detach().double(), tol)
+        assert res.meta["bias_correction"] is bc
+    bias, tol = out[True]
+    assert torch.all((bias - expect).abs() <= tol), (bias, expect, tol)
+    plain, tol = out[False]
+    assert torch.all((plain - torch.tensor([0.5, -0.25], dtype=torch.float64)).abs() <= tol)
+    assert float((expect - torch.tensor([0.5, -0.25], dtype=torch.float64)).abs().max()) > 3 * float(tol.max())
