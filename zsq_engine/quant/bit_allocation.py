@@ -28,7 +28,7 @@ from .model import calibrate_activations, quant_layers, quantize_model, set_quan
 from .modules import QuantLayer
 from .quantizer import QuantSpec, UniformQuantizer, check_bits
 
-__all__ = ["LayerCost", "layer_costs", "layer_sensitivity", "weight_kl", "allocate", "plan_bits", "apply_bit_plan",
+__all__ = ["LayerCost", "layer_costs", "layer_sensitivity", "weight_kl", "output_kl", "allocate", "plan_bits", "apply_bit_plan",
            "average_bits", "plan_for_budget", "format_plan", "BUDGET_MODES", "FLOAT_INPUT_BITS"]
 
 BUDGET_MODES = ("size", "bops")
@@ -158,6 +158,24 @@ def weight_kl(qmodel: nn.Module, model: nn.Module, images: torch.Tensor, batch_s
         out[name] = sum(_kl(r, qmodel(x)) * x.shape[0] for r, x in zip(ref, batches)) / images.shape[0]
     set_quant_state(qmodel, weight=False, act=False)
     return out
+
+
+@torch.no_grad()
+def output_kl(qmodel: nn.Module, model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> float:
+    """Mean ``KL(softmax(model(x)) || softmax(qmodel(x)))`` over ``images``, every quantizer of
+    ``qmodel`` as it is: the score for choosing among whole quantized models (e.g. candidate bit
+    plans after reconstruction) on synthetic images, with no labels."""
+    if not isinstance(images, torch.Tensor) or images.dim() < 2 or images.shape[0] == 0:
+        raise ValueError("images must be a non-empty tensor [N, ...]")
+    batches = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    was_q, was_m = qmodel.training, model.training
+    qmodel.eval()
+    model.eval()
+    try:
+        return sum(_kl(model(x), qmodel(x)) * x.shape[0] for x in batches) / images.shape[0]
+    finally:
+        qmodel.train(was_q)
+        model.train(was_m)
 
 
 class Option(NamedTuple):

@@ -25,10 +25,11 @@ from .blocks import Unit, partition
 from .run_progress import RunProgress, unit_work
 from .quantizers import AdaRoundWeightQuantizer, LSQActQuantizer, bake_act, bake_weight
 
-__all__ = ["METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitError", "make_config", "reconstruct_model",
+__all__ = ["ACT_INITS", "METHODS", "PRESETS", "ReconConfig", "ReconResult", "UnsupportedUnitError", "make_config", "reconstruct_model",
            "reconstruct_unit", "capture_unit_io", "unit_mse"]
 
 METHODS = ("genie", "brecq", "qdrop")
+ACT_INITS = ("data", "bn")
 
 # iters per unit, calibration samples, batch size, rounding-logit lr. 'fast' is sized for the
 # Fashion-MNIST ResNet on a small CPU (timings in docs/accuracy.md). With lr 1e-3 a logit moves
@@ -354,7 +355,8 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
                       first_last_bits: Optional[int] = 8, offload: Optional[bool] = None,
                       show_progress: bool = True, checkpoint=None,
                       on_unit_done: Optional[Callable[[int, int], None]] = None,
-                      layer_bits: Optional[dict] = None, **overrides) -> ReconResult:
+                      layer_bits: Optional[dict] = None, act_init: str = "data", bias_correction: bool = False,
+                      **overrides) -> ReconResult:
     """Quantize a float model with block reconstruction (BRECQ / QDrop / Genie-M).
 
     Args:
@@ -374,11 +376,21 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
         on_unit_done: called as ``f(units_done, num_units)`` after each unit (and its checkpoint).
         layer_bits: per-layer ``{name: (weight bits, act bits)}`` overriding wbits / abits (a plan
             from :func:`zsq_engine.quant.bit_allocation.plan_bits`).
+        act_init: where the activation ranges start: 'data' (the 'mse' observer on ``data``) or
+            'bn' (DFQ's data-free ranges from ``model``'s BatchNorm statistics, mean +- 6 std through
+            the activations, :func:`zsq_engine.synth_free.set_bn_activation_ranges`; layers the BN
+            statistics say nothing about keep the 'data' ranges). Reconstruction then adjusts them.
+        bias_correction: before calibration and reconstruction, correct each layer's bias for
+            its nearest-rounding weight error from ``model``'s BN statistics
+            (:func:`zsq_engine.synth_free.bias_correct`, DFQ's analytic step). Reconstruction keeps
+            the corrected biases and learns the rounding around them.
         overrides: further :class:`ReconConfig` fields (e.g. ``round_weight=0.1``).
     Returns a :class:`ReconResult` (``meta['resumed_units']``: units taken from the checkpoint).
     """
     check_bits(wbits, "wbits")
     check_bits(abits, "abits")
+    if act_init not in ACT_INITS:
+        raise ValueError(f"act_init must be one of {ACT_INITS}, got {act_init!r}")
     cfg = make_config(method, preset, iters=iters, batch_size=batch_size, mobilenet=has_mobilenet_blocks(model),
                       **overrides)
     from .distributed import ReconWorld
@@ -386,13 +398,15 @@ def reconstruct_model(model: nn.Module, data, wbits: int, abits: int, *, method:
     world = ReconWorld(torch.device(device))
     try:
         return _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units,
-                            first_last_bits, offload, show_progress, checkpoint, on_unit_done, layer_bits)
+                            first_last_bits, offload, show_progress, checkpoint, on_unit_done, layer_bits, act_init,
+                            bias_correction)
     finally:
         world.close()
 
 
 def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, seed, units, first_last_bits, offload,
-                 show_progress, checkpoint, on_unit_done, layer_bits) -> ReconResult:
+                 show_progress, checkpoint, on_unit_done, layer_bits, act_init="data",
+                 bias_correction=False) -> ReconResult:
     device = world.device
     if world.size > 1 and cfg.batch_size < world.size:
         raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world.size} processes sharing each batch")
@@ -409,8 +423,22 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
                             act_method="mse").to(device).eval()
     if layer_bits:
         apply_bit_plan(qmodel, layer_bits, weight_method="mse")
+    if bias_correction:
+        # measured on EfficientNet-Lite0 W4A8 after DFQ (docs/accuracy.md): the start is 7.4 %
+        # top-1 without it, 80.0 % with it; lazily imported, synth_free sits beside recon
+        from ..synth_free import bias_correct
+
+        bias_correct(qmodel.cpu(), model)
+        qmodel.to(device)
     calib = [images[i:i + 128] for i in range(0, images.shape[0], 128)]
     calibrate_activations(qmodel, calib, progress=False)
+    if act_init == "bn":
+        # the BN ranges beat ranges observed on a few synthetic images (EfficientNet-Lite0, DFQ
+        # W4A8 without reconstruction: 81.0 vs 80.0 %, docs/accuracy.md)
+        from ..synth_free import set_bn_activation_ranges
+
+        set_bn_activation_ranges(qmodel.cpu(), model)
+        qmodel.to(device)
     unit_list: List[Unit] = partition(qmodel, units)
 
     if offload is None:
@@ -428,7 +456,9 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
         fingerprint = run_fingerprint(model, images, {
             "method": method, "wbits": wbits, "abits": abits, "first_last_bits": first_last_bits, "seed": seed,
             "config": asdict(cfg), "units": [u.name for u in unit_list],
-            "layer_bits": {k: list(v) for k, v in sorted((layer_bits or {}).items())}})
+            "layer_bits": {k: list(v) for k, v in sorted((layer_bits or {}).items())},
+            **({"act_init": act_init} if act_init != "data" else {}),
+            **({"bias_correction": True} if bias_correction else {})})
         saved = load_progress(checkpoint, fingerprint)
         if saved is not None:
             qmodel.load_state_dict(saved["state_dict"], strict=True)
@@ -449,7 +479,8 @@ def _reconstruct(world, model, data, wbits, abits, cfg, method, preset, num, see
             "seed": seed, "num_samples": int(images.shape[0]), "config": asdict(cfg),
             "units": [u.name for u in unit_list], "skipped_units": skipped, "resumed_units": start,
             "world_size": world.size, "rank": world.rank, "seconds": round(time.perf_counter() - t_start, 2),
-            "biases_on_accumulator_grid": len(snapped)}
+            "biases_on_accumulator_grid": len(snapped), "act_init": act_init,
+            "bias_correction": bool(bias_correction)}
     return ReconResult(qmodel.eval(), reports, meta)
 
 
