@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from _support.integer import check_requant, conv_ref, epilogue_expected, gemm_ref, rand_int
+from _support.integer import (check_requant, conv_ref, epilogue_expected, gemm_ref, int32_epilogue, pack_panels,
+                              rand_int, threads)  # noqa: F401 (threads: a fixture)
 from zsq_engine import ops
 from zsq_engine._ext import get_extension
 
@@ -28,21 +29,12 @@ pytestmark = pytest.mark.skipif(not HAS_AVX2, reason="no C++ extension or no AVX
 AVX2, SCALAR = "avx2", "scalar"
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 def _int32_ep(za=0, zw=None):
-    return _C.IntEpilogue(out_dtype=torch.int32, act_zero_point=za, weight_zero_point=zw)
+    return int32_epilogue(_C, za, zw)
 
 
 def _pack(w2d, groups=1, w_int4=False):
-    src = ops.pack_int4(w2d) if w_int4 else w2d
-    return _C.int_pack_weight_cpu(src, groups, w_int4, w2d.shape[1])
+    return pack_panels(_C, w2d, groups, w_int4)
 
 
 def _steps(max_pair):

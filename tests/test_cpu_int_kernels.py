@@ -14,7 +14,8 @@ partial sum is an integer far below 2^53); epilogues in fp64 from that exact pro
 import pytest
 import torch
 
-from _support.integer import check_float_out, check_requant, conv_ref, epilogue_expected, gemm_ref, rand_int
+from _support.integer import (check_float_out, check_requant, conv_ref, epilogue_expected, gemm_ref, rand_int,
+                              threads)  # noqa: F401 (threads: a fixture)
 from zsq_engine import ops
 from zsq_engine._ext import get_extension
 from zsq_engine.opspec.epilogue import Epilogue
@@ -37,14 +38,6 @@ def isa(request, monkeypatch):
         pytest.skip(f"this CPU has no {request.param} integer path")
     monkeypatch.setenv("ZSQ_CPU_INT_ISA", request.param)
     return request.param
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
 
 
 def run_cpu(fn, *args, **kwargs):

@@ -4,6 +4,7 @@ Exact products as int64 matmuls (GEMM) or fp64 F.conv2d on integer values (exact
 sum is an integer far below 2^53); epilogues in fp64 from that exact product, compared within the
 fp32 epilogue's error budget.
 """
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -72,3 +73,24 @@ def check_requant(out, v, out_scale, zp, qmin, qmax, mag):
     near_tie = ((t - t.floor() - 0.5).abs() <= 4 * FP32_BUDGET * (mag / out_scale + t.abs()) + 1e-12)
     assert (diff <= 1).all()
     assert (diff[~near_tie] == 0).all()
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Runs a test with 1 and with 2 intra-op threads (the CPU kernels split work differently)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+def pack_panels(ext, w2d, groups=1, w_int4=False):
+    """(panels, colsum) of an int8 weight [N, K] holding int8 or int4 values, packed by ``ext``."""
+    from zsq_engine import ops
+    src = ops.pack_int4(w2d) if w_int4 else w2d
+    return ext.int_pack_weight_cpu(src, groups, w_int4, w2d.shape[1])
+
+
+def int32_epilogue(ext, za=0, zw=None):
+    """The bound epilogue of an int32 output with zero points only."""
+    return ext.IntEpilogue(out_dtype=torch.int32, act_zero_point=za, weight_zero_point=zw)
